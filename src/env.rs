@@ -1,0 +1,408 @@
+//! Configuration, read once from the environment, and the robot's NIP-98 signature.
+//!
+//! [`Env`] is built by [`Env::from_env`] (or [`Env::from_vars`] with any lookup function, which
+//! is what the tests use). Every variable is checked up front: a missing or malformed required
+//! setting is an error that names the variable, so the binary stops at start with one clear
+//! line instead of failing on the first sync. Secrets are held as [`Secret`] or [`RobotKey`],
+//! whose `Debug` never shows them.
+//!
+//! [`Env::make_auth`] builds the `Authorization: Nostr <base64>` header value that zooid checks
+//! on every request (NIP-98): a fresh kind-27235 event bound to the URL, the method and, when
+//! there is a body, its SHA-256.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine;
+use bitcoin_hashes::sha256;
+use nostr::event::FinalizeEvent;
+use nostr::key::{Keys, PublicKey};
+use nostr::nips::nip98::{HttpData, HttpMethod, Sha256Hash};
+use nostr::types::Url;
+
+use crate::infra::retry::RetryPolicy;
+use crate::secret::Secret;
+
+/// The robot's Nostr key pair. `Debug` shows only the public key.
+#[derive(Clone)]
+pub struct RobotKey(Keys);
+
+impl RobotKey {
+    /// Parses a secret key given as 64 hex characters or as `nsec1…`.
+    /// The error never repeats the input.
+    pub fn parse(secret: &str) -> Result<Self> {
+        Keys::parse(secret.trim()).map(RobotKey).map_err(|_| {
+            anyhow!("not a valid Nostr secret key (expected 64 hex characters or nsec1...)")
+        })
+    }
+
+    /// The robot's public key; zooid's `API_WHITELIST` must contain it.
+    pub fn public_key(&self) -> PublicKey {
+        self.0.public_key()
+    }
+
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RobotKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RobotKey({})", self.0.public_key().to_hex())
+    }
+}
+
+/// S3 settings for relays with blossom enabled. Each is optional here; a relay that enables
+/// blossom while one is missing fails its sync with an error naming the variable.
+#[derive(Debug, Clone, Default)]
+pub struct BlossomS3 {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub bucket: Option<String>,
+    pub access_key: Option<String>,
+    pub secret_key: Option<Secret>,
+}
+
+/// LiveKit settings for relays with livekit enabled; checked per relay like [`BlossomS3`].
+#[derive(Debug, Clone, Default)]
+pub struct Livekit {
+    pub url: Option<String>,
+    pub api_key: Option<String>,
+    pub api_secret: Option<Secret>,
+}
+
+/// Everything zooid-sync needs to know about its surroundings.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// Base URL of zooid's API, without a trailing slash (`http://…` or `https://…`).
+    pub zooid_api_url: String,
+    /// Relays are served at `<subdomain>.<relay_domain>`.
+    pub relay_domain: String,
+    /// Signs every request to zooid.
+    pub robot: RobotKey,
+    pub database_path: PathBuf,
+    pub blossom: BlossomS3,
+    pub livekit: Livekit,
+    /// Threads making requests to zooid.
+    pub sync_workers: usize,
+    pub retry: RetryPolicy,
+    /// Per-request timeout (connect, send and receive together).
+    pub zooid_timeout: Duration,
+    /// A PEM bundle of extra trusted CA certificates for https to zooid.
+    pub zooid_ca_file: Option<PathBuf>,
+}
+
+impl Env {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Env> {
+        Env::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `var`, which answers a variable's value or `None`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Env> {
+        let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let required = |name: &str| get(name).ok_or_else(|| anyhow!("{name} is not set"));
+
+        let zooid_api_url = parse_api_url(&required("ZOOID_API_URL")?)
+            .context("ZOOID_API_URL is not a usable URL")?;
+        let relay_domain = parse_relay_domain(&required("RELAY_DOMAIN")?)?;
+        let robot = RobotKey::parse(&required("ROBOT_SECRET")?).context("ROBOT_SECRET")?;
+
+        let defaults = RetryPolicy::default();
+        let duration = |name: &str, default: Duration| -> Result<Duration> {
+            match get(name) {
+                Some(v) => parse_duration(&v).with_context(|| format!("{name} is malformed")),
+                None => Ok(default),
+            }
+        };
+        let number = |name: &str, default: u32| -> Result<u32> {
+            match get(name) {
+                Some(v) => v.trim().parse().map_err(|_| {
+                    anyhow!("{name} is malformed: expected a whole number, got {v:?}")
+                }),
+                None => Ok(default),
+            }
+        };
+
+        let sync_workers = number("SYNC_WORKERS", 4)?;
+        if sync_workers == 0 {
+            bail!("SYNC_WORKERS is malformed: it must be at least 1");
+        }
+        let retry = RetryPolicy {
+            base: duration("SYNC_RETRY_BASE", defaults.base)?,
+            cap: duration("SYNC_RETRY_CAP", defaults.cap)?,
+            max_attempts: number("SYNC_RETRY_MAX_ATTEMPTS", defaults.max_attempts)?,
+            jitter: defaults.jitter,
+        };
+        if retry.base.is_zero() || retry.cap < retry.base {
+            bail!("SYNC_RETRY_BASE and SYNC_RETRY_CAP are malformed: need 0 < base <= cap");
+        }
+        let zooid_timeout = duration("ZOOID_TIMEOUT", Duration::from_secs(5))?;
+        if zooid_timeout.is_zero() {
+            bail!("ZOOID_TIMEOUT is malformed: it must be longer than zero");
+        }
+
+        Ok(Env {
+            zooid_api_url,
+            relay_domain,
+            robot,
+            database_path: get("DATABASE_PATH")
+                .unwrap_or_else(|| "zooid-sync.db".into())
+                .into(),
+            blossom: BlossomS3 {
+                endpoint: get("BLOSSOM_S3_ENDPOINT"),
+                region: get("BLOSSOM_S3_REGION"),
+                bucket: get("BLOSSOM_S3_BUCKET"),
+                access_key: get("BLOSSOM_S3_ACCESS_KEY"),
+                secret_key: get("BLOSSOM_S3_SECRET_KEY").map(Secret::new),
+            },
+            livekit: Livekit {
+                url: get("LIVEKIT_URL"),
+                api_key: get("LIVEKIT_API_KEY"),
+                api_secret: get("LIVEKIT_API_SECRET").map(Secret::new),
+            },
+            sync_workers: sync_workers as usize,
+            retry,
+            zooid_timeout,
+            zooid_ca_file: get("ZOOID_CA_FILE").map(PathBuf::from),
+        })
+    }
+
+    /// A minimal configuration for the given zooid and robot; everything else at its default.
+    /// Hosts that configure zooid-sync in code start here and set what they need.
+    pub fn new(zooid_api_url: &str, relay_domain: &str, robot: RobotKey) -> Result<Env> {
+        Ok(Env {
+            zooid_api_url: parse_api_url(zooid_api_url)?,
+            relay_domain: parse_relay_domain(relay_domain)?,
+            robot,
+            database_path: "zooid-sync.db".into(),
+            blossom: BlossomS3::default(),
+            livekit: Livekit::default(),
+            sync_workers: 4,
+            retry: RetryPolicy::default(),
+            zooid_timeout: Duration::from_secs(5),
+            zooid_ca_file: None,
+        })
+    }
+
+    /// The `Authorization` header value for a request: `Nostr <base64 of a signed event>`.
+    ///
+    /// The event is kind 27235 with tags `u` (the absolute `url`), `method`, and `payload` (hex
+    /// SHA-256 of `body`) whenever there is a body; `created_at` is now, so every request gets
+    /// a fresh one.
+    pub fn make_auth(&self, method: &str, url: &str, body: Option<&[u8]>) -> Result<String> {
+        make_auth(&self.robot, method, url, body)
+    }
+}
+
+/// See [`Env::make_auth`].
+pub fn make_auth(robot: &RobotKey, method: &str, url: &str, body: Option<&[u8]>) -> Result<String> {
+    let method: HttpMethod = method
+        .parse()
+        .map_err(|_| anyhow!("NIP-98 cannot sign HTTP method {method}"))?;
+    let url = Url::parse(url).with_context(|| format!("cannot sign request: bad URL {url:?}"))?;
+    let mut data = HttpData::new(url, method);
+    if let Some(body) = body {
+        data = data.payload(Sha256Hash::from_byte_array(
+            sha256::Hash::hash(body).to_byte_array(),
+        ));
+    }
+    let event = data
+        .finalize(robot.keys())
+        .map_err(|e| anyhow!("signing the NIP-98 event failed: {e}"))?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(event.as_json());
+    Ok(format!("Nostr {encoded}"))
+}
+
+fn parse_api_url(value: &str) -> Result<String> {
+    let url = Url::parse(value.trim()).map_err(|e| anyhow!("{e} in {value:?}"))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        bail!("{value:?} must start with http:// or https://");
+    }
+    if url.host_str().is_none() {
+        bail!("{value:?} has no host");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("{value:?} must not carry a query or fragment");
+    }
+    // Url normalises (lower-case host, default port dropped), which keeps the NIP-98 `u` tag
+    // equal to what zooid reconstructs from the Host header.
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+fn parse_relay_domain(value: &str) -> Result<String> {
+    let domain = value.trim().trim_end_matches('.');
+    let valid = !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':');
+    if !valid {
+        bail!(
+            "RELAY_DOMAIN is malformed: expected a domain like relays.example.com, got {value:?}"
+        );
+    }
+    Ok(domain.to_ascii_lowercase())
+}
+
+/// Parses a duration written as a number and a unit: `250ms`, `30s`, `15m` or `1h`.
+pub fn parse_duration(value: &str) -> Result<Duration> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| anyhow!("{value:?} has no unit; write it like 250ms, 30s, 15m or 1h"))?;
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| anyhow!("{value:?} does not start with a whole number"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => bail!("{value:?} has an unknown unit {unit:?}; use ms, s, m or h"),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const KEY: &str = "5c0c523f52a5b6fad39ed2403092df8cebc36318b39383bca6c00808626fab3a";
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn base() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("ZOOID_API_URL", "http://127.0.0.1:3334/"),
+            ("RELAY_DOMAIN", "relays.example.com"),
+            ("ROBOT_SECRET", KEY),
+        ]
+    }
+
+    #[test]
+    fn defaults_apply_when_only_required_are_set() {
+        let env = Env::from_vars(vars(&base())).unwrap();
+        assert_eq!(env.zooid_api_url, "http://127.0.0.1:3334");
+        assert_eq!(env.sync_workers, 4);
+        assert_eq!(env.retry.base, Duration::from_secs(30));
+        assert_eq!(env.retry.cap, Duration::from_secs(900));
+        assert_eq!(env.retry.max_attempts, 6);
+        assert_eq!(env.zooid_timeout, Duration::from_secs(5));
+        assert_eq!(env.database_path, PathBuf::from("zooid-sync.db"));
+    }
+
+    #[test]
+    fn each_missing_required_variable_is_named() {
+        for missing in ["ZOOID_API_URL", "RELAY_DOMAIN", "ROBOT_SECRET"] {
+            let pairs: Vec<_> = base().into_iter().filter(|(k, _)| *k != missing).collect();
+            let err = Env::from_vars(vars(&pairs)).unwrap_err();
+            assert!(format!("{err:#}").contains(missing), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn malformed_values_are_named_and_secrets_not_echoed() {
+        let cases = [
+            ("ZOOID_API_URL", "ftp://zooid"),
+            ("ZOOID_API_URL", "not a url"),
+            ("RELAY_DOMAIN", "https://x/y"),
+            ("ROBOT_SECRET", "deadbeef-not-a-key"),
+            ("SYNC_WORKERS", "four"),
+            ("SYNC_WORKERS", "0"),
+            ("SYNC_RETRY_BASE", "30"),
+            ("SYNC_RETRY_CAP", "10parsecs"),
+            ("SYNC_RETRY_MAX_ATTEMPTS", "-1"),
+            ("ZOOID_TIMEOUT", "0s"),
+        ];
+        for (name, value) in cases {
+            let mut pairs = base();
+            pairs.retain(|(k, _)| *k != name);
+            pairs.push((name, value));
+            let err = format!("{:#}", Env::from_vars(vars(&pairs)).unwrap_err());
+            assert!(err.contains(name), "{name}={value}: {err}");
+            if name == "ROBOT_SECRET" {
+                assert!(!err.contains(value), "the secret was echoed: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn nsec_and_hex_are_the_same_key() {
+        let hex = RobotKey::parse(KEY).unwrap();
+        let nsec = nostr::nips::nip19::ToBech32::to_bech32(hex.keys().secret_key()).unwrap();
+        assert_eq!(
+            RobotKey::parse(&nsec).unwrap().public_key(),
+            hex.public_key()
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let mut pairs = base();
+        pairs.push(("BLOSSOM_S3_SECRET_KEY", "s3-very-secret"));
+        pairs.push(("LIVEKIT_API_SECRET", "lk-very-secret"));
+        let env = Env::from_vars(vars(&pairs)).unwrap();
+        let shown = format!("{env:?} {env:#?}");
+        for secret in [KEY, "s3-very-secret", "lk-very-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let nsec = nostr::nips::nip19::ToBech32::to_bech32(env.robot.keys().secret_key()).unwrap();
+        assert!(!shown.contains(&nsec));
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration(" 1h ").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("5 s").is_err());
+    }
+
+    #[test]
+    fn auth_header_is_signed_and_bound_to_request() {
+        let env = Env::from_vars(vars(&base())).unwrap();
+        let url = "http://127.0.0.1:3334/relay/alpha";
+        let body = br#"{"host":"a"}"#;
+        let header = env.make_auth("POST", url, Some(body)).unwrap();
+        let now = nostr::types::Timestamp::now();
+        let pk = nostr::nips::nip98::verify_auth_header(
+            &header,
+            &Url::parse(url).unwrap(),
+            HttpMethod::POST,
+            now,
+            Some(body),
+        )
+        .unwrap();
+        assert_eq!(pk, env.robot.public_key());
+        // Bound to the method and the body.
+        let wrong_method = nostr::nips::nip98::verify_auth_header(
+            &header,
+            &Url::parse(url).unwrap(),
+            HttpMethod::PATCH,
+            now,
+            Some(body),
+        );
+        assert!(wrong_method.is_err());
+        let wrong_body = nostr::nips::nip98::verify_auth_header(
+            &header,
+            &Url::parse(url).unwrap(),
+            HttpMethod::POST,
+            now,
+            Some(b"{}"),
+        );
+        assert!(wrong_body.is_err());
+    }
+}

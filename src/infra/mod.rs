@@ -1,0 +1,2 @@
+//! The worker.
+pub mod retry;

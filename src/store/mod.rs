@@ -1,0 +1,485 @@
+//! The store: the SQLite database shared with the host, and the bus that announces changes.
+//!
+//! [`Store::open`] opens (or creates) the database in WAL mode with a busy timeout, brings the
+//! schema up to date, and hands out the two halves the rest of the program uses:
+//!
+//! - [`Query`] reads. It keeps a small pool of read connections, so any number of threads can
+//!   read at once (WAL lets readers run beside a writer).
+//! - [`Command`] writes, through one connection behind a mutex (SQLite has one writer at a
+//!   time anyway), each write in one `BEGIN IMMEDIATE` transaction, and then announces the new
+//!   activity on [`Command::notify`], the [`Bus`].
+//!
+//! The host owns the relay rows; zooid-sync itself only ever calls
+//! [`Command::complete_relay_sync`] and [`Command::fail_relay_sync`]. The host-side writes
+//! (`create_relay`, `update_relay`, ...) are here for hosts that link the library and for tests;
+//! they show in code what a host in another language must do in SQL.
+
+mod bus;
+mod model;
+pub mod schema;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context, Result};
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
+
+pub use bus::{Bus, RecvError, Subscriber};
+pub use model::{activity_type, Activity, Relay, RelaySettings, RelayStatus, RELAY_RESOURCE};
+
+use model::{relay_select_list, ACTIVITY_SELECT_LIST, SETTINGS_COLUMNS};
+
+/// How the store opens its connections and sizes its bus.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long a statement waits for another connection's lock before failing.
+    pub busy_timeout: Duration,
+    /// How many activities each bus subscriber may have queued before it lags.
+    pub bus_capacity: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            busy_timeout: Duration::from_secs(5),
+            bus_capacity: 4096,
+        }
+    }
+}
+
+/// The opened database: its reading and its writing half.
+#[derive(Debug)]
+pub struct Store {
+    pub query: Query,
+    pub command: Command,
+}
+
+/// A relay waiting for a sync (`synced = 0`), with the error of its last failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRelay {
+    pub id: String,
+    pub sync_error: String,
+}
+
+struct Db {
+    path: PathBuf,
+    busy_timeout: Duration,
+    readers: Mutex<Vec<Connection>>,
+    writer: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens the database at `path` with default options, creating it if needed.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(path, StoreOptions::default())
+    }
+
+    /// Opens the database at `path`, creating it and its tables if needed.
+    pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let mut writer = open_connection(&path, options.busy_timeout)?;
+        schema::migrate(&mut writer)
+            .with_context(|| format!("cannot prepare the database {}", path.display()))?;
+        let db = Arc::new(Db {
+            path,
+            busy_timeout: options.busy_timeout,
+            readers: Mutex::new(Vec::new()),
+            writer: Mutex::new(writer),
+        });
+        Ok(Store {
+            query: Query { db: db.clone() },
+            command: Command {
+                db,
+                notify: Bus::new(options.bus_capacity),
+                own_writes: Arc::new(OwnWrites::default()),
+            },
+        })
+    }
+}
+
+/// Opens one connection the way every connection of zooid-sync is opened.
+pub(crate) fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
+    conn.busy_timeout(busy_timeout)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .with_context(|| format!("cannot use the database {}", path.display()))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::warn!(
+            "the database {} is in journal mode {mode}, not WAL; readers may wait for writers",
+            path.display()
+        );
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The reading half of the store. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct Query {
+    db: Arc<Db>,
+}
+
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Query({})", self.db.path.display())
+    }
+}
+
+impl Query {
+    /// Runs `f` on a pooled read connection.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = self.db.readers.lock().unwrap().pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open_connection(&self.db.path, self.db.busy_timeout)?,
+        };
+        let result = f(&conn);
+        self.db.readers.lock().unwrap().push(conn);
+        result
+    }
+
+    /// The path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.db.path
+    }
+
+    /// The relay with this id, `None` if there is none. A row the host wrote badly is an error
+    /// naming the column.
+    pub fn get_relay(&self, id: &str) -> Result<Option<Relay>> {
+        self.read(|conn| {
+            let sql = format!("SELECT {} FROM relay WHERE id = ?1", relay_select_list());
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query([id])?;
+            match rows.next()? {
+                Some(row) => Relay::from_row(row).map(Some),
+                None => Ok(None),
+            }
+        })
+        .with_context(|| format!("reading relay {id:?}"))
+    }
+
+    /// Every relay, in id order, each read on its own: one bad row does not hide the others.
+    pub fn list_relays(&self) -> Result<Vec<Result<Relay>>> {
+        self.read(|conn| {
+            let sql = format!("SELECT {} FROM relay ORDER BY id", relay_select_list());
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query([])?;
+            let mut relays = Vec::new();
+            while let Some(row) = rows.next()? {
+                relays.push(Relay::from_row(row));
+            }
+            Ok(relays)
+        })
+    }
+
+    /// Relays with `synced = 0`, with their last sync error.
+    pub fn list_relays_pending_sync(&self) -> Result<Vec<PendingRelay>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, sync_error FROM relay WHERE synced = 0 ORDER BY updated_at, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(PendingRelay {
+                    id: r.get(0)?,
+                    sync_error: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .context("listing relays pending sync")
+    }
+
+    /// How many `fail_relay_sync` activities the relay has had since its last other activity:
+    /// the number of the attempt that just failed.
+    pub fn count_trailing_sync_failures(&self, relay_id: &str) -> Result<u32> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT activity_type FROM activity
+                 WHERE resource_type = 'relay' AND resource_id = ?1
+                 ORDER BY seq DESC",
+            )?;
+            let mut rows = stmt.query([relay_id])?;
+            let mut count = 0;
+            while let Some(row) = rows.next()? {
+                if row.get_ref(0)?.as_str()? != activity_type::FAIL_RELAY_SYNC {
+                    break;
+                }
+                count += 1;
+            }
+            Ok(count)
+        })
+        .with_context(|| format!("counting failed syncs of relay {relay_id:?}"))
+    }
+
+    /// The newest `fail_relay_sync` activity of the relay, if its newest activity is one.
+    pub fn trailing_sync_failure(&self, relay_id: &str) -> Result<Option<Activity>> {
+        self.read(|conn| {
+            let sql = format!(
+                "SELECT {ACTIVITY_SELECT_LIST} FROM activity
+                 WHERE resource_type = 'relay' AND resource_id = ?1
+                 ORDER BY seq DESC LIMIT 1"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let newest = stmt.query_row([relay_id], Activity::from_row).optional()?;
+            Ok(newest.filter(|a| a.activity_type == activity_type::FAIL_RELAY_SYNC))
+        })
+    }
+
+    /// Whether zooid ever accepted this relay (a `complete_relay_sync` exists).
+    pub fn has_completed_sync(&self, relay_id: &str) -> Result<bool> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM activity
+                 WHERE resource_type = 'relay' AND resource_id = ?1
+                   AND activity_type = 'complete_relay_sync')",
+            )?;
+            Ok(stmt.query_row([relay_id], |r| r.get(0))?)
+        })
+        .with_context(|| format!("reading the sync history of relay {relay_id:?}"))
+    }
+
+    /// Up to `limit` activities with `seq > after`, oldest first.
+    pub fn activities_after(&self, after: i64, limit: usize) -> Result<Vec<Activity>> {
+        self.read(|conn| {
+            let sql = format!(
+                "SELECT {ACTIVITY_SELECT_LIST} FROM activity WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![after, limit as i64], Activity::from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .context("reading new activity")
+    }
+
+    /// The newest activity's `seq`, 0 when there is none.
+    pub fn last_activity_seq(&self) -> Result<i64> {
+        self.read(|conn| {
+            Ok(
+                conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM activity", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+    }
+}
+
+/// The activity sequence numbers this process wrote and already published, kept only while a
+/// feed is attached, so that the feed does not publish them a second time.
+#[derive(Default)]
+struct OwnWrites {
+    tracking: AtomicBool,
+    seqs: Mutex<HashSet<i64>>,
+}
+
+/// The writing half of the store. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct Command {
+    db: Arc<Db>,
+    /// Every activity written through this store is published here after it commits.
+    pub notify: Bus,
+    own_writes: Arc<OwnWrites>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Command({})", self.db.path.display())
+    }
+}
+
+impl Command {
+    /// A `Command` whose bus handle does not keep the bus open (see [`Bus::weak`]).
+    /// The worker holds one of these, so it stops when the host drops its own.
+    pub fn weak(&self) -> Command {
+        Command {
+            db: self.db.clone(),
+            notify: self.notify.weak(),
+            own_writes: self.own_writes.clone(),
+        }
+    }
+
+    /// Runs `f` in one immediate transaction on the writer connection, then publishes the
+    /// activity it returns.
+    fn write(
+        &self,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Transaction) -> Result<Activity>,
+    ) -> Result<Activity> {
+        let activity = {
+            let mut conn = self.db.writer.lock().unwrap();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .with_context(|| format!("{what}: cannot start a write transaction"))?;
+            let activity = f(&tx).with_context(|| what.to_string())?;
+            if self.own_writes.tracking.load(Ordering::Acquire) {
+                self.own_writes.seqs.lock().unwrap().insert(activity.seq);
+            }
+            tx.commit()
+                .with_context(|| format!("{what}: cannot commit"))?;
+            activity
+        };
+        self.notify.send(activity.clone());
+        Ok(activity)
+    }
+
+    /// Records a sync zooid accepted. The relay is marked synced only if its revision is still
+    /// `revision`, the one the sync read: a change that landed meanwhile stays pending.
+    /// Answers whether the relay is now marked synced.
+    pub fn complete_relay_sync(&self, relay_id: &str, revision: i64) -> Result<bool> {
+        let mut marked = false;
+        self.write(&format!("recording the sync of relay {relay_id:?}"), |tx| {
+            let activity = insert_activity(
+                tx,
+                relay_id,
+                activity_type::COMPLETE_RELAY_SYNC,
+                &format!("revision {revision}"),
+            )?;
+            marked = tx.execute(
+                "UPDATE relay SET synced = 1, sync_error = '' WHERE id = ?1 AND revision = ?2",
+                params![relay_id, revision],
+            )? > 0;
+            Ok(activity)
+        })?;
+        Ok(marked)
+    }
+
+    /// Records a failed sync with its error.
+    pub fn fail_relay_sync(&self, relay_id: &str, error: &str) -> Result<()> {
+        let error = if error.is_empty() {
+            "unknown error"
+        } else {
+            error
+        };
+        self.write(
+            &format!("recording the failed sync of relay {relay_id:?}"),
+            |tx| {
+                let activity =
+                    insert_activity(tx, relay_id, activity_type::FAIL_RELAY_SYNC, error)?;
+                tx.execute(
+                    "UPDATE relay SET sync_error = ?2 WHERE id = ?1",
+                    params![relay_id, error],
+                )?;
+                Ok(activity)
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Host side: adds a relay (pending, revision 1) and its `create_relay` activity.
+    pub fn create_relay(&self, id: &str, settings: &RelaySettings) -> Result<Activity> {
+        self.write(&format!("creating relay {id:?}"), |tx| {
+            let now = now_unix();
+            let sql = format!(
+                "INSERT INTO relay (id, synced, sync_error, revision, created_at, updated_at, {})
+                 VALUES (?1, 0, '', 1, ?2, ?2, {})",
+                SETTINGS_COLUMNS.join(", "),
+                (3..3 + SETTINGS_COLUMNS.len())
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut values: Vec<rusqlite::types::Value> = vec![id.to_string().into(), now.into()];
+            values.extend(settings.to_values());
+            tx.execute(&sql, params_from_iter(values))?;
+            insert_activity(tx, id, activity_type::CREATE_RELAY, "")
+        })
+    }
+
+    /// Host side: replaces a relay's settings; it becomes pending at a new revision.
+    pub fn update_relay(&self, id: &str, settings: &RelaySettings) -> Result<Activity> {
+        self.change_relay(id, activity_type::UPDATE_RELAY, settings)
+    }
+
+    /// Host side: sets the relay's status to `active`.
+    pub fn activate_relay(&self, id: &str) -> Result<Activity> {
+        self.set_status(id, RelayStatus::Active, activity_type::ACTIVATE_RELAY)
+    }
+
+    /// Host side: sets the relay's status to `inactive`.
+    pub fn deactivate_relay(&self, id: &str) -> Result<Activity> {
+        self.set_status(id, RelayStatus::Inactive, activity_type::DEACTIVATE_RELAY)
+    }
+
+    fn set_status(&self, id: &str, status: RelayStatus, activity: &str) -> Result<Activity> {
+        self.write(&format!("{activity} {id:?}"), |tx| {
+            let changed = tx.execute(
+                "UPDATE relay SET status = ?2, synced = 0, revision = revision + 1,
+                 updated_at = ?3 WHERE id = ?1",
+                params![id, status.as_str(), now_unix()],
+            )?;
+            if changed == 0 {
+                return Err(anyhow!("there is no relay {id:?}"));
+            }
+            insert_activity(tx, id, activity, "")
+        })
+    }
+
+    fn change_relay(&self, id: &str, activity: &str, settings: &RelaySettings) -> Result<Activity> {
+        self.write(&format!("{activity} {id:?}"), |tx| {
+            let assignments = SETTINGS_COLUMNS
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c} = ?{}", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE relay SET {assignments}, synced = 0, revision = revision + 1,
+                 updated_at = ?2 WHERE id = ?1"
+            );
+            let mut values: Vec<rusqlite::types::Value> =
+                vec![id.to_string().into(), now_unix().into()];
+            values.extend(settings.to_values());
+            if tx.execute(&sql, params_from_iter(values))? == 0 {
+                return Err(anyhow!("there is no relay {id:?}"));
+            }
+            insert_activity(tx, id, activity, "")
+        })
+    }
+}
+
+/// Appends an activity about relay `relay_id`, owned by the relay's tenant.
+fn insert_activity(
+    tx: &rusqlite::Transaction,
+    relay_id: &str,
+    activity_type: &str,
+    detail: &str,
+) -> Result<Activity> {
+    let id = crate::secret::random_hex(16);
+    let created_at = now_unix();
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type,
+                               resource_id, detail)
+         VALUES (?1, COALESCE((SELECT tenant_pubkey FROM relay WHERE id = ?3), ''), ?2, ?4,
+                 'relay', ?3, ?5)
+         RETURNING seq, tenant_pubkey",
+    )?;
+    let (seq, tenant_pubkey) = stmt.query_row(
+        params![id, created_at, relay_id, activity_type, detail],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(Activity {
+        seq,
+        id,
+        tenant_pubkey,
+        created_at,
+        activity_type: activity_type.to_string(),
+        resource_type: RELAY_RESOURCE.to_string(),
+        resource_id: relay_id.to_string(),
+        detail: detail.to_string(),
+    })
+}

@@ -1,0 +1,299 @@
+//! The rows zooid-sync reads and writes: [`Relay`] and [`Activity`].
+//!
+//! A relay row is written by the host, possibly by another program in another language, so
+//! nothing about it is trusted: [`Relay::from_row`] checks every column and a bad value becomes
+//! an error that names the relay and the column (never a panic, never a silent default).
+
+use std::fmt;
+
+use anyhow::{anyhow, bail, Result};
+use rusqlite::types::ValueRef;
+use rusqlite::Row;
+
+/// Activity types that zooid-sync reads or writes.
+pub mod activity_type {
+    pub const CREATE_RELAY: &str = "create_relay";
+    pub const UPDATE_RELAY: &str = "update_relay";
+    pub const ACTIVATE_RELAY: &str = "activate_relay";
+    pub const DEACTIVATE_RELAY: &str = "deactivate_relay";
+    pub const COMPLETE_RELAY_SYNC: &str = "complete_relay_sync";
+    pub const FAIL_RELAY_SYNC: &str = "fail_relay_sync";
+}
+
+/// The `resource_type` of activities about relays.
+pub const RELAY_RESOURCE: &str = "relay";
+
+/// Whether a relay is served. `inactive` and `delinquent` relays are sent with `inactive: true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayStatus {
+    Active,
+    Inactive,
+    Delinquent,
+}
+
+impl RelayStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayStatus::Active => "active",
+            RelayStatus::Inactive => "inactive",
+            RelayStatus::Delinquent => "delinquent",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self> {
+        match value {
+            "active" => Ok(RelayStatus::Active),
+            "inactive" => Ok(RelayStatus::Inactive),
+            "delinquent" => Ok(RelayStatus::Delinquent),
+            other => bail!("unknown status {other:?} (expected active, inactive or delinquent)"),
+        }
+    }
+
+    /// zooid's `inactive` flag.
+    pub fn is_inactive(self) -> bool {
+        self != RelayStatus::Active
+    }
+}
+
+impl fmt::Display for RelayStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the host decides about a relay: every column it edits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySettings {
+    /// The owner's public key, 64 hex characters.
+    pub tenant_pubkey: String,
+    pub schema: String,
+    pub subdomain: String,
+    pub plan_id: String,
+    pub status: RelayStatus,
+    pub info_name: String,
+    pub info_icon: String,
+    pub info_description: String,
+    pub policy_public_read: bool,
+    pub policy_public_write: bool,
+    pub policy_public_join: bool,
+    pub policy_strip_signatures: bool,
+    pub groups_enabled: bool,
+    pub management_enabled: bool,
+    pub members_can_invite: bool,
+    pub blossom_enabled: bool,
+    pub livekit_enabled: bool,
+    pub push_enabled: bool,
+}
+
+/// The host-edited columns, in the order [`RelaySettings::from_row`] reads them.
+pub(crate) const SETTINGS_COLUMNS: [&str; 18] = [
+    "tenant_pubkey",
+    "schema",
+    "subdomain",
+    "plan_id",
+    "status",
+    "info_name",
+    "info_icon",
+    "info_description",
+    "policy_public_read",
+    "policy_public_write",
+    "policy_public_join",
+    "policy_strip_signatures",
+    "groups_enabled",
+    "management_enabled",
+    "members_can_invite",
+    "blossom_enabled",
+    "livekit_enabled",
+    "push_enabled",
+];
+
+impl RelaySettings {
+    /// The values of [`SETTINGS_COLUMNS`], in order, for an INSERT or UPDATE.
+    pub(crate) fn to_values(&self) -> Vec<rusqlite::types::Value> {
+        use rusqlite::types::Value;
+        let text = |s: &str| Value::Text(s.to_string());
+        let flag = |b: bool| Value::Integer(b as i64);
+        vec![
+            text(&self.tenant_pubkey),
+            text(&self.schema),
+            text(&self.subdomain),
+            text(&self.plan_id),
+            text(self.status.as_str()),
+            text(&self.info_name),
+            text(&self.info_icon),
+            text(&self.info_description),
+            flag(self.policy_public_read),
+            flag(self.policy_public_write),
+            flag(self.policy_public_join),
+            flag(self.policy_strip_signatures),
+            flag(self.groups_enabled),
+            flag(self.management_enabled),
+            flag(self.members_can_invite),
+            flag(self.blossom_enabled),
+            flag(self.livekit_enabled),
+            flag(self.push_enabled),
+        ]
+    }
+
+    fn from_row(row: &Row, first: usize) -> Result<Self> {
+        let c = Columns { row, first };
+        Ok(RelaySettings {
+            tenant_pubkey: c.text(0)?,
+            schema: c.text(1)?,
+            subdomain: c.text(2)?,
+            plan_id: c.text(3)?,
+            status: RelayStatus::parse(&c.text(4)?).map_err(|e| anyhow!("column status: {e}"))?,
+            info_name: c.text(5)?,
+            info_icon: c.text(6)?,
+            info_description: c.text(7)?,
+            policy_public_read: c.flag(8)?,
+            policy_public_write: c.flag(9)?,
+            policy_public_join: c.flag(10)?,
+            policy_strip_signatures: c.flag(11)?,
+            groups_enabled: c.flag(12)?,
+            management_enabled: c.flag(13)?,
+            members_can_invite: c.flag(14)?,
+            blossom_enabled: c.flag(15)?,
+            livekit_enabled: c.flag(16)?,
+            push_enabled: c.flag(17)?,
+        })
+    }
+}
+
+/// A relay row: the host's settings and zooid-sync's record of its syncs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    pub id: String,
+    pub settings: RelaySettings,
+    /// The last sync's error; empty when the last sync succeeded or none failed yet.
+    pub sync_error: String,
+    /// True once zooid has the relay's current revision.
+    pub synced: bool,
+    /// Bumped by every change; a sync completes only the revision it read.
+    pub revision: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The SELECT list that [`Relay::from_row`] reads.
+pub(crate) fn relay_select_list() -> String {
+    format!(
+        "id, sync_error, synced, revision, created_at, updated_at, {}",
+        SETTINGS_COLUMNS.join(", ")
+    )
+}
+
+impl Relay {
+    /// Reads a row selected with [`relay_select_list`]. Errors name the relay and the column.
+    pub(crate) fn from_row(row: &Row) -> Result<Self> {
+        let id = match row.get_ref(0)? {
+            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+            other => format!("{other:?}"),
+        };
+        let read = || -> Result<Relay> {
+            let c = Columns { row, first: 0 };
+            Ok(Relay {
+                id: c.text(0)?,
+                sync_error: c.text(1)?,
+                synced: c.flag(2)?,
+                revision: c.int(3)?,
+                created_at: c.int(4)?,
+                updated_at: c.int(5)?,
+                settings: RelaySettings::from_row(row, 6)?,
+            })
+        };
+        read().map_err(|e| anyhow!("relay {id:?} has a malformed row: {e}"))
+    }
+}
+
+/// Typed access to a row's columns, with errors that name the column.
+struct Columns<'a, 'r> {
+    row: &'a Row<'r>,
+    first: usize,
+}
+
+impl Columns<'_, '_> {
+    fn name(&self, i: usize) -> &str {
+        self.row.as_ref().column_name(self.first + i).unwrap_or("?")
+    }
+
+    fn text(&self, i: usize) -> Result<String> {
+        match self.row.get_ref(self.first + i)? {
+            ValueRef::Text(bytes) => String::from_utf8(bytes.to_vec())
+                .map_err(|_| anyhow!("column {} is not valid UTF-8", self.name(i))),
+            ValueRef::Null => bail!("column {} is NULL", self.name(i)),
+            other => bail!(
+                "column {} holds {}, expected text",
+                self.name(i),
+                kind(other)
+            ),
+        }
+    }
+
+    fn int(&self, i: usize) -> Result<i64> {
+        match self.row.get_ref(self.first + i)? {
+            ValueRef::Integer(n) => Ok(n),
+            other => bail!(
+                "column {} holds {}, expected an integer",
+                self.name(i),
+                kind(other)
+            ),
+        }
+    }
+
+    fn flag(&self, i: usize) -> Result<bool> {
+        match self.row.get_ref(self.first + i)? {
+            ValueRef::Integer(0) => Ok(false),
+            ValueRef::Integer(1) => Ok(true),
+            ValueRef::Integer(n) => bail!("column {} holds {n}, expected 0 or 1", self.name(i)),
+            other => bail!(
+                "column {} holds {}, expected 0 or 1",
+                self.name(i),
+                kind(other)
+            ),
+        }
+    }
+}
+
+fn kind(v: ValueRef) -> &'static str {
+    match v {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "an integer",
+        ValueRef::Real(_) => "a real number",
+        ValueRef::Text(_) => "text",
+        ValueRef::Blob(_) => "a blob",
+    }
+}
+
+/// One row of the activity log; also what travels on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    /// Position in the log; the feed's cursor.
+    pub seq: i64,
+    pub id: String,
+    pub tenant_pubkey: String,
+    pub created_at: i64,
+    pub activity_type: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// For `fail_relay_sync`, the error.
+    pub detail: String,
+}
+
+pub(crate) const ACTIVITY_SELECT_LIST: &str =
+    "seq, id, tenant_pubkey, created_at, activity_type, resource_type, resource_id, detail";
+
+impl Activity {
+    pub(crate) fn from_row(row: &Row) -> rusqlite::Result<Self> {
+        Ok(Activity {
+            seq: row.get(0)?,
+            id: row.get(1)?,
+            tenant_pubkey: row.get(2)?,
+            created_at: row.get(3)?,
+            activity_type: row.get(4)?,
+            resource_type: row.get(5)?,
+            resource_id: row.get(6)?,
+            detail: row.get(7)?,
+        })
+    }
+}

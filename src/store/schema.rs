@@ -1,0 +1,74 @@
+//! The database schema and its migrations.
+//!
+//! Each migration moves the database from `PRAGMA user_version = n` to `n + 1` in one
+//! transaction, so a database is always at a version this code knows. The result of all
+//! migrations is the contract published as `fixtures/schema.sql`; a test checks the two agree.
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Migration `i` takes the database from version `i` to version `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: relays and their activity log.
+    "CREATE TABLE IF NOT EXISTS relay (
+        id                      TEXT PRIMARY KEY NOT NULL,
+        tenant_pubkey           TEXT NOT NULL,
+        schema                  TEXT NOT NULL,
+        subdomain               TEXT NOT NULL,
+        plan_id                 TEXT NOT NULL DEFAULT '',
+        status                  TEXT NOT NULL DEFAULT 'active',
+        sync_error              TEXT NOT NULL DEFAULT '',
+        synced                  INTEGER NOT NULL DEFAULT 0,
+        info_name               TEXT NOT NULL DEFAULT '',
+        info_icon               TEXT NOT NULL DEFAULT '',
+        info_description        TEXT NOT NULL DEFAULT '',
+        policy_public_read      INTEGER NOT NULL DEFAULT 0,
+        policy_public_write     INTEGER NOT NULL DEFAULT 0,
+        policy_public_join      INTEGER NOT NULL DEFAULT 0,
+        policy_strip_signatures INTEGER NOT NULL DEFAULT 0,
+        groups_enabled          INTEGER NOT NULL DEFAULT 0,
+        management_enabled      INTEGER NOT NULL DEFAULT 0,
+        members_can_invite      INTEGER NOT NULL DEFAULT 0,
+        blossom_enabled         INTEGER NOT NULL DEFAULT 0,
+        livekit_enabled         INTEGER NOT NULL DEFAULT 0,
+        push_enabled            INTEGER NOT NULL DEFAULT 0,
+        revision                INTEGER NOT NULL DEFAULT 1,
+        created_at              INTEGER NOT NULL,
+        updated_at              INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS relay_pending ON relay (synced) WHERE synced = 0;
+    CREATE TABLE IF NOT EXISTS activity (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        id            TEXT UNIQUE NOT NULL,
+        tenant_pubkey TEXT NOT NULL DEFAULT '',
+        created_at    INTEGER NOT NULL,
+        activity_type TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        resource_id   TEXT NOT NULL,
+        detail        TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX IF NOT EXISTS activity_resource
+        ON activity (resource_type, resource_id, seq DESC);",
+];
+
+/// The version a fully migrated database has.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to [`SCHEMA_VERSION`]. Refuses a database from a newer zooid-sync.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        bail!(
+            "the database is at schema version {version}, newer than this zooid-sync \
+             understands ({SCHEMA_VERSION}); upgrade zooid-sync"
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)
+            .with_context(|| format!("migrating the database to schema version {}", i + 1))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}

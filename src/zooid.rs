@@ -1,0 +1,276 @@
+//! The client for zooid's management API.
+//!
+//! One [`ZooidClient`] holds one `ureq::Agent`, shared by every worker thread, so connections to
+//! zooid are kept alive and reused. Every request is signed with NIP-98 (see
+//! [`crate::env::make_auth`]) and bounded by one overall timeout (5 s by default). Redirects are
+//! not followed: zooid never sends one, and a signed request must not wander to another URL.
+//!
+//! [`ZooidClient::request`] answers the response on 2xx and a [`ZooidError`] otherwise; the
+//! error keeps the status so the sync logic can tell "already exists" (409) and "not found"
+//! (404) from the rest, and quotes at most 1 KiB of zooid's body.
+
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use serde::Deserialize;
+
+use crate::env::{make_auth, Env, RobotKey};
+use crate::relay_config::RelayBody;
+
+/// The most of a response body that zooid-sync reads.
+const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
+/// The most of zooid's error body quoted in an error message.
+const MAX_QUOTED_BYTES: usize = 1024;
+
+/// A 2xx answer from zooid.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+/// A request to zooid that did not end in 2xx.
+#[derive(Debug, Clone)]
+pub enum ZooidError {
+    /// zooid answered with a non-2xx status.
+    Status {
+        method: &'static str,
+        path: String,
+        status: u16,
+        /// zooid's body, cut to 1 KiB.
+        body: String,
+    },
+    /// No usable answer: connection refused or reset, timeout, malformed HTTP, TLS failure.
+    Transport {
+        method: &'static str,
+        path: String,
+        message: String,
+    },
+}
+
+impl ZooidError {
+    /// The HTTP status, when zooid answered one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ZooidError::Status { status, .. } => Some(*status),
+            ZooidError::Transport { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for ZooidError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ZooidError::Status {
+                method,
+                path,
+                status,
+                body,
+            } => write!(f, "zooid answered {method} {path} with {status}: {body}"),
+            ZooidError::Transport {
+                method,
+                path,
+                message,
+            } => write!(f, "{method} {path} to zooid failed: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ZooidError {}
+
+/// A blocking, signing client for zooid's API.
+#[derive(Clone)]
+pub struct ZooidClient {
+    agent: ureq::Agent,
+    base_url: String,
+    robot: RobotKey,
+}
+
+impl fmt::Debug for ZooidClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZooidClient")
+            .field("base_url", &self.base_url)
+            .field("robot", &self.robot)
+            .finish()
+    }
+}
+
+impl ZooidClient {
+    /// A client for `env.zooid_api_url`, signing as `env.robot`, with `env.zooid_timeout`.
+    /// With `env.zooid_ca_file`, https trusts exactly the certificates in that PEM bundle.
+    pub fn new(env: &Env) -> Result<ZooidClient> {
+        let mut config = ureq::Agent::config_builder()
+            .timeout_global(Some(env.zooid_timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_idle_connections_per_host(env.sync_workers.max(1) * 2)
+            .max_idle_age(Duration::from_secs(30))
+            .user_agent(concat!("zooid-sync/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &env.zooid_ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("ZOOID_CA_FILE: cannot read {}", path.display()))?;
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                if let ureq::tls::PemItem::Certificate(cert) =
+                    item.with_context(|| format!("ZOOID_CA_FILE: {} is not PEM", path.display()))?
+                {
+                    certs.push(cert);
+                }
+            }
+            if certs.is_empty() {
+                return Err(anyhow!(
+                    "ZOOID_CA_FILE: {} holds no certificate",
+                    path.display()
+                ));
+            }
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        Ok(ZooidClient {
+            agent: config.build().new_agent(),
+            base_url: env.zooid_api_url.clone(),
+            robot: env.robot.clone(),
+        })
+    }
+
+    /// The absolute URL of `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// Sends a signed request; the response on 2xx, an error otherwise.
+    /// `method` is one of `GET`, `POST`, `PUT`, `PATCH`.
+    pub fn request(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, ZooidError> {
+        let transport = |message: String| ZooidError::Transport {
+            method,
+            path: path.to_string(),
+            message,
+        };
+        let url = self.url(path);
+        let auth =
+            make_auth(&self.robot, method, &url, body).map_err(|e| transport(e.to_string()))?;
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("authorization", auth)
+            .header("accept", "application/json");
+        let sent = match body {
+            Some(body) => {
+                let request = request
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .map_err(|e| transport(e.to_string()))?;
+                self.agent.run(request)
+            }
+            None => {
+                let request = request.body(()).map_err(|e| transport(e.to_string()))?;
+                self.agent.run(request)
+            }
+        };
+        let mut response = sent.map_err(|e| transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_vec();
+        let text = match bytes {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            // A 2xx whose body cannot be read is no success: the outcome is unknown.
+            Err(e) if (200..300).contains(&status) => {
+                return Err(transport(format!(
+                    "reading the {status} answer failed: {e}"
+                )))
+            }
+            Err(e) => format!("<body unreadable: {e}>"),
+        };
+        if (200..300).contains(&status) {
+            Ok(Response { status, body: text })
+        } else {
+            Err(ZooidError::Status {
+                method,
+                path: path.to_string(),
+                status,
+                body: cut(&text, MAX_QUOTED_BYTES),
+            })
+        }
+    }
+
+    /// `POST /relay/{id}` with the full body, secret included.
+    pub fn create_relay(&self, id: &str, body: &RelayBody) -> Result<Response, ZooidError> {
+        self.send_json("POST", id, body)
+    }
+
+    /// `PATCH /relay/{id}` with the body, no secret.
+    pub fn patch_relay(&self, id: &str, body: &RelayBody) -> Result<Response, ZooidError> {
+        self.send_json("PATCH", id, body)
+    }
+
+    fn send_json(
+        &self,
+        method: &'static str,
+        id: &str,
+        body: &RelayBody,
+    ) -> Result<Response, ZooidError> {
+        let json = serde_json::to_vec(body).expect("a relay body always serializes");
+        self.request(method, &format!("/relay/{id}"), Some(&json))
+    }
+
+    /// `GET /relay/{id}/members`: the relay's member pubkeys. An unknown relay is an error
+    /// that says so.
+    pub fn list_relay_members(&self, id: &str) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Members {
+            members: Vec<String>,
+        }
+        let path = format!("/relay/{id}/members");
+        let response = self
+            .request("GET", &path, None)
+            .map_err(|e| match e.status() {
+                Some(404) => anyhow!("zooid does not know relay {id:?} ({e})"),
+                _ => anyhow!(e),
+            })?;
+        let members: Members = serde_json::from_str(&response.body).map_err(|e| {
+            anyhow!(
+                "zooid answered GET {path} with a body that is not {{\"members\": [...]}}: {e}: {}",
+                cut(&response.body, MAX_QUOTED_BYTES)
+            )
+        })?;
+        Ok(members.members)
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, marked when cut.
+pub(crate) fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn cut_respects_char_boundaries() {
+        assert_eq!(cut("short", 10), "short");
+        let long = "é".repeat(1000); // 2000 bytes
+        let c = cut(&long, 1023);
+        assert!(c.starts_with(&"é".repeat(511)));
+        assert!(c.ends_with("(2000 bytes in all)"));
+    }
+}

@@ -1,0 +1,186 @@
+//! ZooidClient against the fixture zooid over HTTP: signed create, patch and members; errors
+//! that carry method, path, status and at most 1 KiB of body; timeouts and broken answers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use zooid_sync::fixture::Fault;
+use zooid_sync::relay_config::relay_body;
+use zooid_sync::secret::{random_hex, Secret};
+use zooid_sync::zooid::ZooidError;
+use zooid_sync::{Relay, ZooidClient};
+
+fn relay(id: &str) -> Relay {
+    Relay {
+        id: id.into(),
+        settings: settings(id),
+        sync_error: String::new(),
+        synced: false,
+        revision: 1,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+#[test]
+fn create_then_patch_reaches_zooid_signed() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let env = env_for(&fx.url(), &db);
+    let client = ZooidClient::new(&env).unwrap();
+    let r = relay("alpha");
+    let secret = Secret::new(random_hex(32));
+    let created = client
+        .create_relay("alpha", &relay_body(&r, &env, Some(&secret)).unwrap())
+        .unwrap();
+    assert_eq!(created.status, 201);
+    assert_eq!(fx.relay("alpha").unwrap()["secret"], secret.expose());
+
+    let mut changed = relay("alpha");
+    changed.settings.info_name = "Changed".into();
+    let patched = client
+        .patch_relay("alpha", &relay_body(&changed, &env, None).unwrap())
+        .unwrap();
+    assert_eq!(patched.status, 200);
+    let stored = fx.relay("alpha").unwrap();
+    assert_eq!(stored["info"]["name"], "Changed");
+    assert_eq!(
+        stored["secret"],
+        secret.expose(),
+        "a patch never rotates the secret"
+    );
+    let methods: Vec<_> = fx.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(methods, ["POST", "PATCH"]);
+}
+
+#[test]
+fn errors_carry_status_and_a_cut_body() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let env = env_for(&fx.url(), &db);
+    let client = ZooidClient::new(&env).unwrap();
+    let huge = format!("{{\"error\":\"{}\"}}", "x".repeat(5000));
+    fx.inject(
+        "alpha",
+        Fault::Status {
+            status: 500,
+            body: huge,
+        },
+    );
+    let err = client
+        .request("GET", "/relay/alpha/members", None)
+        .unwrap_err();
+    assert_eq!(err.status(), Some(500));
+    let text = err.to_string();
+    assert!(
+        text.starts_with("zooid answered GET /relay/alpha/members with 500: {\"error\":\"xxx"),
+        "{text}"
+    );
+    assert!(text.len() < 1200, "{} bytes", text.len());
+    assert!(text.contains("bytes in all"));
+}
+
+#[test]
+fn members_are_listed_and_an_unknown_relay_says_so() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let env = env_for(&fx.url(), &db);
+    let client = ZooidClient::new(&env).unwrap();
+    let err = client.list_relay_members("alpha").unwrap_err().to_string();
+    assert!(err.contains("zooid does not know relay \"alpha\""), "{err}");
+
+    client
+        .create_relay(
+            "alpha",
+            &relay_body(&relay("alpha"), &env, Some(&Secret::new(random_hex(32)))).unwrap(),
+        )
+        .unwrap();
+    fx.set_members("alpha", &[OWNER]);
+    assert_eq!(client.list_relay_members("alpha").unwrap(), [OWNER]);
+
+    fx.inject(
+        "alpha",
+        Fault::Status {
+            status: 200,
+            body: "<html>oops</html>".into(),
+        },
+    );
+    let err = client.list_relay_members("alpha").unwrap_err().to_string();
+    assert!(
+        err.contains("not {\"members\": [...]}") && err.contains("<html>oops"),
+        "{err}"
+    );
+}
+
+#[test]
+fn timeouts_and_broken_answers_are_transport_errors() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let mut env = env_for(&fx.url(), &db);
+    env.zooid_timeout = Duration::from_millis(300);
+    let client = ZooidClient::new(&env).unwrap();
+    let faults = [
+        Fault::Hang,
+        Fault::Delay(Duration::from_millis(1500)),
+        Fault::Drop,
+        Fault::Raw(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"trunc".to_vec()),
+        Fault::Raw(b"garbage garbage\r\n\r\n".to_vec()),
+    ];
+    for fault in faults {
+        fx.inject("alpha", fault.clone());
+        let started = Instant::now();
+        let err = client
+            .request("GET", "/relay/alpha/members", None)
+            .unwrap_err();
+        assert!(
+            matches!(err, ZooidError::Transport { .. }),
+            "{fault:?}: {err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("GET /relay/alpha/members to zooid failed"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{fault:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn redirects_are_not_followed() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let env = env_for(&fx.url(), &db);
+    let client = ZooidClient::new(&env).unwrap();
+    fx.inject_times(
+        "alpha",
+        Fault::Raw(format!("HTTP/1.1 302 Found\r\nlocation: {}/relay/beta/members\r\ncontent-length: 0\r\n\r\n", fx.url()).into_bytes()),
+        1,
+    );
+    let err = client
+        .request("GET", "/relay/alpha/members", None)
+        .unwrap_err();
+    assert_eq!(err.status(), Some(302), "{err}");
+    assert!(fx.requests_for("beta").is_empty());
+}
+
+#[test]
+fn a_refused_connection_is_an_error_not_a_hang() {
+    let (_dir, db) = temp_db();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = env_for(&format!("http://127.0.0.1:{port}"), &db);
+    let err = ZooidClient::new(&env)
+        .unwrap()
+        .request("GET", "/relay/a/members", None)
+        .unwrap_err();
+    assert!(matches!(err, ZooidError::Transport { .. }), "{err}");
+}
