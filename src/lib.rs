@@ -18,5 +18,6 @@ pub mod store;
 pub mod zooid;
 
 pub use env::{Env, RobotKey};
+pub use infra::{Infra, InfraHandle};
 pub use store::{Activity, Command, Query, Relay, RelaySettings, RelayStatus, Store};
 pub use zooid::ZooidClient;

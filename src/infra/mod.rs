@@ -1,2 +1,247 @@
-//! The worker.
+//! The worker: [`Infra`], its dispatcher loop, and the threads it starts.
+//!
+//! `Infra::start` runs the dispatcher on the calling thread:
+//!
+//! 1. subscribe to the bus (`command.notify`), start the timer thread and the pool;
+//! 2. reconcile (`"startup"`): every pending relay is synced now if its last attempt did not
+//!    fail, or gets a retry at its backoff if it did;
+//! 3. loop: each activity about a relay is filtered: `create_relay`, `update_relay`,
+//!    `activate_relay` and `deactivate_relay` hand the relay to the pool; `fail_relay_sync`
+//!    schedules a retry; anything else is ignored. A due retry from the timer thread goes to
+//!    the pool. `Lagged` means activities were lost: reconcile again (`"lagged"`). `Closed`
+//!    (every strong bus sender gone) or a stop request ends the loop.
+//! 4. stop: the pool finishes the syncs in flight (each bounded by the zooid timeout), queued
+//!    work and scheduled retries are dropped (they are pending in the database and the next
+//!    start's reconcile finds them), and `start` returns.
+//!
+//! The dispatcher never talks to zooid; it reads the database only to count a relay's trailing
+//! failures and to list pending relays. The pool threads do the syncs; the timer thread only
+//! keeps time. Outcomes come back to the dispatcher the same way as every other activity: on
+//! the bus.
+
+pub mod pool;
 pub mod retry;
+pub mod sync;
+pub mod timer;
+
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{select, Receiver, Sender};
+
+use crate::env::Env;
+use crate::store::{activity_type, Activity, Command, Query, RecvError, RELAY_RESOURCE};
+use pool::Pool;
+use retry::{random_unit, RetryDecision};
+use sync::Syncer;
+use timer::TimerCommand;
+
+/// The background worker that keeps zooid in step with the database.
+pub struct Infra {
+    env: Env,
+    query: Query,
+    command: Command,
+}
+
+/// A running [`Infra`] on its own thread.
+pub struct InfraHandle {
+    stop: Sender<()>,
+    thread: JoinHandle<Result<()>>,
+}
+
+impl InfraHandle {
+    /// Stops intake, waits for the syncs in flight, and answers how the worker ended.
+    pub fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.join()
+    }
+
+    /// Waits for the worker to end by itself (when the bus closes).
+    pub fn join(self) -> Result<()> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the zooid-sync dispatcher panicked")))
+    }
+
+    /// Whether the worker has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+impl Infra {
+    /// A worker over this store, configured by `env`.
+    pub fn new(query: Query, command: Command, env: &Env) -> Self {
+        Infra {
+            env: env.clone(),
+            query,
+            command,
+        }
+    }
+
+    /// The members of relay `id`, from zooid (`GET /relay/{id}/members`).
+    pub fn list_relay_members(&self, id: &str) -> Result<Vec<String>> {
+        crate::zooid::ZooidClient::new(&self.env)?.list_relay_members(id)
+    }
+
+    /// Runs the worker on its own thread; see [`InfraHandle`].
+    pub fn spawn(self) -> Result<InfraHandle> {
+        let (stop, stopped) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("zooid-sync-dispatcher".into())
+            .spawn(move || self.run(stopped))
+            .context("cannot start the dispatcher thread")?;
+        Ok(InfraHandle { stop, thread })
+    }
+
+    /// Runs the worker on the calling thread until the bus closes (every strong
+    /// [`Command`] handle dropped; the worker's own does not count).
+    pub fn start(self) -> Result<()> {
+        self.run(crossbeam_channel::never())
+    }
+
+    fn run(self, stop: Receiver<()>) -> Result<()> {
+        let Infra {
+            env,
+            query,
+            command,
+        } = self;
+        let activities = command.notify.subscribe();
+        // From here on the worker's own handle must not keep the bus open.
+        let command = {
+            let weak = command.weak();
+            drop(command);
+            weak
+        };
+        let syncer = Syncer::new(query.clone(), command, &env)?;
+
+        let (timer_tx, timer_rx) = crossbeam_channel::unbounded();
+        let (due_tx, due_rx) = crossbeam_channel::unbounded();
+        let timer = timer::spawn(timer_rx, due_tx).context("cannot start the timer thread")?;
+        let pool = Pool::start(env.sync_workers, syncer, timer_tx.clone(), env.retry.base)
+            .context("cannot start the worker threads")?;
+        let dispatcher = Dispatcher {
+            env: &env,
+            query: &query,
+            pool: &pool,
+            timer: &timer_tx,
+        };
+        log::info!(
+            "zooid-sync started: {} workers, zooid at {}",
+            env.sync_workers,
+            env.zooid_api_url
+        );
+
+        dispatcher.reconcile("startup");
+        loop {
+            select! {
+                recv(activities.receiver()) -> message => match message {
+                    Ok(activity) => {
+                        if let Err(RecvError::Lagged(n)) = activities.take_lag() {
+                            log::warn!("fell behind the activity bus by {n} activities; reconciling");
+                            dispatcher.reconcile("lagged");
+                        }
+                        dispatcher.handle_activity(&activity);
+                    }
+                    Err(_) => {
+                        log::info!("the activity bus closed; stopping");
+                        break;
+                    }
+                },
+                recv(due_rx) -> id => {
+                    if let Ok(id) = id {
+                        log::debug!("relay {id}: retry due");
+                        dispatcher.pool.submit(&id);
+                    }
+                },
+                recv(stop) -> _ => {
+                    log::info!("stop requested; finishing the syncs in flight");
+                    break;
+                }
+            }
+        }
+
+        pool.stop();
+        drop(timer_tx);
+        drop(due_rx);
+        let _ = timer.join();
+        log::info!("zooid-sync stopped");
+        Ok(())
+    }
+}
+
+/// The dispatcher's decisions, borrowed from the running worker.
+struct Dispatcher<'a> {
+    env: &'a Env,
+    query: &'a Query,
+    pool: &'a Pool,
+    timer: &'a Sender<TimerCommand>,
+}
+
+impl Dispatcher<'_> {
+    fn handle_activity(&self, activity: &Activity) {
+        if activity.resource_type != RELAY_RESOURCE {
+            return;
+        }
+        let id = &activity.resource_id;
+        match activity.activity_type.as_str() {
+            activity_type::CREATE_RELAY
+            | activity_type::UPDATE_RELAY
+            | activity_type::ACTIVATE_RELAY
+            | activity_type::DEACTIVATE_RELAY => self.pool.submit(id),
+            activity_type::FAIL_RELAY_SYNC => self.schedule_relay_sync_retry(id, "failure"),
+            _ => {}
+        }
+    }
+
+    /// Syncs every pending relay now, or at its backoff if its last attempt failed.
+    fn reconcile(&self, source: &str) {
+        let pending = match self.query.list_relays_pending_sync() {
+            Ok(pending) => pending,
+            Err(e) => {
+                log::error!("reconcile ({source}): {e:#}");
+                return;
+            }
+        };
+        let mut now = 0;
+        for relay in &pending {
+            if relay.sync_error.is_empty() {
+                now += 1;
+                self.pool.submit(&relay.id);
+            } else {
+                self.schedule_relay_sync_retry(&relay.id, source);
+            }
+        }
+        log::info!(
+            "reconcile ({source}): {} relays pending, {now} synced now, {} after their backoff",
+            pending.len(),
+            pending.len() - now
+        );
+    }
+
+    /// Schedules the next attempt for a relay whose last sync failed, or gives up.
+    fn schedule_relay_sync_retry(&self, id: &str, source: &str) {
+        let attempt = match self.query.count_trailing_sync_failures(id) {
+            Ok(n) => n,
+            Err(e) => {
+                log::error!("relay {id}: cannot schedule a retry: {e:#}");
+                return;
+            }
+        };
+        match self.env.retry.decide(attempt, random_unit()) {
+            RetryDecision::RetryAfter(delay) => {
+                log::warn!("relay {id}: retry {attempt} in {delay:?} ({source})");
+                let _ = self
+                    .timer
+                    .send(TimerCommand::Schedule(id.to_string(), delay));
+            }
+            RetryDecision::GiveUp => log::warn!(
+                "relay {id}: gave up after {attempt} failed syncs; it waits for its next change \
+                 or `zooid-sync sync {id}`"
+            ),
+            RetryDecision::NotNeeded => {
+                log::debug!("relay {id}: no failure since its last success; no retry")
+            }
+        }
+    }
+}

@@ -145,8 +145,14 @@ impl Subscriber {
         }
     }
 
+    /// The channel underneath, for `crossbeam_channel::select!`. Call
+    /// [`take_lag`](Self::take_lag) before handling a message received from it.
+    pub(crate) fn receiver(&self) -> &Receiver<Activity> {
+        &self.rx
+    }
+
     /// `Err(Lagged(n))` if activities were dropped since the last call.
-    fn take_lag(&self) -> Result<(), RecvError> {
+    pub(crate) fn take_lag(&self) -> Result<(), RecvError> {
         match self.lagged.swap(0, Ordering::AcqRel) {
             0 => Ok(()),
             n => Err(RecvError::Lagged(n)),

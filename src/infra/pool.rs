@@ -1,0 +1,235 @@
+//! The worker pool: a few threads that run syncs, never two of the same relay at once.
+//!
+//! Jobs are relay ids on a crossbeam channel. [`InFlight`] is the per-relay bookkeeping that
+//! keeps the order right: a relay asked for while its job is still queued needs nothing more
+//! (the job reads fresh data when it starts); a relay asked for while its sync is running is
+//! marked dirty and synced once more, from fresh data, when the running sync ends. So a burst
+//! of updates to one relay costs at most two requests, and an older body can never overwrite a
+//! newer one at zooid.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::sync::{SyncOutcome, Syncer};
+use super::timer::TimerCommand;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Queued,
+    Running { dirty: bool },
+}
+
+/// Which relays are queued or running, and which changed while running.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    relays: HashMap<String, State>,
+}
+
+impl InFlight {
+    /// A sync of `id` is wanted. Answers whether a job must be queued for it.
+    pub fn request(&mut self, id: &str) -> bool {
+        match self.relays.get_mut(id) {
+            None => {
+                self.relays.insert(id.to_string(), State::Queued);
+                true
+            }
+            Some(State::Queued) => false,
+            Some(State::Running { dirty }) => {
+                *dirty = true;
+                false
+            }
+        }
+    }
+
+    /// A worker starts syncing `id`.
+    pub fn start(&mut self, id: &str) {
+        self.relays
+            .insert(id.to_string(), State::Running { dirty: false });
+    }
+
+    /// A worker finished syncing `id`. Answers whether it must sync it once more.
+    pub fn finish(&mut self, id: &str) -> bool {
+        match self.relays.get_mut(id) {
+            Some(State::Running { dirty }) if *dirty => {
+                *dirty = false;
+                true
+            }
+            _ => {
+                self.relays.remove(id);
+                false
+            }
+        }
+    }
+
+    /// Forgets `id` without syncing it (at shutdown).
+    pub fn abandon(&mut self, id: &str) {
+        self.relays.remove(id);
+    }
+
+    /// How many relays are queued or running.
+    pub fn len(&self) -> usize {
+        self.relays.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.relays.is_empty()
+    }
+}
+
+/// The running pool.
+pub struct Pool {
+    jobs: Option<Sender<String>>,
+    shared: Arc<PoolShared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct PoolShared {
+    in_flight: Mutex<InFlight>,
+    stopping: AtomicBool,
+    running: AtomicUsize,
+}
+
+impl Pool {
+    /// Starts `workers` threads sharing `syncer`. A successful sync cancels the relay's
+    /// pending retry through `timer`; an outcome that could not be recorded is retried later.
+    pub fn start(
+        workers: usize,
+        syncer: Syncer,
+        timer: Sender<TimerCommand>,
+        retry_later: std::time::Duration,
+    ) -> std::io::Result<Pool> {
+        let (jobs, queue) = crossbeam_channel::unbounded::<String>();
+        let shared = Arc::new(PoolShared {
+            in_flight: Mutex::new(InFlight::default()),
+            stopping: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+        });
+        let syncer = Arc::new(syncer);
+        let threads = (0..workers.max(1))
+            .map(|n| {
+                let (queue, shared, syncer, timer) =
+                    (queue.clone(), shared.clone(), syncer.clone(), timer.clone());
+                std::thread::Builder::new()
+                    .name(format!("zooid-sync-worker-{n}"))
+                    .spawn(move || work(&queue, &shared, &syncer, &timer, retry_later))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Pool {
+            jobs: Some(jobs),
+            shared,
+            threads,
+        })
+    }
+
+    /// Asks for a sync of relay `id` (see [`InFlight::request`]).
+    pub fn submit(&self, id: &str) {
+        let queue = self.shared.in_flight.lock().unwrap().request(id);
+        if queue {
+            if let Some(jobs) = &self.jobs {
+                let _ = jobs.send(id.to_string());
+            }
+        }
+    }
+
+    /// Relays queued or being synced.
+    pub fn pending(&self) -> usize {
+        self.shared.in_flight.lock().unwrap().len()
+    }
+
+    /// Syncs running right now.
+    pub fn running(&self) -> usize {
+        self.shared.running.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking jobs, lets running syncs finish, and waits for the threads. Queued jobs
+    /// are dropped: they are still pending in the database for the next start.
+    pub fn stop(mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.jobs.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn work(
+    queue: &Receiver<String>,
+    shared: &PoolShared,
+    syncer: &Syncer,
+    timer: &Sender<TimerCommand>,
+    retry_later: std::time::Duration,
+) {
+    while let Ok(id) = queue.recv() {
+        if shared.stopping.load(Ordering::Acquire) {
+            shared.in_flight.lock().unwrap().abandon(&id);
+            continue;
+        }
+        shared.in_flight.lock().unwrap().start(&id);
+        loop {
+            shared.running.fetch_add(1, Ordering::Relaxed);
+            let outcome = syncer.sync_relay_by_id(&id);
+            shared.running.fetch_sub(1, Ordering::Relaxed);
+            match outcome {
+                SyncOutcome::Synced { .. } => {
+                    let _ = timer.send(TimerCommand::Cancel(id.clone()));
+                }
+                SyncOutcome::NotRecorded(_) => {
+                    let _ = timer.send(TimerCommand::Schedule(id.clone(), retry_later));
+                }
+                SyncOutcome::Failed(_) | SyncOutcome::Gone => {}
+            }
+            let again = shared.in_flight.lock().unwrap().finish(&id);
+            if !again || shared.stopping.load(Ordering::Acquire) {
+                if again {
+                    shared.in_flight.lock().unwrap().abandon(&id);
+                }
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InFlight;
+
+    #[test]
+    fn a_burst_while_queued_costs_one_job() {
+        let mut f = InFlight::default();
+        assert!(f.request("a"));
+        assert!(!f.request("a"));
+        assert!(!f.request("a"));
+        f.start("a");
+        assert!(!f.finish("a"));
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn a_burst_while_running_costs_one_more_sync() {
+        let mut f = InFlight::default();
+        assert!(f.request("a"));
+        f.start("a");
+        assert!(!f.request("a"));
+        assert!(!f.request("a"));
+        assert!(f.finish("a"), "changed while running: sync again");
+        assert!(!f.finish("a"));
+        assert!(f.request("a"), "idle again: a new job");
+    }
+
+    #[test]
+    fn relays_are_independent() {
+        let mut f = InFlight::default();
+        assert!(f.request("a"));
+        assert!(f.request("b"));
+        f.start("a");
+        assert!(!f.request("a"));
+        f.start("b");
+        assert!(!f.finish("b"));
+        assert_eq!(f.len(), 1);
+        assert!(f.finish("a"));
+    }
+}
