@@ -110,36 +110,12 @@ impl Env {
         let relay_domain = parse_relay_domain(&required("RELAY_DOMAIN")?)?;
         let robot = RobotKey::parse(&required("ROBOT_SECRET")?).context("ROBOT_SECRET")?;
 
-        let defaults = RetryPolicy::default();
-        let duration = |name: &str, default: Duration| -> Result<Duration> {
-            match get(name) {
-                Some(v) => parse_duration(&v).with_context(|| format!("{name} is malformed")),
-                None => Ok(default),
-            }
-        };
-        let number = |name: &str, default: u32| -> Result<u32> {
-            match get(name) {
-                Some(v) => v.trim().parse().map_err(|_| {
-                    anyhow!("{name} is malformed: expected a whole number, got {v:?}")
-                }),
-                None => Ok(default),
-            }
-        };
-
-        let sync_workers = number("SYNC_WORKERS", 4)?;
+        let sync_workers = whole_number(get, "SYNC_WORKERS", 4)?;
         if sync_workers == 0 {
             bail!("SYNC_WORKERS is malformed: it must be at least 1");
         }
-        let retry = RetryPolicy {
-            base: duration("SYNC_RETRY_BASE", defaults.base)?,
-            cap: duration("SYNC_RETRY_CAP", defaults.cap)?,
-            max_attempts: number("SYNC_RETRY_MAX_ATTEMPTS", defaults.max_attempts)?,
-            jitter: defaults.jitter,
-        };
-        if retry.base.is_zero() || retry.cap < retry.base {
-            bail!("SYNC_RETRY_BASE and SYNC_RETRY_CAP are malformed: need 0 < base <= cap");
-        }
-        let zooid_timeout = duration("ZOOID_TIMEOUT", Duration::from_secs(5))?;
+        let retry = retry_policy_from_vars(&var)?;
+        let zooid_timeout = duration(get, "ZOOID_TIMEOUT", Duration::from_secs(5))?;
         if zooid_timeout.is_zero() {
             bail!("ZOOID_TIMEOUT is malformed: it must be longer than zero");
         }
@@ -194,6 +170,44 @@ impl Env {
     /// a fresh one.
     pub fn make_auth(&self, method: &str, url: &str, body: Option<&[u8]>) -> Result<String> {
         make_auth(&self.robot, method, url, body)
+    }
+}
+
+/// The backoff settings alone (`SYNC_RETRY_BASE`, `SYNC_RETRY_CAP`,
+/// `SYNC_RETRY_MAX_ATTEMPTS`), for commands that need no zooid.
+pub fn retry_policy_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<RetryPolicy> {
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let defaults = RetryPolicy::default();
+    let retry = RetryPolicy {
+        base: duration(get, "SYNC_RETRY_BASE", defaults.base)?,
+        cap: duration(get, "SYNC_RETRY_CAP", defaults.cap)?,
+        max_attempts: whole_number(get, "SYNC_RETRY_MAX_ATTEMPTS", defaults.max_attempts)?,
+        jitter: defaults.jitter,
+    };
+    if retry.base.is_zero() || retry.cap < retry.base {
+        bail!("SYNC_RETRY_BASE and SYNC_RETRY_CAP are malformed: need 0 < base <= cap");
+    }
+    Ok(retry)
+}
+
+fn duration(
+    get: impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: Duration,
+) -> Result<Duration> {
+    match get(name) {
+        Some(v) => parse_duration(&v).with_context(|| format!("{name} is malformed")),
+        None => Ok(default),
+    }
+}
+
+fn whole_number(get: impl Fn(&str) -> Option<String>, name: &str, default: u32) -> Result<u32> {
+    match get(name) {
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("{name} is malformed: expected a whole number, got {v:?}")),
+        None => Ok(default),
     }
 }
 

@@ -9,11 +9,15 @@
 //! non-async host program can link this library directly. See `ARCHITECTURE.md` for the code
 //! map and [`Infra`] for the worker.
 
+pub mod daemon;
+pub mod dev;
 pub mod env;
+pub mod feed;
 pub mod fixture;
 pub mod infra;
 pub mod relay_config;
 pub mod secret;
+pub mod status;
 pub mod store;
 pub mod zooid;
 

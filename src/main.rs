@@ -1,6 +1,143 @@
 //! The `zooid-sync` binary: parses the command line and wires the library together.
 
-fn main() {
-    eprintln!("zooid-sync: commands are not wired up yet; the library and its tests are");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use zooid_sync::daemon::{self, DaemonOptions};
+use zooid_sync::env::{parse_duration, retry_policy_from_vars};
+use zooid_sync::infra::sync::{SyncOutcome, Syncer};
+use zooid_sync::{dev, status, Env, Store};
+
+/// Keeps a fleet of hosted Nostr relays configured on zooid.
+///
+/// Configuration comes from the environment (ZOOID_API_URL, RELAY_DOMAIN, ROBOT_SECRET,
+/// DATABASE_PATH, ...; see README.md). Logs go to standard error, filtered by RUST_LOG.
+#[derive(Parser)]
+#[command(name = "zooid-sync", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: sync every change until SIGTERM or SIGINT.
+    Run {
+        /// How often to look for activity written by other processes (e.g. 20ms, 1s).
+        #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+        feed_interval: std::time::Duration,
+    },
+    /// Sync one relay now, in the foreground. Exit status 0: synced; 1: failed.
+    Sync {
+        /// The relay's id.
+        id: String,
+    },
+    /// Show every relay: host, status, synced, attempts, next retry, last error.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a relay's members, as zooid knows them.
+    Members {
+        /// The relay's id.
+        id: String,
+    },
+    /// A self-contained demonstration: fixture zooid, fresh database, the real worker.
+    Dev,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zooid-sync: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Cmd) -> Result<ExitCode> {
+    match command {
+        Cmd::Run { feed_interval } => {
+            let env = Env::from_env()?;
+            let stop = stop_on_signal()?;
+            daemon::run(&env, &DaemonOptions { feed_interval }, stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Sync { id } => {
+            let env = Env::from_env()?;
+            let store = Store::open(&env.database_path)?;
+            let syncer = Syncer::new(store.query, store.command, &env)?;
+            Ok(match syncer.sync_relay_by_id(&id) {
+                SyncOutcome::Synced {
+                    method,
+                    status,
+                    marked,
+                } => {
+                    println!("relay {id}: synced ({method} {status})");
+                    if !marked {
+                        println!("relay {id}: it changed meanwhile and is still pending");
+                    }
+                    ExitCode::SUCCESS
+                }
+                SyncOutcome::Failed(error) => {
+                    println!("relay {id}: failed: {error}");
+                    ExitCode::from(1)
+                }
+                SyncOutcome::Gone => {
+                    println!("relay {id}: there is no such relay");
+                    ExitCode::from(1)
+                }
+                SyncOutcome::NotRecorded(error) => {
+                    println!("relay {id}: the outcome could not be recorded: {error}");
+                    ExitCode::from(1)
+                }
+            })
+        }
+        Cmd::Status { json } => {
+            let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let retry = retry_policy_from_vars(var)?;
+            let path = var("DATABASE_PATH").unwrap_or_else(|| "zooid-sync.db".into());
+            let store = Store::open(&path)?;
+            let rows = status::report(&store.query, var("RELAY_DOMAIN").as_deref(), &retry)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", status::render_table(&rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Members { id } => {
+            let env = Env::from_env()?;
+            let client = zooid_sync::ZooidClient::new(&env)?;
+            for member in client.list_relay_members(&id)? {
+                println!("{member}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Dev => {
+            dev::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A channel that receives once SIGTERM or SIGINT arrives.
+fn stop_on_signal() -> Result<crossbeam_channel::Receiver<()>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("cannot handle signals")?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("zooid-sync-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                log::info!("received signal {signal}; stopping");
+                let _ = tx.send(());
+            }
+        })?;
+    Ok(rx)
 }

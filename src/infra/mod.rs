@@ -46,6 +46,7 @@ pub struct Infra {
 /// A running [`Infra`] on its own thread.
 pub struct InfraHandle {
     stop: Sender<()>,
+    finished: Receiver<()>,
     thread: JoinHandle<Result<()>>,
 }
 
@@ -67,6 +68,11 @@ impl InfraHandle {
     pub fn is_finished(&self) -> bool {
         self.thread.is_finished()
     }
+
+    /// A channel that disconnects when the worker ends, for `crossbeam_channel::select!`.
+    pub fn finished(&self) -> &Receiver<()> {
+        &self.finished
+    }
 }
 
 impl Infra {
@@ -87,11 +93,19 @@ impl Infra {
     /// Runs the worker on its own thread; see [`InfraHandle`].
     pub fn spawn(self) -> Result<InfraHandle> {
         let (stop, stopped) = crossbeam_channel::bounded(1);
+        let (ended, finished) = crossbeam_channel::bounded::<()>(0);
         let thread = std::thread::Builder::new()
             .name("zooid-sync-dispatcher".into())
-            .spawn(move || self.run(stopped))
+            .spawn(move || {
+                let _ended = ended; // dropped when the worker ends, whatever the outcome
+                self.run(stopped)
+            })
             .context("cannot start the dispatcher thread")?;
-        Ok(InfraHandle { stop, thread })
+        Ok(InfraHandle {
+            stop,
+            finished,
+            thread,
+        })
     }
 
     /// Runs the worker on the calling thread until the bus closes (every strong

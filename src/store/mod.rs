@@ -452,6 +452,20 @@ impl Command {
     }
 }
 
+impl Command {
+    /// From now on, remember which activities this process writes, so that a feed tailing
+    /// the table can skip them ([`take_own_write`](Self::take_own_write)): they were
+    /// published already.
+    pub(crate) fn track_own_writes(&self) {
+        self.own_writes.tracking.store(true, Ordering::Release);
+    }
+
+    /// Whether this process wrote (and so already published) activity `seq`; forgets it.
+    pub(crate) fn take_own_write(&self, seq: i64) -> bool {
+        self.own_writes.seqs.lock().unwrap().remove(&seq)
+    }
+}
+
 /// Appends an activity about relay `relay_id`, owned by the relay's tenant.
 fn insert_activity(
     tx: &rusqlite::Transaction,

@@ -24,8 +24,10 @@ pub mod activity_type {
 pub const RELAY_RESOURCE: &str = "relay";
 
 /// Whether a relay is served. `inactive` and `delinquent` relays are sent with `inactive: true`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RelayStatus {
+    #[default]
     Active,
     Inactive,
     Delinquent,
@@ -61,8 +63,10 @@ impl fmt::Display for RelayStatus {
     }
 }
 
-/// What the host decides about a relay: every column it edits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the host decides about a relay: every column it edits. Deserializable (missing
+/// fields default to empty or off) so that seed files can describe relays.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RelaySettings {
     /// The owner's public key, 64 hex characters.
     pub tenant_pubkey: String,

@@ -1,0 +1,50 @@
+//! `zooid-sync run`: the daemon's lifecycle, so that `main` only parses and wires signals.
+//!
+//! Order matters. The feed reads its cursor first, then the worker subscribes to the bus and
+//! reconciles: whatever the host writes after the cursor is either published by the feed
+//! after the subscription, or already visible to the reconcile. Nothing falls between.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use crossbeam_channel::{select, Receiver};
+
+use crate::env::Env;
+use crate::feed::Feed;
+use crate::infra::Infra;
+use crate::store::Store;
+use crate::zooid::ZooidClient;
+
+/// Settings of the daemon that are not part of [`Env`].
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// How often the feed looks for activity written by other processes.
+    pub feed_interval: Duration,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            feed_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Runs until `stop` receives (or disconnects), then lets the syncs in flight finish.
+pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()> {
+    ZooidClient::new(env)?; // a bad CA bundle is an error now, not in the worker thread
+    let store = Store::open(&env.database_path)?;
+    let feed = Feed::start(
+        store.query.clone(),
+        store.command.clone(),
+        options.feed_interval,
+    )?;
+    let worker = Infra::new(store.query.clone(), store.command.clone(), env).spawn()?;
+    drop(store);
+    select! {
+        recv(stop) -> _ => {}
+        recv(worker.finished()) -> _ => {}
+    }
+    feed.stop();
+    worker.shutdown()
+}

@@ -1,0 +1,140 @@
+//! `zooid-sync status`: where every relay stands, derived from the database alone.
+//!
+//! Nothing here asks the running daemon: the attempt number is the relay's trailing
+//! `fail_relay_sync` count, and the next retry is the last failure's time plus the backoff of
+//! that attempt (jitter aside), exactly as the worker computes it.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::infra::retry::RetryPolicy;
+use crate::store::{now_unix, Query};
+
+/// One relay's line in the status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RelayReport {
+    pub id: String,
+    pub host: String,
+    pub status: String,
+    pub synced: bool,
+    /// Consecutive failed syncs since the last other activity.
+    pub attempts: u32,
+    pub last_error: String,
+    /// `""` when synced; `"pending"`, `"in 12s"`, `"due"` or `"gave up"` otherwise.
+    pub next_retry: String,
+    /// Unix time of the next retry, when one is scheduled.
+    pub next_retry_at: Option<i64>,
+}
+
+/// Every relay, in id order. A malformed row is reported with its error instead of hiding.
+pub fn report(
+    query: &Query,
+    relay_domain: Option<&str>,
+    retry: &RetryPolicy,
+) -> Result<Vec<RelayReport>> {
+    let now = now_unix();
+    let mut out = Vec::new();
+    for relay in query.list_relays()? {
+        let relay = match relay {
+            Ok(relay) => relay,
+            Err(e) => {
+                out.push(RelayReport {
+                    id: "?".into(),
+                    host: "?".into(),
+                    status: "malformed".into(),
+                    synced: false,
+                    attempts: 0,
+                    last_error: format!("{e:#}"),
+                    next_retry: String::new(),
+                    next_retry_at: None,
+                });
+                continue;
+            }
+        };
+        let attempts = query.count_trailing_sync_failures(&relay.id)?;
+        let (next_retry, next_retry_at) = if relay.synced {
+            (String::new(), None)
+        } else if attempts == 0 {
+            ("pending".to_string(), None)
+        } else if retry.gave_up(attempts) {
+            ("gave up".to_string(), None)
+        } else {
+            let failed_at = query
+                .trailing_sync_failure(&relay.id)?
+                .map_or(now, |a| a.created_at);
+            let delay = retry.backoff(attempts).unwrap_or_default();
+            let at = failed_at + delay.as_secs_f64().ceil() as i64;
+            let text = if at > now {
+                format!("in {}s", at - now)
+            } else {
+                "due".to_string()
+            };
+            (text, Some(at))
+        };
+        let s = &relay.settings;
+        out.push(RelayReport {
+            host: match relay_domain {
+                Some(domain) => format!("{}.{domain}", s.subdomain),
+                None => s.subdomain.clone(),
+            },
+            status: s.status.to_string(),
+            synced: relay.synced,
+            attempts,
+            last_error: relay.sync_error,
+            next_retry,
+            next_retry_at,
+            id: relay.id,
+        });
+    }
+    Ok(out)
+}
+
+/// The report as an aligned text table; long errors are shortened to keep one line a relay.
+pub fn render_table(rows: &[RelayReport]) -> String {
+    let header = [
+        "ID",
+        "HOST",
+        "STATUS",
+        "SYNCED",
+        "ATTEMPTS",
+        "NEXT RETRY",
+        "LAST ERROR",
+    ];
+    let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
+    for r in rows {
+        let error: String = r.last_error.chars().take(80).collect();
+        table.push([
+            r.id.clone(),
+            r.host.clone(),
+            r.status.clone(),
+            if r.synced { "yes" } else { "no" }.to_string(),
+            r.attempts.to_string(),
+            if r.next_retry.is_empty() {
+                "-".into()
+            } else {
+                r.next_retry.clone()
+            },
+            if error.is_empty() { "-".into() } else { error },
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,293 @@
+//! The `zooid-sync` binary, run as a process: `run` picks up rows another process writes and
+//! stops cleanly on SIGTERM; `sync`, `status`, `members` and `dev` do what they say; a missing
+//! setting stops it with a line naming the variable.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rusqlite::{params, Connection};
+use zooid_sync::fixture::{Fault, FixtureZooid};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn zooid_sync(fx: &FixtureZooid, db: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zooid-sync"));
+    cmd.env_clear()
+        .env("ZOOID_API_URL", fx.url())
+        .env("RELAY_DOMAIN", "relays.example.com")
+        .env("ROBOT_SECRET", ROBOT_SECRET)
+        .env("DATABASE_PATH", db)
+        .env("SYNC_RETRY_BASE", "50ms")
+        .env("SYNC_RETRY_CAP", "200ms")
+        .env("RUST_LOG", "debug");
+    cmd
+}
+
+/// What a host in another language does: one transaction, relay row plus activity.
+fn host_creates(conn: &Connection, id: &str) {
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn.execute(
+        "INSERT INTO relay (id, tenant_pubkey, schema, subdomain, status, info_name, groups_enabled,
+                            synced, revision, created_at, updated_at)
+         VALUES (?1, ?2, ?1, ?1, 'active', 'Made elsewhere', 1, 0, 1, 0, 0)",
+        params![id, OWNER],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
+         VALUES (?1, ?2, 0, 'create_relay', 'relay', ?3)",
+        params![format!("host-{id}"), OWNER, id],
+    )
+    .unwrap();
+    conn.execute_batch("COMMIT").unwrap();
+}
+
+fn synced(conn: &Connection, id: &str) -> bool {
+    conn.query_row("SELECT synced FROM relay WHERE id = ?1", [id], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|s| s == 1)
+    .unwrap_or(false)
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let mut status = None;
+    expect_within(WAIT, "the process to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}
+
+fn output(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn run_syncs_rows_written_by_another_process_and_exits_0_on_sigterm() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    open_store(&db); // the host created the schema
+    let mut child = zooid_sync(&fx, &db)
+        .args(["run", "--feed-interval", "10ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let host = Connection::open(&db).unwrap();
+    host.busy_timeout(Duration::from_secs(5)).unwrap();
+    for id in ["alpha", "beta", "gamma"] {
+        host_creates(&host, id);
+    }
+    expect_within(WAIT, "the relays synced", || {
+        ["alpha", "beta", "gamma"]
+            .iter()
+            .all(|id| synced(&host, id))
+    });
+    // Each activity was dispatched once: one POST per relay.
+    for id in ["alpha", "beta", "gamma"] {
+        assert_eq!(fx.requests_for(id).len(), 1, "{id}");
+    }
+    // An update from the host is picked up too.
+    host.execute(
+        "UPDATE relay SET info_name = 'Changed', synced = 0, revision = 2 WHERE id = 'alpha'",
+        [],
+    )
+    .unwrap();
+    host.execute(
+        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
+         VALUES ('host-upd', ?1, 0, 'update_relay', 'relay', 'alpha')",
+        [OWNER],
+    )
+    .unwrap();
+    expect_within(WAIT, "the update synced", || synced(&host, "alpha"));
+    assert_eq!(fx.relay("alpha").unwrap()["info"]["name"], "Changed");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = wait_exit(&mut child);
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    assert!(status.success(), "{status:?}\n{logs}");
+    assert!(logs.contains("zooid-sync stopped"), "{logs}");
+    assert!(
+        !logs.contains(ROBOT_SECRET),
+        "the robot key reached the log"
+    );
+}
+
+#[test]
+fn sync_runs_one_relay_and_its_exit_status_says_how_it_went() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    store
+        .command
+        .create_relay("alpha", &settings("alpha"))
+        .unwrap();
+    fx.inject_times(
+        "alpha",
+        Fault::Status {
+            status: 502,
+            body: "{\"error\":\"bad gateway\"}".into(),
+        },
+        1,
+    );
+
+    let failed = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["sync", "alpha"]);
+        c
+    });
+    assert_eq!(failed.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&failed.stdout);
+    assert!(
+        text.contains("relay alpha: failed") && text.contains("502"),
+        "{text}"
+    );
+
+    let ok = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["sync", "alpha"]);
+        c
+    });
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("relay alpha: synced (POST 201)"));
+    assert!(store.query.get_relay("alpha").unwrap().unwrap().synced);
+}
+
+#[test]
+fn status_shows_attempts_next_retry_and_give_up() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    for id in ["done", "failing", "stuck", "waiting"] {
+        store.command.create_relay(id, &settings(id)).unwrap();
+    }
+    store.command.complete_relay_sync("done", 1).unwrap();
+    store
+        .command
+        .fail_relay_sync("failing", "zooid answered 503")
+        .unwrap();
+    for _ in 0..7 {
+        store
+            .command
+            .fail_relay_sync("stuck", "zooid answered 400: bad")
+            .unwrap();
+    }
+    let out = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["status", "--json"])
+            .env("SYNC_RETRY_BASE", "30s")
+            .env("SYNC_RETRY_CAP", "15m");
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |id: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("done")["synced"], true);
+    assert_eq!(row("done")["host"], "done.relays.example.com");
+    assert_eq!(row("failing")["attempts"], 1);
+    let next = row("failing")["next_retry"].as_str().unwrap().to_string();
+    assert!(next.starts_with("in ") && next.ends_with('s'), "{next}");
+    assert_eq!(row("stuck")["next_retry"], "gave up");
+    assert_eq!(row("stuck")["attempts"], 7);
+    assert_eq!(row("waiting")["next_retry"], "pending");
+
+    let table = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.arg("status");
+        c
+    });
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.lines().next().unwrap().starts_with("ID"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("stuck") && l.contains("gave up")),
+        "{text}"
+    );
+}
+
+#[test]
+fn members_lists_what_zooid_knows() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    fx.put_relay("alpha", serde_json::json!({"host": "a", "schema": "alpha"}));
+    fx.set_members("alpha", &[OWNER]);
+    let out = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["members", "alpha"]);
+        c
+    });
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), OWNER);
+    let missing = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["members", "nope"]);
+        c
+    });
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not know relay \"nope\""));
+}
+
+#[test]
+fn a_missing_setting_stops_it_with_the_variable_named() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    for var in ["ZOOID_API_URL", "RELAY_DOMAIN", "ROBOT_SECRET"] {
+        let out = output({
+            let mut c = zooid_sync(&fx, &db);
+            c.arg("run").env_remove(var);
+            c
+        });
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(var) && err.lines().count() == 1, "{err}");
+    }
+}
+
+#[test]
+fn dev_runs_to_completion() {
+    let out = Command::new(env!("CARGO_BIN_EXE_zooid-sync"))
+        .arg("dev")
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Settled: every relay is synced"), "{text}");
+    assert_eq!(
+        text.matches("fail_relay_sync      gamma").count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("PATCH  /relay/alpha"), "{text}");
+}

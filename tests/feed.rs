@@ -1,0 +1,73 @@
+//! The feed publishes activity written by other connections, and each activity reaches the
+//! bus exactly once, whichever process wrote it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rusqlite::{params, Connection};
+use zooid_sync::feed::Feed;
+
+fn insert_elsewhere(conn: &Connection, id: &str) {
+    conn.execute(
+        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
+         VALUES (?1, '', 0, 'update_relay', 'relay', 'alpha')",
+        params![id],
+    )
+    .unwrap();
+}
+
+#[test]
+fn every_activity_reaches_the_bus_exactly_once() {
+    let (_dir, path) = temp_db();
+    let store = open_store(&path);
+    store
+        .command
+        .create_relay("before", &settings("before"))
+        .unwrap(); // older than the feed
+    let subscriber = store.command.notify.subscribe();
+    let feed = Feed::start(
+        store.query.clone(),
+        store.command.clone(),
+        Duration::from_millis(5),
+    )
+    .unwrap();
+
+    let other = Connection::open(&path).unwrap();
+    insert_elsewhere(&other, "elsewhere-1");
+    store
+        .command
+        .create_relay("alpha", &settings("alpha"))
+        .unwrap();
+    insert_elsewhere(&other, "elsewhere-2");
+    store.command.fail_relay_sync("alpha", "boom").unwrap();
+    insert_elsewhere(&other, "sentinel");
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut sentinel = false;
+    // Read until the sentinel, then drain whatever else the feed had already published.
+    while !sentinel || !subscriber_is_idle(&subscriber) {
+        let activity = subscriber
+            .recv_deadline(deadline)
+            .unwrap()
+            .expect("timed out waiting for the feed");
+        sentinel |= activity.id == "sentinel";
+        *seen.entry(activity.id).or_default() += 1;
+    }
+    feed.stop();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    assert!(seen.contains_key("elsewhere-1") && seen.contains_key("elsewhere-2"));
+}
+
+/// No activity arrives within a short while (the feed's interval is 5 ms).
+fn subscriber_is_idle(s: &zooid_sync::store::Subscriber) -> bool {
+    match s.recv_deadline(Instant::now() + Duration::from_millis(100)) {
+        Ok(None) => true,
+        Ok(Some(a)) => panic!("published twice or late: {a:?}"),
+        Err(e) => panic!("{e:?}"),
+    }
+}
