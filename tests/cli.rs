@@ -79,6 +79,9 @@ fn run_syncs_rows_written_by_another_process_and_exits_0_on_sigterm() {
         .unwrap();
     let host = Connection::open(&db).unwrap();
     host.busy_timeout(Duration::from_secs(5)).unwrap();
+    // Once this one is synced the daemon is past its startup reconcile.
+    host_creates(&host, "ready");
+    expect_within(WAIT, "the daemon to start", || synced(&host, "ready"));
     for id in ["alpha", "beta", "gamma"] {
         host_creates(&host, id);
     }
