@@ -25,3 +25,8 @@ pub use env::{Env, RobotKey};
 pub use infra::{Infra, InfraHandle};
 pub use store::{Activity, Command, Query, Relay, RelaySettings, RelayStatus, Store};
 pub use zooid::ZooidClient;
+
+/// The README's Rust examples, compiled as doc tests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
