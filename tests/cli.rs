@@ -294,3 +294,58 @@ fn dev_runs_to_completion() {
     );
     assert!(text.contains("PATCH  /relay/alpha"), "{text}");
 }
+
+#[test]
+fn no_secret_reaches_the_log_even_at_trace() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    let mut s = settings("alpha");
+    s.blossom_enabled = true;
+    s.livekit_enabled = true;
+    store.command.create_relay("alpha", &s).unwrap();
+    let (s3, lk) = ("s3-secret-0123456789abcdef", "lk-secret-0123456789abcdef");
+    let out = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["sync", "alpha"])
+            .env("RUST_LOG", "trace")
+            .env("BLOSSOM_S3_ENDPOINT", "https://s3.example.com")
+            .env("BLOSSOM_S3_REGION", "r")
+            .env("BLOSSOM_S3_BUCKET", "b")
+            .env("BLOSSOM_S3_ACCESS_KEY", "a")
+            .env("BLOSSOM_S3_SECRET_KEY", s3)
+            .env("LIVEKIT_URL", "wss://lk.example.com")
+            .env("LIVEKIT_API_KEY", "k")
+            .env("LIVEKIT_API_SECRET", lk);
+        c
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let relay_secret = fx.relay("alpha").unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        fx.relay("alpha").unwrap()["blossom"]["s3"]["secret_key"],
+        s3
+    );
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(logs.contains("POST 201"), "the log is there: {logs}");
+    // Any 8-character piece would betray a secret logged in fragments (hex dumps).
+    for secret in [ROBOT_SECRET, s3, lk, relay_secret.as_str()] {
+        for piece in secret.as_bytes().chunks(8) {
+            let piece = std::str::from_utf8(piece).unwrap();
+            assert!(
+                !logs.contains(piece) || piece.len() < 8,
+                "{piece} of a secret is in the log"
+            );
+        }
+    }
+}

@@ -105,6 +105,28 @@ impl Drop for Harness {
     }
 }
 
+/// Every retry waits exactly `ms`.
+fn fixed_backoff(ms: u64) -> impl FnOnce(&mut Env) {
+    move |env| {
+        env.retry.base = Duration::from_millis(ms);
+        env.retry.cap = Duration::from_millis(ms);
+    }
+}
+
+/// An activity as a host would publish it on the bus.
+fn bus_activity(resource_type: &str, activity_type: &str, resource_id: &str) -> Activity {
+    Activity {
+        seq: 0,
+        id: format!("{resource_type}-{activity_type}-{resource_id}"),
+        tenant_pubkey: OWNER.into(),
+        created_at: 0,
+        activity_type: activity_type.into(),
+        resource_type: resource_type.into(),
+        resource_id: resource_id.into(),
+        detail: String::new(),
+    }
+}
+
 fn methods(requests: &[RecordedRequest]) -> Vec<String> {
     requests
         .iter()
@@ -122,13 +144,7 @@ fn secret_of(r: &RecordedRequest) -> Option<String> {
 
 #[test]
 fn startup_syncs_pending_relays_at_once_and_failed_ones_after_their_backoff() {
-    let mut h = Harness::with(
-        |env| {
-            env.retry.base = Duration::from_millis(400);
-            env.retry.cap = Duration::from_millis(400);
-        },
-        StoreOptions::default(),
-    );
+    let mut h = Harness::with(fixed_backoff(400), StoreOptions::default());
     h.create("fresh");
     h.create("failed");
     h.store
@@ -158,23 +174,16 @@ fn only_relay_changes_and_failures_are_acted_on() {
     h.start();
     h.create("alpha");
     h.wait_synced("alpha");
-    let noise = |resource_type: &str, activity_type: &str| Activity {
-        seq: 0,
-        id: format!("noise-{resource_type}-{activity_type}"),
-        tenant_pubkey: OWNER.into(),
-        created_at: 0,
-        activity_type: activity_type.into(),
-        resource_type: resource_type.into(),
-        resource_id: "alpha".into(),
-        detail: String::new(),
-    };
     for (resource, kind) in [
         ("tenant", "update_relay"),
         ("relay", "complete_relay_sync"),
         ("relay", "rename_relay"),
         ("plan", "fail_relay_sync"),
     ] {
-        h.store.command.notify.send(noise(resource, kind));
+        h.store
+            .command
+            .notify
+            .send(bus_activity(resource, kind, "alpha"));
     }
     // With one worker and an in-order dispatcher, a job for alpha would run before this one.
     h.create("sentinel");
@@ -327,13 +336,7 @@ fn failures_are_recorded_and_retried_with_doubling_capped_backoff_then_given_up(
 
 #[test]
 fn a_relay_deleted_before_its_retry_is_left_alone() {
-    let mut h = Harness::with(
-        |env| {
-            env.retry.base = Duration::from_millis(300);
-            env.retry.cap = Duration::from_millis(300);
-        },
-        StoreOptions::default(),
-    );
+    let mut h = Harness::with(fixed_backoff(300), StoreOptions::default());
     h.fx.inject_times(
         "alpha",
         Fault::Status {
@@ -378,17 +381,11 @@ fn a_lagging_dispatcher_reconciles_from_the_database() {
         .unwrap();
     }
     // ...are found only by a reconcile, which a lag must trigger.
-    for n in 0..2000 {
-        h.store.command.notify.send(Activity {
-            seq: n,
-            id: format!("noise{n}"),
-            tenant_pubkey: String::new(),
-            created_at: 0,
-            activity_type: "noise".into(),
-            resource_type: "noise".into(),
-            resource_id: "noise".into(),
-            detail: String::new(),
-        });
+    for _ in 0..2000 {
+        h.store
+            .command
+            .notify
+            .send(bus_activity("noise", "noise", "noise"));
     }
     for i in 0..10 {
         h.wait_synced(&format!("quiet{i}"));
@@ -570,16 +567,10 @@ fn a_malformed_row_fails_its_sync_with_the_column_named() {
              VALUES ('alpha', '{OWNER}', 'alpha', 'alpha', 'paused', 0, 0);"
         ))
         .unwrap();
-    h.store.command.notify.send(Activity {
-        seq: 0,
-        id: "x".into(),
-        tenant_pubkey: OWNER.into(),
-        created_at: 0,
-        activity_type: "create_relay".into(),
-        resource_type: "relay".into(),
-        resource_id: "alpha".into(),
-        detail: String::new(),
-    });
+    h.store
+        .command
+        .notify
+        .send(bus_activity("relay", "create_relay", "alpha"));
     expect_within(WAIT, "the failure recorded", || h.failures("alpha") >= 1);
     let detail = h
         .store

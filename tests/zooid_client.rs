@@ -24,12 +24,21 @@ fn relay(id: &str) -> Relay {
     }
 }
 
+/// A fixture zooid and a client for it (the database path in the Env is never opened).
+fn setup() -> (
+    zooid_sync::fixture::FixtureZooid,
+    zooid_sync::Env,
+    ZooidClient,
+) {
+    let fx = fixture();
+    let env = env_for(&fx.url(), std::path::Path::new("unused.db"));
+    let client = ZooidClient::new(&env).unwrap();
+    (fx, env, client)
+}
+
 #[test]
 fn create_then_patch_reaches_zooid_signed() {
-    let fx = fixture();
-    let (_dir, db) = temp_db();
-    let env = env_for(&fx.url(), &db);
-    let client = ZooidClient::new(&env).unwrap();
+    let (fx, env, client) = setup();
     let r = relay("alpha");
     let secret = Secret::new(random_hex(32));
     let created = client
@@ -57,10 +66,7 @@ fn create_then_patch_reaches_zooid_signed() {
 
 #[test]
 fn errors_carry_status_and_a_cut_body() {
-    let fx = fixture();
-    let (_dir, db) = temp_db();
-    let env = env_for(&fx.url(), &db);
-    let client = ZooidClient::new(&env).unwrap();
+    let (fx, _env, client) = setup();
     let huge = format!("{{\"error\":\"{}\"}}", "x".repeat(5000));
     fx.inject(
         "alpha",
@@ -84,10 +90,7 @@ fn errors_carry_status_and_a_cut_body() {
 
 #[test]
 fn members_are_listed_and_an_unknown_relay_says_so() {
-    let fx = fixture();
-    let (_dir, db) = temp_db();
-    let env = env_for(&fx.url(), &db);
-    let client = ZooidClient::new(&env).unwrap();
+    let (fx, env, client) = setup();
     let err = client.list_relay_members("alpha").unwrap_err().to_string();
     assert!(err.contains("zooid does not know relay \"alpha\""), "{err}");
 
@@ -153,10 +156,7 @@ fn timeouts_and_broken_answers_are_transport_errors() {
 
 #[test]
 fn redirects_are_not_followed() {
-    let fx = fixture();
-    let (_dir, db) = temp_db();
-    let env = env_for(&fx.url(), &db);
-    let client = ZooidClient::new(&env).unwrap();
+    let (fx, _env, client) = setup();
     fx.inject_times(
         "alpha",
         Fault::Raw(format!("HTTP/1.1 302 Found\r\nlocation: {}/relay/beta/members\r\ncontent-length: 0\r\n\r\n", fx.url()).into_bytes()),
