@@ -171,6 +171,7 @@ fn strict_mode_checks_freshness_and_lenient_mode_does_not() {
         let fx = FixtureZooid::start_with(FixtureOptions {
             whitelist: whitelist.clone(),
             strict,
+            tls: None,
         })
         .unwrap();
         let url = format!("{}/relay/alpha/members", fx.url());

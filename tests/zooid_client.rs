@@ -184,3 +184,64 @@ fn a_refused_connection_is_an_error_not_a_hang() {
         .unwrap_err();
     assert!(matches!(err, ZooidError::Transport { .. }), "{err}");
 }
+
+fn tls_fixture() -> zooid_sync::fixture::FixtureZooid {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls");
+    zooid_sync::fixture::FixtureZooid::start_with(zooid_sync::fixture::FixtureOptions {
+        whitelist: vec![robot().public_key().to_hex()],
+        strict: true,
+        tls: Some(zooid_sync::fixture::TlsIdentity {
+            cert_chain_pem: std::fs::read(format!("{dir}/server.pem")).unwrap(),
+            key_pem: std::fs::read(format!("{dir}/server.key")).unwrap(),
+        }),
+    })
+    .unwrap()
+}
+
+#[test]
+fn https_works_with_a_configured_ca_bundle_and_refuses_an_unknown_issuer() {
+    let fx = tls_fixture();
+    assert!(fx.url().starts_with("https://localhost:"));
+    let mut env = env_for(&fx.url(), std::path::Path::new("unused.db"));
+
+    // The public roots do not know the test CA.
+    let err = ZooidClient::new(&env)
+        .unwrap()
+        .request("GET", "/relay/alpha/members", None)
+        .unwrap_err();
+    assert!(matches!(err, ZooidError::Transport { .. }), "{err}");
+    assert!(fx.requests().is_empty());
+
+    env.zooid_ca_file = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls/ca.pem").into());
+    let client = ZooidClient::new(&env).unwrap();
+    let secret = Secret::new(random_hex(32));
+    let created = client
+        .create_relay(
+            "alpha",
+            &relay_body(&relay("alpha"), &env, Some(&secret)).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(created.status, 201);
+    // The NIP-98 `u` tag said https, or the fixture would have answered 401.
+    assert_eq!(fx.requests()[0].status, 201);
+}
+
+#[test]
+fn a_bad_ca_bundle_is_a_named_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = env_for("https://localhost:1", std::path::Path::new("unused.db"));
+    env.zooid_ca_file = Some(dir.path().join("missing.pem"));
+    let err = format!("{:#}", ZooidClient::new(&env).unwrap_err());
+    assert!(
+        err.contains("ZOOID_CA_FILE") && err.contains("missing.pem"),
+        "{err}"
+    );
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    env.zooid_ca_file = Some(garbage);
+    let err = format!("{:#}", ZooidClient::new(&env).unwrap_err());
+    assert!(
+        err.contains("ZOOID_CA_FILE") && err.contains("no certificate"),
+        "{err}"
+    );
+}
