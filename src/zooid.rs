@@ -130,8 +130,13 @@ impl ZooidClient {
                     .build(),
             );
         }
+        let agent = ureq::Agent::with_parts(
+            config.build(),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            CachingResolver::default(),
+        );
         Ok(ZooidClient {
-            agent: config.build().new_agent(),
+            agent,
             base_url: env.zooid_api_url.clone(),
             robot: env.robot.clone(),
         })
@@ -246,6 +251,55 @@ impl ZooidClient {
             )
         })?;
         Ok(members.members)
+    }
+}
+
+/// How long a resolved address of zooid is reused.
+const RESOLVE_TTL: Duration = Duration::from_secs(30);
+
+/// Resolves zooid's host name once and reuses the answer for [`RESOLVE_TTL`].
+///
+/// ureq resolves the host before every request, even one that goes out on a kept-alive
+/// connection, and with a timeout configured it does so on a freshly spawned thread. For a
+/// worker that talks to one host thousands of times that thread was most of the cost of a
+/// request; caching keeps the timeout for real lookups and drops the rest.
+#[derive(Debug, Default)]
+struct CachingResolver {
+    inner: ureq::unversioned::resolver::DefaultResolver,
+    cache: std::sync::Mutex<Option<Resolved>>,
+}
+
+#[derive(Debug)]
+struct Resolved {
+    authority: String,
+    at: std::time::Instant,
+    addrs: ureq::unversioned::resolver::ResolvedSocketAddrs,
+}
+
+impl ureq::unversioned::resolver::Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let authority = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        if let Some(hit) = self.cache.lock().unwrap().as_ref() {
+            if hit.authority == authority && hit.at.elapsed() < RESOLVE_TTL {
+                return Ok(hit.addrs.clone());
+            }
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        *self.cache.lock().unwrap() = Some(Resolved {
+            authority,
+            at: std::time::Instant::now(),
+            addrs: addrs.clone(),
+        });
+        Ok(addrs)
     }
 }
 

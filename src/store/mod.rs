@@ -69,6 +69,8 @@ struct Db {
     busy_timeout: Duration,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Connection>,
+    /// Writes waiting for the writer connection (see [`Command::write`]).
+    queue: Mutex<Vec<Queued>>,
 }
 
 impl Store {
@@ -88,6 +90,7 @@ impl Store {
             busy_timeout: options.busy_timeout,
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(writer),
+            queue: Mutex::new(Vec::new()),
         });
         Ok(Store {
             query: Query { db: db.clone() },
@@ -313,47 +316,88 @@ impl Command {
         }
     }
 
-    /// Runs `f` in one immediate transaction on the writer connection, then publishes the
-    /// activity it returns.
-    fn write(
-        &self,
-        what: &str,
-        f: impl FnOnce(&rusqlite::Transaction) -> Result<Activity>,
-    ) -> Result<Activity> {
-        let activity = {
-            let mut conn = self.db.writer.lock().unwrap();
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .with_context(|| format!("{what}: cannot start a write transaction"))?;
-            let activity = f(&tx).with_context(|| what.to_string())?;
-            if self.own_writes.tracking.load(Ordering::Acquire) {
-                self.own_writes.seqs.lock().unwrap().insert(activity.seq);
+    /// Applies `write` and publishes its activity once it is committed.
+    ///
+    /// Writes are committed in groups: the write is queued, and whichever thread holds the
+    /// writer connection applies everything queued in one transaction (each write in its own
+    /// savepoint, so one failing write does not undo the others). A thread that finds its
+    /// write already done by another returns at once. Under load this turns several commits
+    /// into one; alone, it is one transaction as before.
+    fn write(&self, write: Write) -> Result<(Activity, bool)> {
+        let (done, result) = crossbeam_channel::bounded(1);
+        self.db.queue.lock().unwrap().push(Queued { write, done });
+        let mut conn = self.db.writer.lock().unwrap();
+        if let Ok(outcome) = result.try_recv() {
+            return outcome;
+        }
+        self.commit_queued(&mut conn);
+        drop(conn);
+        result
+            .try_recv()
+            .unwrap_or_else(|_| Err(anyhow!("the write was lost by the writer")))
+    }
+
+    /// Applies every queued write in one transaction, answers each, publishes what committed.
+    fn commit_queued(&self, conn: &mut Connection) {
+        let batch = std::mem::take(&mut *self.db.queue.lock().unwrap());
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            for q in batch {
+                let what = q.write.describe();
+                let _ = q.done.send(Err(anyhow!(
+                    "{what}: cannot start a write transaction: {e}"
+                )));
             }
-            tx.commit()
-                .with_context(|| format!("{what}: cannot commit"))?;
-            activity
-        };
-        self.notify.send(activity.clone());
-        Ok(activity)
+            return;
+        }
+        let tracking = self.own_writes.tracking.load(Ordering::Acquire);
+        let mut applied = Vec::with_capacity(batch.len());
+        for q in batch {
+            let outcome = conn
+                .execute_batch("SAVEPOINT one_write")
+                .map_err(anyhow::Error::from)
+                .and_then(|()| q.write.apply(conn));
+            match &outcome {
+                Ok((activity, _)) => {
+                    let _ = conn.execute_batch("RELEASE one_write");
+                    if tracking {
+                        self.own_writes.seqs.lock().unwrap().insert(activity.seq);
+                    }
+                }
+                Err(_) => {
+                    let _ = conn.execute_batch("ROLLBACK TO one_write; RELEASE one_write");
+                }
+            }
+            let outcome = outcome.with_context(|| q.write.describe());
+            applied.push((q.done, outcome));
+        }
+        if let Err(e) = conn.execute_batch("COMMIT") {
+            let _ = conn.execute_batch("ROLLBACK");
+            for (done, outcome) in applied {
+                if let Ok((activity, _)) = &outcome {
+                    self.own_writes.seqs.lock().unwrap().remove(&activity.seq);
+                }
+                let _ = done.send(outcome.and_then(|_| Err(anyhow!("cannot commit: {e}"))));
+            }
+            return;
+        }
+        for (done, outcome) in applied {
+            if let Ok((activity, _)) = &outcome {
+                self.notify.send(activity.clone());
+            }
+            let _ = done.send(outcome);
+        }
     }
 
     /// Records a sync zooid accepted. The relay is marked synced only if its revision is still
     /// `revision`, the one the sync read: a change that landed meanwhile stays pending.
     /// Answers whether the relay is now marked synced.
     pub fn complete_relay_sync(&self, relay_id: &str, revision: i64) -> Result<bool> {
-        let mut marked = false;
-        self.write(&format!("recording the sync of relay {relay_id:?}"), |tx| {
-            let activity = insert_activity(
-                tx,
-                relay_id,
-                activity_type::COMPLETE_RELAY_SYNC,
-                &format!("revision {revision}"),
-            )?;
-            marked = tx.execute(
-                "UPDATE relay SET synced = 1, sync_error = '' WHERE id = ?1 AND revision = ?2",
-                params![relay_id, revision],
-            )? > 0;
-            Ok(activity)
+        let (_, marked) = self.write(Write::Complete {
+            relay_id: relay_id.to_string(),
+            revision,
         })?;
         Ok(marked)
     }
@@ -365,44 +409,29 @@ impl Command {
         } else {
             error
         };
-        self.write(
-            &format!("recording the failed sync of relay {relay_id:?}"),
-            |tx| {
-                let activity =
-                    insert_activity(tx, relay_id, activity_type::FAIL_RELAY_SYNC, error)?;
-                tx.execute(
-                    "UPDATE relay SET sync_error = ?2 WHERE id = ?1",
-                    params![relay_id, error],
-                )?;
-                Ok(activity)
-            },
-        )?;
+        self.write(Write::Fail {
+            relay_id: relay_id.to_string(),
+            error: error.to_string(),
+        })?;
         Ok(())
     }
 
     /// Host side: adds a relay (pending, revision 1) and its `create_relay` activity.
     pub fn create_relay(&self, id: &str, settings: &RelaySettings) -> Result<Activity> {
-        self.write(&format!("creating relay {id:?}"), |tx| {
-            let now = now_unix();
-            let sql = format!(
-                "INSERT INTO relay (id, synced, sync_error, revision, created_at, updated_at, {})
-                 VALUES (?1, 0, '', 1, ?2, ?2, {})",
-                SETTINGS_COLUMNS.join(", "),
-                (3..3 + SETTINGS_COLUMNS.len())
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            let mut values: Vec<rusqlite::types::Value> = vec![id.to_string().into(), now.into()];
-            values.extend(settings.to_values());
-            tx.execute(&sql, params_from_iter(values))?;
-            insert_activity(tx, id, activity_type::CREATE_RELAY, "")
-        })
+        let write = Write::Create {
+            id: id.to_string(),
+            settings: settings.clone(),
+        };
+        Ok(self.write(write)?.0)
     }
 
     /// Host side: replaces a relay's settings; it becomes pending at a new revision.
     pub fn update_relay(&self, id: &str, settings: &RelaySettings) -> Result<Activity> {
-        self.change_relay(id, activity_type::UPDATE_RELAY, settings)
+        let write = Write::Update {
+            id: id.to_string(),
+            settings: settings.clone(),
+        };
+        Ok(self.write(write)?.0)
     }
 
     /// Host side: sets the relay's status to `active`.
@@ -415,40 +444,150 @@ impl Command {
         self.set_status(id, RelayStatus::Inactive, activity_type::DEACTIVATE_RELAY)
     }
 
-    fn set_status(&self, id: &str, status: RelayStatus, activity: &str) -> Result<Activity> {
-        self.write(&format!("{activity} {id:?}"), |tx| {
-            let changed = tx.execute(
-                "UPDATE relay SET status = ?2, synced = 0, revision = revision + 1,
-                 updated_at = ?3 WHERE id = ?1",
-                params![id, status.as_str(), now_unix()],
-            )?;
-            if changed == 0 {
-                return Err(anyhow!("there is no relay {id:?}"));
+    fn set_status(
+        &self,
+        id: &str,
+        status: RelayStatus,
+        activity: &'static str,
+    ) -> Result<Activity> {
+        let write = Write::SetStatus {
+            id: id.to_string(),
+            status,
+            activity,
+        };
+        Ok(self.write(write)?.0)
+    }
+}
+
+/// A write waiting for the writer connection, and where its outcome goes.
+struct Queued {
+    write: Write,
+    done: crossbeam_channel::Sender<Result<(Activity, bool)>>,
+}
+
+/// One write, as data, so that whichever thread holds the writer connection can apply it.
+enum Write {
+    Complete {
+        relay_id: String,
+        revision: i64,
+    },
+    Fail {
+        relay_id: String,
+        error: String,
+    },
+    Create {
+        id: String,
+        settings: RelaySettings,
+    },
+    Update {
+        id: String,
+        settings: RelaySettings,
+    },
+    SetStatus {
+        id: String,
+        status: RelayStatus,
+        activity: &'static str,
+    },
+}
+
+impl Write {
+    fn describe(&self) -> String {
+        match self {
+            Write::Complete { relay_id, .. } => format!("recording the sync of relay {relay_id:?}"),
+            Write::Fail { relay_id, .. } => {
+                format!("recording the failed sync of relay {relay_id:?}")
             }
-            insert_activity(tx, id, activity, "")
-        })
+            Write::Create { id, .. } => format!("creating relay {id:?}"),
+            Write::Update { id, .. } => format!("updating relay {id:?}"),
+            Write::SetStatus { id, activity, .. } => format!("{activity} {id:?}"),
+        }
     }
 
-    fn change_relay(&self, id: &str, activity: &str, settings: &RelaySettings) -> Result<Activity> {
-        self.write(&format!("{activity} {id:?}"), |tx| {
-            let assignments = SETTINGS_COLUMNS
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{c} = ?{}", i + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "UPDATE relay SET {assignments}, synced = 0, revision = revision + 1,
-                 updated_at = ?2 WHERE id = ?1"
-            );
-            let mut values: Vec<rusqlite::types::Value> =
-                vec![id.to_string().into(), now_unix().into()];
-            values.extend(settings.to_values());
-            if tx.execute(&sql, params_from_iter(values))? == 0 {
-                return Err(anyhow!("there is no relay {id:?}"));
+    /// Applies the write inside the current transaction. Answers the activity it appended and
+    /// whether the relay row changed.
+    fn apply(&self, conn: &Connection) -> Result<(Activity, bool)> {
+        let no_relay = |id: &str| anyhow!("there is no relay {id:?}");
+        match self {
+            Write::Complete { relay_id, revision } => {
+                let activity = insert_activity(
+                    conn,
+                    relay_id,
+                    activity_type::COMPLETE_RELAY_SYNC,
+                    &format!("revision {revision}"),
+                )?;
+                let marked = conn
+                    .prepare_cached(
+                        "UPDATE relay SET synced = 1, sync_error = '' WHERE id = ?1 AND revision = ?2",
+                    )?
+                    .execute(params![relay_id, revision])?
+                    > 0;
+                Ok((activity, marked))
             }
-            insert_activity(tx, id, activity, "")
-        })
+            Write::Fail { relay_id, error } => {
+                let activity =
+                    insert_activity(conn, relay_id, activity_type::FAIL_RELAY_SYNC, error)?;
+                let changed = conn
+                    .prepare_cached("UPDATE relay SET sync_error = ?2 WHERE id = ?1")?
+                    .execute(params![relay_id, error])?;
+                Ok((activity, changed > 0))
+            }
+            Write::Create { id, settings } => {
+                let now = now_unix();
+                let sql = format!(
+                    "INSERT INTO relay (id, synced, sync_error, revision, created_at, updated_at, {})
+                     VALUES (?1, 0, '', 1, ?2, ?2, {})",
+                    SETTINGS_COLUMNS.join(", "),
+                    (3..3 + SETTINGS_COLUMNS.len())
+                        .map(|i| format!("?{i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let mut values: Vec<rusqlite::types::Value> = vec![id.clone().into(), now.into()];
+                values.extend(settings.to_values());
+                conn.execute(&sql, params_from_iter(values))?;
+                Ok((
+                    insert_activity(conn, id, activity_type::CREATE_RELAY, "")?,
+                    true,
+                ))
+            }
+            Write::Update { id, settings } => {
+                let assignments = SETTINGS_COLUMNS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{c} = ?{}", i + 3))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "UPDATE relay SET {assignments}, synced = 0, revision = revision + 1,
+                     updated_at = ?2 WHERE id = ?1"
+                );
+                let mut values: Vec<rusqlite::types::Value> =
+                    vec![id.clone().into(), now_unix().into()];
+                values.extend(settings.to_values());
+                if conn.execute(&sql, params_from_iter(values))? == 0 {
+                    return Err(no_relay(id));
+                }
+                Ok((
+                    insert_activity(conn, id, activity_type::UPDATE_RELAY, "")?,
+                    true,
+                ))
+            }
+            Write::SetStatus {
+                id,
+                status,
+                activity,
+            } => {
+                let changed = conn.execute(
+                    "UPDATE relay SET status = ?2, synced = 0, revision = revision + 1,
+                     updated_at = ?3 WHERE id = ?1",
+                    params![id, status.as_str(), now_unix()],
+                )?;
+                if changed == 0 {
+                    return Err(no_relay(id));
+                }
+                Ok((insert_activity(conn, id, activity, "")?, true))
+            }
+        }
     }
 }
 
@@ -468,7 +607,7 @@ impl Command {
 
 /// Appends an activity about relay `relay_id`, owned by the relay's tenant.
 fn insert_activity(
-    tx: &rusqlite::Transaction,
+    tx: &Connection,
     relay_id: &str,
     activity_type: &str,
     detail: &str,

@@ -1,0 +1,488 @@
+//! The benchmark: what zooid-sync costs, measured against the fixture zooid on loopback.
+//!
+//! `cargo run --release --example bench` prints every figure of `BENCHMARKS.md`:
+//!
+//! 1. throughput of the real worker syncing N pending relays at startup, against bare ureq
+//!    threads sending the same pre-signed requests with the same concurrency (the HTTP limit);
+//! 2. CPU per sync of the worker's own threads, and where it goes;
+//! 3. latency from an activity row written by another process to the request at zooid;
+//! 4. idle RSS and idle CPU of `zooid-sync run` with 10 000 synced relays, binary size;
+//! 5. the timer wheel at 1k, 10k and 100k entries;
+//! 6. startup: process start to first request with 10 000 pending relays.
+//!
+//! Options: `--relays 1000,10000` (throughput sizes), `--skip-process` (skip 3, 4 and 6, which
+//! need the release binary: build it first with `cargo build --release`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection};
+use zooid_sync::env::make_auth;
+use zooid_sync::fixture::FixtureZooid;
+use zooid_sync::infra::timer::TimerWheel;
+use zooid_sync::relay_config::relay_body;
+use zooid_sync::secret::{random_hex, Secret};
+use zooid_sync::store::StoreOptions;
+use zooid_sync::{Env, Infra, RobotKey, Store};
+
+/// Counts the bytes the process holds, for bytes per timer entry.
+struct Counting;
+static HELD: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HELD.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const OWNER: &str = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let sizes: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--relays")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.split(',')
+                .map(|n| n.parse().expect("--relays takes numbers"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1000, 10_000]);
+    let skip_process = args.iter().any(|a| a == "--skip-process");
+    let workers = 4;
+
+    println!("# zooid-sync benchmark");
+    println!(
+        "machine: {} cores, {}",
+        cores(),
+        first_line("/proc/cpuinfo", "model name")
+    );
+    println!();
+
+    println!("## 1-2. throughput and CPU per sync ({workers} workers)");
+    for &n in &sizes {
+        let raw = raw_limit(n, workers)?;
+        let (worker, cpu) = worker_run(n, workers)?;
+        println!(
+            "N={n:>6}: worker {:>7.0} syncs/s, raw ureq {:>7.0} req/s, ratio {:.2}; worker threads CPU {:.0} us/sync",
+            worker,
+            raw,
+            worker / raw,
+            cpu.as_secs_f64() * 1e6 / n as f64
+        );
+    }
+    cost_breakdown(2000)?;
+
+    println!("\n## 5. timer wheel");
+    for n in [1_000usize, 10_000, 100_000] {
+        timer_wheel(n);
+    }
+
+    if !skip_process {
+        let binary = release_binary()?;
+        println!("\n## 3. feed latency (row written by another process -> request at zooid)");
+        feed_latency(&binary, 200)?;
+        println!("\n## 4. footprint of `zooid-sync run` with 10 000 synced relays");
+        footprint(&binary, 10_000)?;
+        println!("\n## 6. startup with 10 000 pending relays");
+        startup(&binary, 10_000)?;
+    }
+    Ok(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn first_line(path: &str, key: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    env: Env,
+    zooid: FixtureZooid,
+}
+
+/// A fixture zooid and a database of `n` relays (`synced` as given).
+fn setup(n: usize, synced: bool, workers: usize) -> anyhow::Result<Setup> {
+    let robot = RobotKey::parse(&random_hex(32))?;
+    let zooid = FixtureZooid::start(&[robot.public_key().to_hex()])?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("bench.db");
+    drop(Store::open(&db)?);
+    let mut conn = Connection::open(&db)?;
+    let tx = conn.transaction()?;
+    {
+        let mut relay = tx.prepare(
+            "INSERT INTO relay (id, tenant_pubkey, schema, subdomain, info_name, groups_enabled,
+                                management_enabled, synced, created_at, updated_at)
+             VALUES (?1, ?2, ?1, ?1, ?1, 1, 1, ?3, 0, 0)",
+        )?;
+        let mut activity = tx.prepare(
+            "INSERT INTO activity (id, created_at, activity_type, resource_type, resource_id)
+             VALUES (?1, 0, ?2, 'relay', ?3)",
+        )?;
+        for i in 0..n {
+            let id = format!("r{i:06}");
+            relay.execute(params![id, OWNER, synced as i64])?;
+            activity.execute(params![format!("c-{id}"), "create_relay", id])?;
+            if synced {
+                activity.execute(params![format!("s-{id}"), "complete_relay_sync", id])?;
+            }
+        }
+    }
+    tx.commit()?;
+    let mut env = Env::new(&zooid.url(), "relays.example.com", robot)?;
+    env.database_path = db.clone();
+    env.sync_workers = workers;
+    Ok(Setup {
+        _dir: dir,
+        db,
+        env,
+        zooid,
+    })
+}
+
+/// The HTTP limit: bare ureq threads sending the worker's requests, pre-signed and pre-built.
+fn raw_limit(n: usize, workers: usize) -> anyhow::Result<f64> {
+    let s = setup(n, false, workers)?;
+    let store = Store::open(&s.db)?;
+    let mut requests = Vec::with_capacity(n);
+    for i in 0..n {
+        let relay = store.query.get_relay(&format!("r{i:06}"))?.unwrap();
+        let secret = Secret::new(random_hex(32));
+        let body = serde_json::to_vec(&relay_body(&relay, &s.env, Some(&secret))?)?;
+        let url = format!("{}/relay/{}", s.env.zooid_api_url, relay.id);
+        let auth = make_auth(&s.env.robot, "POST", &url, Some(&body))?;
+        requests.push((url, auth, body));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let chunks: Vec<Vec<_>> = {
+        let mut chunks: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+        for (i, r) in requests.into_iter().enumerate() {
+            chunks[i % workers].push(r);
+        }
+        chunks
+    };
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for chunk in &chunks {
+            let agent = agent.clone();
+            scope.spawn(move || {
+                for (url, auth, body) in chunk {
+                    let mut r = agent
+                        .post(url)
+                        .header("authorization", auth)
+                        .header("content-type", "application/json")
+                        .send(&body[..])
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                    let _ = r.body_mut().read_to_vec();
+                }
+            });
+        }
+    });
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The real worker syncing `n` pending relays at startup. Answers syncs/s and the CPU time
+/// of the worker's own threads.
+fn worker_run(n: usize, workers: usize) -> anyhow::Result<(f64, Duration)> {
+    let s = setup(n, false, workers)?;
+    let store = Store::open_with(
+        &s.db,
+        StoreOptions {
+            bus_capacity: n + 16,
+            ..StoreOptions::default()
+        },
+    )?;
+    let completions = store.command.notify.subscribe();
+    let started = Instant::now();
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &s.env).spawn()?;
+    let mut done = 0;
+    while done < n {
+        let a = completions
+            .recv_deadline(Instant::now() + Duration::from_secs(60))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("no progress for 60 s"))?;
+        if a.activity_type == "complete_relay_sync" {
+            done += 1;
+        } else if a.activity_type == "fail_relay_sync" {
+            anyhow::bail!("a sync failed: {}", a.detail);
+        }
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let cpu = thread_cpu("zooid-sync-");
+    worker.shutdown()?;
+    assert_eq!(s.zooid.relay_ids().len(), n);
+    Ok((rate, cpu))
+}
+
+/// CPU time so far of this process's threads whose name starts with `prefix`.
+fn thread_cpu(prefix: &str) -> Duration {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let sched = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        ns += sched
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+    }
+    Duration::from_nanos(ns)
+}
+
+/// Where the CPU of one sync goes, timed piece by piece on one thread.
+fn cost_breakdown(n: usize) -> anyhow::Result<()> {
+    let s = setup(n, false, 1)?;
+    let store = Store::open(&s.db)?;
+    let ids: Vec<String> = (0..n).map(|i| format!("r{i:06}")).collect();
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+
+    let t = Instant::now();
+    let mut relays = Vec::with_capacity(n);
+    for id in &ids {
+        relays.push(store.query.get_relay(id)?.unwrap());
+        store.query.has_completed_sync(id)?;
+    }
+    let read = t.elapsed();
+
+    let t = Instant::now();
+    let mut bodies = Vec::with_capacity(n);
+    for r in &relays {
+        let secret = Secret::new(random_hex(32));
+        bodies.push(serde_json::to_vec(&relay_body(r, &s.env, Some(&secret))?)?);
+    }
+    let json = t.elapsed();
+
+    let t = Instant::now();
+    for (r, body) in relays.iter().zip(&bodies) {
+        let url = format!("{}/relay/{}", s.env.zooid_api_url, r.id);
+        make_auth(&s.env.robot, "POST", &url, Some(body))?;
+    }
+    let sign = t.elapsed();
+
+    let t = Instant::now();
+    for r in &relays {
+        store.command.complete_relay_sync(&r.id, r.revision)?;
+    }
+    let record = t.elapsed();
+    println!(
+        "per sync, one thread: read relay {:.0} us, body+JSON {:.0} us, NIP-98 sign {:.0} us, record outcome {:.0} us (HTTP is the rest)",
+        per(read),
+        per(json),
+        per(sign),
+        per(record)
+    );
+    Ok(())
+}
+
+fn timer_wheel(n: usize) {
+    let ids: Vec<String> = (0..n).map(|i| format!("r{i:06}")).collect();
+    let mut wheel = TimerWheel::new();
+    let before = HELD.load(Ordering::Relaxed);
+    let t = Instant::now();
+    for (i, id) in ids.iter().enumerate() {
+        wheel.insert(id, 1 + (i as u64 * 7919) % 900_000);
+    }
+    let insert = t.elapsed();
+    let bytes = (HELD.load(Ordering::Relaxed) - before) as f64 / n as f64;
+    let t = Instant::now();
+    for id in ids.iter().step_by(2) {
+        wheel.cancel(id);
+    }
+    let cancel = t.elapsed();
+    let t = Instant::now();
+    let mut due = Vec::with_capacity(n);
+    while let Some(next) = wheel.next_deadline() {
+        wheel.advance(next, &mut due);
+    }
+    let expire = t.elapsed();
+    assert_eq!(due.len(), n - n.div_ceil(2));
+    let ns = |d: Duration, k: usize| d.as_nanos() as f64 / k as f64;
+    println!(
+        "n={n:>6}: insert {:>4.0} ns, cancel {:>4.0} ns, expiry {:>4.0} ns per entry; {:.0} bytes per entry",
+        ns(insert, n),
+        ns(cancel, n.div_ceil(2)),
+        ns(expire, due.len()),
+        bytes
+    );
+}
+
+fn release_binary() -> anyhow::Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/zooid-sync");
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: run `cargo build --release` first (or pass --skip-process)",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn daemon(binary: &Path, s: &Setup, extra: &[(&str, &str)]) -> anyhow::Result<std::process::Child> {
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg("run")
+        .env_clear()
+        .env("ZOOID_API_URL", &s.env.zooid_api_url)
+        .env("RELAY_DOMAIN", "relays.example.com")
+        .env("ROBOT_SECRET", s.env.robot.to_secret().expose())
+        .env("DATABASE_PATH", &s.db)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    Ok(cmd.spawn()?)
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+fn feed_latency(binary: &Path, samples: usize) -> anyhow::Result<()> {
+    let s = setup(1, true, 4)?;
+    let child = daemon(binary, &s, &[])?;
+    let host = Connection::open(&s.db)?;
+    host.busy_timeout(Duration::from_secs(5))?;
+    // Wait for the daemon: its startup reconcile has nothing to do, so probe with one change.
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..=samples {
+        let before = s.zooid.requests().len();
+        let written = Instant::now();
+        host.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             UPDATE relay SET info_name = 'n{i}', synced = 0, revision = revision + 1 WHERE id = 'r000000';
+             INSERT INTO activity (id, created_at, activity_type, resource_type, resource_id)
+             VALUES ('u{i}', 0, 'update_relay', 'relay', 'r000000');
+             COMMIT;"
+        ))?;
+        let wait = if i == 0 { 10 } else { 5 };
+        wait_for("the request", Duration::from_secs(wait), || {
+            s.zooid.requests().len() > before
+        })?;
+        let arrived = s.zooid.requests()[before].started;
+        if i > 0 {
+            latencies.push(arrived.saturating_duration_since(written));
+        }
+        // Let the completion land before the next change.
+        wait_for("the completion", Duration::from_secs(5), || {
+            host.query_row("SELECT synced FROM relay", [], |r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+                == 1
+        })?;
+    }
+    stop(child);
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    println!(
+        "{samples} changes, feed interval 20 ms: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn proc_status(pid: u32, key: &str) -> String {
+    first_line(&format!("/proc/{pid}/status"), key)
+}
+
+fn proc_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    let ticks = fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0);
+    Duration::from_millis(ticks * 10)
+}
+
+fn footprint(binary: &Path, n: usize) -> anyhow::Result<()> {
+    let s = setup(n, true, 4)?;
+    let child = daemon(binary, &s, &[])?;
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(2)); // startup reconcile over 10 000 synced relays
+    let rss = proc_status(pid, "VmRSS");
+    let cpu_before = proc_cpu(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let cpu_idle = proc_cpu(pid) - cpu_before;
+    let hwm = proc_status(pid, "VmHWM");
+    stop(child);
+    println!(
+        "idle RSS {rss} (peak {hwm}); CPU over 10 s idle: {} ms (10 ms clock ticks); binary {} KiB stripped",
+        cpu_idle.as_millis(),
+        std::fs::metadata(binary)?.len() / 1024
+    );
+    Ok(())
+}
+
+fn startup(binary: &Path, n: usize) -> anyhow::Result<()> {
+    let s = setup(n, false, 4)?;
+    let spawned = Instant::now();
+    let child = daemon(binary, &s, &[])?;
+    wait_for("the first request", Duration::from_secs(30), || {
+        !s.zooid.requests().is_empty()
+    })?;
+    let first = s.zooid.requests()[0]
+        .started
+        .saturating_duration_since(spawned);
+    wait_for("all synced", Duration::from_secs(120), || {
+        s.zooid.relay_ids().len() == n
+    })?;
+    let all = spawned.elapsed();
+    stop(child);
+    println!(
+        "process start -> first request {:.1} ms; all {n} synced after {:.2} s",
+        first.as_secs_f64() * 1e3,
+        all.as_secs_f64()
+    );
+    Ok(())
+}
