@@ -72,14 +72,16 @@ fn main() -> anyhow::Result<()> {
 
     println!("## 1-2. throughput and CPU per sync ({workers} workers)");
     for &n in &sizes {
-        let raw = raw_limit(n, workers)?;
+        let (raw, raw_cpu) = raw_limit(n, workers)?;
         let (worker, cpu) = worker_run(n, workers)?;
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
         println!(
-            "N={n:>6}: worker {:>7.0} syncs/s, raw ureq {:>7.0} req/s, ratio {:.2}; worker threads CPU {:.0} us/sync",
+            "N={n:>6}: worker {:>7.0} syncs/s, raw ureq {:>7.0} req/s, ratio {:.2}; CPU per sync: worker threads {:.0} us, raw senders {:.0} us",
             worker,
             raw,
             worker / raw,
-            cpu.as_secs_f64() * 1e6 / n as f64
+            us(cpu),
+            us(raw_cpu)
         );
     }
     cost_breakdown(2000)?;
@@ -166,7 +168,8 @@ fn setup(n: usize, synced: bool, workers: usize) -> anyhow::Result<Setup> {
 }
 
 /// The HTTP limit: bare ureq threads sending the worker's requests, pre-signed and pre-built.
-fn raw_limit(n: usize, workers: usize) -> anyhow::Result<f64> {
+/// Answers requests/s and the CPU time of the sending threads.
+fn raw_limit(n: usize, workers: usize) -> anyhow::Result<(f64, Duration)> {
     let s = setup(n, false, workers)?;
     let store = Store::open(&s.db)?;
     let mut requests = Vec::with_capacity(n);
@@ -190,9 +193,10 @@ fn raw_limit(n: usize, workers: usize) -> anyhow::Result<f64> {
         chunks
     };
     let started = Instant::now();
+    let cpu = std::sync::Mutex::new(Duration::ZERO);
     std::thread::scope(|scope| {
         for chunk in &chunks {
-            let agent = agent.clone();
+            let (agent, cpu) = (agent.clone(), &cpu);
             scope.spawn(move || {
                 for (url, auth, body) in chunk {
                     let mut r = agent
@@ -204,10 +208,24 @@ fn raw_limit(n: usize, workers: usize) -> anyhow::Result<f64> {
                     assert_eq!(r.status(), 201);
                     let _ = r.body_mut().read_to_vec();
                 }
+                *cpu.lock().unwrap() += this_thread_cpu();
             });
         }
     });
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, cpu.into_inner().unwrap()))
+}
+
+/// CPU time so far of the calling thread.
+fn this_thread_cpu() -> Duration {
+    let sched = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    Duration::from_nanos(
+        sched
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
 }
 
 /// The real worker syncing `n` pending relays at startup. Answers syncs/s and the CPU time
@@ -238,6 +256,14 @@ fn worker_run(n: usize, workers: usize) -> anyhow::Result<(f64, Duration)> {
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let cpu = thread_cpu("zooid-sync-");
+    if std::env::var_os("BENCH_THREADS").is_some() {
+        for t in ["zooid-sync-work", "zooid-sync-disp", "zooid-sync-time"] {
+            println!(
+                "  {t}: {:.0} us/sync",
+                thread_cpu(t).as_secs_f64() * 1e6 / n as f64
+            );
+        }
+    }
     worker.shutdown()?;
     assert_eq!(s.zooid.relay_ids().len(), n);
     Ok((rate, cpu))

@@ -33,8 +33,9 @@ use crate::env::Env;
 use crate::store::{activity_type, Activity, Command, Query, RecvError, RELAY_RESOURCE};
 use pool::Pool;
 use retry::{random_unit, RetryDecision};
+use std::sync::Arc;
 use sync::Syncer;
-use timer::TimerCommand;
+use timer::Retries;
 
 /// The background worker that keeps zooid in step with the database.
 pub struct Infra {
@@ -132,13 +133,14 @@ impl Infra {
         let (timer_tx, timer_rx) = crossbeam_channel::unbounded();
         let (due_tx, due_rx) = crossbeam_channel::unbounded();
         let timer = timer::spawn(timer_rx, due_tx).context("cannot start the timer thread")?;
-        let pool = Pool::start(env.sync_workers, syncer, timer_tx.clone(), env.retry.base)
+        let retries = Arc::new(Retries::new(timer_tx));
+        let pool = Pool::start(env.sync_workers, syncer, retries.clone(), env.retry.base)
             .context("cannot start the worker threads")?;
         let dispatcher = Dispatcher {
             env: &env,
             query: &query,
             pool: &pool,
-            timer: &timer_tx,
+            retries: &retries,
         };
         log::info!(
             "zooid-sync started: {} workers, zooid at {}",
@@ -165,6 +167,7 @@ impl Infra {
                 recv(due_rx) -> id => {
                     if let Ok(id) = id {
                         log::debug!("relay {id}: retry due");
+                        dispatcher.retries.fired(&id);
                         dispatcher.pool.submit(&id);
                     }
                 },
@@ -176,7 +179,7 @@ impl Infra {
         }
 
         pool.stop();
-        drop(timer_tx);
+        drop(retries);
         drop(due_rx);
         let _ = timer.join();
         log::info!("zooid-sync stopped");
@@ -189,7 +192,7 @@ struct Dispatcher<'a> {
     env: &'a Env,
     query: &'a Query,
     pool: &'a Pool,
-    timer: &'a Sender<TimerCommand>,
+    retries: &'a Retries,
 }
 
 impl Dispatcher<'_> {
@@ -245,9 +248,7 @@ impl Dispatcher<'_> {
         match self.env.retry.decide(attempt, random_unit()) {
             RetryDecision::RetryAfter(delay) => {
                 log::warn!("relay {id}: retry {attempt} in {delay:?} ({source})");
-                let _ = self
-                    .timer
-                    .send(TimerCommand::Schedule(id.to_string(), delay));
+                self.retries.schedule(id, delay);
             }
             RetryDecision::GiveUp => log::warn!(
                 "relay {id}: gave up after {attempt} failed syncs; it waits for its next change \

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::sync::{SyncOutcome, Syncer};
-use super::timer::TimerCommand;
+use super::timer::Retries;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -95,11 +95,11 @@ struct PoolShared {
 
 impl Pool {
     /// Starts `workers` threads sharing `syncer`. A successful sync cancels the relay's
-    /// pending retry through `timer`; an outcome that could not be recorded is retried later.
+    /// pending retry through `retries`; an outcome that could not be recorded is retried later.
     pub fn start(
         workers: usize,
         syncer: Syncer,
-        timer: Sender<TimerCommand>,
+        retries: Arc<Retries>,
         retry_later: std::time::Duration,
     ) -> std::io::Result<Pool> {
         let (jobs, queue) = crossbeam_channel::unbounded::<String>();
@@ -111,11 +111,15 @@ impl Pool {
         let syncer = Arc::new(syncer);
         let threads = (0..workers.max(1))
             .map(|n| {
-                let (queue, shared, syncer, timer) =
-                    (queue.clone(), shared.clone(), syncer.clone(), timer.clone());
+                let (queue, shared, syncer, retries) = (
+                    queue.clone(),
+                    shared.clone(),
+                    syncer.clone(),
+                    retries.clone(),
+                );
                 std::thread::Builder::new()
                     .name(format!("zooid-sync-worker-{n}"))
-                    .spawn(move || work(&queue, &shared, &syncer, &timer, retry_later))
+                    .spawn(move || work(&queue, &shared, &syncer, &retries, retry_later))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Pool {
@@ -160,7 +164,7 @@ fn work(
     queue: &Receiver<String>,
     shared: &PoolShared,
     syncer: &Syncer,
-    timer: &Sender<TimerCommand>,
+    retries: &Retries,
     retry_later: std::time::Duration,
 ) {
     while let Ok(id) = queue.recv() {
@@ -175,10 +179,10 @@ fn work(
             shared.running.fetch_sub(1, Ordering::Relaxed);
             match outcome {
                 SyncOutcome::Synced { .. } => {
-                    let _ = timer.send(TimerCommand::Cancel(id.clone()));
+                    retries.cancel(&id);
                 }
                 SyncOutcome::NotRecorded(_) => {
-                    let _ = timer.send(TimerCommand::Schedule(id.clone(), retry_later));
+                    retries.schedule(&id, retry_later);
                 }
                 SyncOutcome::Failed(_) | SyncOutcome::Gone => {}
             }

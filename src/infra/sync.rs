@@ -72,8 +72,8 @@ impl Syncer {
 
     /// Reads relay `id` afresh and syncs it; a relay that is gone is skipped.
     pub fn sync_relay_by_id(&self, id: &str) -> SyncOutcome {
-        match self.query.get_relay(id) {
-            Ok(Some(relay)) => self.sync_relay(&relay),
+        match self.query.get_relay_for_sync(id) {
+            Ok(Some((relay, ever_completed))) => self.sync(&relay, Some(ever_completed)),
             Ok(None) => {
                 log::debug!("relay {id}: gone, nothing to sync");
                 SyncOutcome::Gone
@@ -84,8 +84,13 @@ impl Syncer {
 
     /// Syncs `relay` and records the outcome.
     pub fn sync_relay(&self, relay: &Relay) -> SyncOutcome {
+        self.sync(relay, None)
+    }
+
+    /// `ever_completed`: whether the relay ever completed a sync, when already known.
+    fn sync(&self, relay: &Relay, ever_completed: Option<bool>) -> SyncOutcome {
         let started = Instant::now();
-        match self.try_sync_relay(relay) {
+        match self.try_sync_relay(relay, ever_completed) {
             Ok(done) => {
                 let ms = started.elapsed().as_millis();
                 match self.command.complete_relay_sync(&relay.id, relay.revision) {
@@ -138,12 +143,16 @@ impl Syncer {
 
     /// Sends the relay to zooid: create or update, with healing. The error is the text to
     /// record.
-    fn try_sync_relay(&self, relay: &Relay) -> Result<Done, String> {
-        let is_new = !relay.synced
-            && !self
+    fn try_sync_relay(&self, relay: &Relay, ever_completed: Option<bool>) -> Result<Done, String> {
+        let ever_completed = match ever_completed {
+            Some(known) => known,
+            None if relay.synced => true,
+            None => self
                 .query
                 .has_completed_sync(&relay.id)
-                .map_err(|e| format!("{e:#}"))?;
+                .map_err(|e| format!("{e:#}"))?,
+        };
+        let is_new = !relay.synced && !ever_completed;
         // Only a POST carries it; generated now so that the body below can borrow it.
         let secret = Secret::new(random_hex(32));
         // Builds and validates the body before anything is sent.

@@ -221,6 +221,44 @@ pub enum TimerCommand {
     Cancel(String),
 }
 
+/// The handle the dispatcher and the pool use to schedule and cancel retries.
+///
+/// It remembers which relays have a retry scheduled, so that the common case (a sync that
+/// succeeds with no retry pending) costs a set lookup instead of waking the timer thread.
+pub struct Retries {
+    timer: Sender<TimerCommand>,
+    scheduled: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Retries {
+    pub fn new(timer: Sender<TimerCommand>) -> Retries {
+        Retries {
+            timer,
+            scheduled: Default::default(),
+        }
+    }
+
+    /// Retries `relay_id` after `delay`, replacing an earlier schedule.
+    pub fn schedule(&self, relay_id: &str, delay: Duration) {
+        self.scheduled.lock().unwrap().insert(relay_id.to_string());
+        let _ = self
+            .timer
+            .send(TimerCommand::Schedule(relay_id.to_string(), delay));
+    }
+
+    /// Cancels `relay_id`'s retry, if one is scheduled.
+    pub fn cancel(&self, relay_id: &str) {
+        if self.scheduled.lock().unwrap().remove(relay_id) {
+            let _ = self.timer.send(TimerCommand::Cancel(relay_id.to_string()));
+        }
+    }
+
+    /// The timer fired `relay_id`'s retry.
+    pub fn fired(&self, relay_id: &str) {
+        self.scheduled.lock().unwrap().remove(relay_id);
+    }
+}
+
 /// Starts the timer thread. It sends each due relay id on `due` and ends when `commands`
 /// is disconnected or `due` is.
 pub fn spawn(

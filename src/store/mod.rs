@@ -177,6 +177,30 @@ impl Query {
         .with_context(|| format!("reading relay {id:?}"))
     }
 
+    /// The relay with this id and whether it ever completed a sync, in one read: what a sync
+    /// needs to choose between create and update.
+    pub fn get_relay_for_sync(&self, id: &str) -> Result<Option<(Relay, bool)>> {
+        self.read(|conn| {
+            let sql = format!(
+                "SELECT {}, EXISTS (SELECT 1 FROM activity
+                     WHERE resource_type = 'relay' AND resource_id = relay.id
+                       AND activity_type = 'complete_relay_sync')
+                 FROM relay WHERE id = ?1",
+                relay_select_list()
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query([id])?;
+            match rows.next()? {
+                Some(row) => {
+                    let ever_completed: bool = row.get(6 + SETTINGS_COLUMNS.len())?;
+                    Ok(Some((Relay::from_row(row)?, ever_completed)))
+                }
+                None => Ok(None),
+            }
+        })
+        .with_context(|| format!("reading relay {id:?}"))
+    }
+
     /// Every relay, in id order, each read on its own: one bad row does not hide the others.
     pub fn list_relays(&self) -> Result<Vec<Result<Relay>>> {
         self.read(|conn| {
