@@ -419,6 +419,8 @@ fn feed_latency(binary: &Path, samples: usize) -> anyhow::Result<()> {
     // Wait for the daemon: its startup reconcile has nothing to do, so probe with one change.
     let mut latencies = Vec::with_capacity(samples);
     for i in 0..=samples {
+        // Changes arrive at random moments, not in step with the feed's interval.
+        std::thread::sleep(Duration::from_micros(jitter_us()));
         let before = s.zooid.requests().len();
         let written = Instant::now();
         host.execute_batch(&format!(
@@ -455,6 +457,11 @@ fn feed_latency(binary: &Path, samples: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A random pause of up to 25 ms.
+fn jitter_us() -> u64 {
+    u64::from_str_radix(&random_hex(2), 16).unwrap_or(0) * 25_000 / 65_536
+}
+
 fn proc_status(pid: u32, key: &str) -> String {
     first_line(&format!("/proc/{pid}/status"), key)
 }
@@ -483,8 +490,8 @@ fn footprint(binary: &Path, n: usize) -> anyhow::Result<()> {
     let hwm = proc_status(pid, "VmHWM");
     stop(child);
     println!(
-        "idle RSS {rss} (peak {hwm}); CPU over 10 s idle: {} ms (10 ms clock ticks); binary {} KiB stripped",
-        cpu_idle.as_millis(),
+        "idle RSS {rss} (peak {hwm}); CPU over 10 s idle: {:.1} ms; binary {} KiB stripped",
+        cpu_idle.as_secs_f64() * 1e3,
         std::fs::metadata(binary)?.len() / 1024
     );
     Ok(())

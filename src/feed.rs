@@ -4,7 +4,10 @@
 //! another process, so nothing arrives on the in-process bus. The feed tails the `activity`
 //! table by its increasing `seq` and publishes each new row. It checks
 //! `PRAGMA data_version` first, which changes only when another connection committed, so an
-//! idle feed costs one tiny query per interval and reads nothing.
+//! idle feed costs one tiny query per look and reads nothing. It looks every `interval` while
+//! activity flows; after a second of quiet it looks less and less often, down to once every
+//! ten intervals, and goes back to full speed at the first change. So a quiet daemon wakes a
+//! few times a second, and the first change after a quiet spell waits at most ten intervals.
 //!
 //! Each activity is dispatched exactly once: rows this process wrote itself were published by
 //! [`Command`] when they committed, and are remembered (only while a feed runs) so that the
@@ -14,8 +17,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::Connection;
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::store::{open_connection, Command, Query};
 
@@ -24,8 +27,33 @@ const BATCH: usize = 1000;
 
 /// A running feed. Stopping it drops its bus handle.
 pub struct Feed {
-    stop: Sender<()>,
+    stop: Arc<Stop>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The feed's stop flag and the condition variable it sleeps on between looks. A condition
+/// variable parks the thread straight away; a channel's timed receive spins and yields a
+/// little first, which, repeated every interval, was most of an idle daemon's CPU.
+#[derive(Default)]
+struct Stop {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Stop {
+    /// Sleeps for `interval` or until stopped; answers whether to stop.
+    fn sleep(&self, interval: Duration) -> bool {
+        let stopped = self.stopped.lock().unwrap();
+        if *stopped {
+            return true;
+        }
+        *self.wake.wait_timeout(stopped, interval).unwrap().0
+    }
+
+    fn stop(&self) {
+        *self.stopped.lock().unwrap() = true;
+        self.wake.notify_all();
+    }
 }
 
 impl Feed {
@@ -35,10 +63,11 @@ impl Feed {
         command.track_own_writes();
         let cursor = query.last_activity_seq()?;
         let conn = open_connection(query.path(), Duration::from_secs(5))?;
-        let (stop, stopped) = crossbeam_channel::bounded(1);
+        let stop = Arc::new(Stop::default());
+        let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("zooid-sync-feed".into())
-            .spawn(move || tail(conn, query, command, cursor, interval, stopped))
+            .spawn(move || tail(conn, query, command, cursor, interval, &stopped))
             .context("cannot start the feed thread")?;
         Ok(Feed {
             stop,
@@ -52,7 +81,7 @@ impl Feed {
     }
 
     fn shutdown(&mut self) {
-        let _ = self.stop.send(());
+        self.stop.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -66,7 +95,8 @@ impl Drop for Feed {
 }
 
 fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+    conn.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))
 }
 
 fn tail(
@@ -75,17 +105,23 @@ fn tail(
     command: Command,
     mut cursor: i64,
     interval: Duration,
-    stop: Receiver<()>,
+    stop: &Stop,
 ) {
     let mut seen_version = None;
+    let mut pace = Pace::new(interval);
     loop {
-        match stop.recv_timeout(interval) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
+        if stop.sleep(pace.next_sleep()) {
+            return;
         }
         match data_version(&conn) {
-            Ok(v) if Some(v) == seen_version => continue,
-            Ok(v) => seen_version = Some(v),
+            Ok(v) if Some(v) == seen_version => {
+                pace.quiet();
+                continue;
+            }
+            Ok(v) => {
+                seen_version = Some(v);
+                pace.active();
+            }
             Err(e) => {
                 log::error!("feed: cannot check the database for changes: {e}");
                 continue;
@@ -111,5 +147,69 @@ fn tail(
                 break;
             }
         }
+    }
+}
+
+/// How long the feed sleeps between looks: `interval` while there is activity, backing off
+/// to ten intervals after a second of quiet.
+#[derive(Debug)]
+struct Pace {
+    interval: Duration,
+    current: Duration,
+    quiet_for: Duration,
+}
+
+impl Pace {
+    const QUIET_BEFORE_BACKOFF: Duration = Duration::from_secs(1);
+    const MAX_FACTOR: u32 = 10;
+
+    fn new(interval: Duration) -> Pace {
+        Pace {
+            interval,
+            current: interval,
+            quiet_for: Duration::ZERO,
+        }
+    }
+
+    fn next_sleep(&self) -> Duration {
+        self.current
+    }
+
+    /// A look found nothing new.
+    fn quiet(&mut self) {
+        self.quiet_for += self.current;
+        if self.quiet_for >= Self::QUIET_BEFORE_BACKOFF {
+            self.current = (self.current * 2).min(self.interval * Self::MAX_FACTOR);
+        }
+    }
+
+    /// A look found a change.
+    fn active(&mut self) {
+        self.current = self.interval;
+        self.quiet_for = Duration::ZERO;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+    use std::time::Duration;
+
+    #[test]
+    fn backs_off_after_a_quiet_second_and_snaps_back() {
+        let ms = Duration::from_millis;
+        let mut pace = Pace::new(ms(20));
+        for _ in 0..49 {
+            pace.quiet();
+        }
+        assert_eq!(pace.next_sleep(), ms(20), "still within the first second");
+        pace.quiet();
+        assert_eq!(pace.next_sleep(), ms(40));
+        for _ in 0..10 {
+            pace.quiet();
+        }
+        assert_eq!(pace.next_sleep(), ms(200), "capped at ten intervals");
+        pace.active();
+        assert_eq!(pace.next_sleep(), ms(20));
     }
 }

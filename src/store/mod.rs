@@ -367,7 +367,10 @@ impl Command {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let run = |conn: &Connection, sql: &str| -> rusqlite::Result<()> {
+            conn.prepare_cached(sql)?.execute([]).map(|_| ())
+        };
+        if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
             for q in batch {
                 let what = q.write.describe();
                 let _ = q.done.send(Err(anyhow!(
@@ -379,26 +382,26 @@ impl Command {
         let tracking = self.own_writes.tracking.load(Ordering::Acquire);
         let mut applied = Vec::with_capacity(batch.len());
         for q in batch {
-            let outcome = conn
-                .execute_batch("SAVEPOINT one_write")
+            let outcome = run(conn, "SAVEPOINT one_write")
                 .map_err(anyhow::Error::from)
                 .and_then(|()| q.write.apply(conn));
             match &outcome {
                 Ok((activity, _)) => {
-                    let _ = conn.execute_batch("RELEASE one_write");
+                    let _ = run(conn, "RELEASE one_write");
                     if tracking {
                         self.own_writes.seqs.lock().unwrap().insert(activity.seq);
                     }
                 }
                 Err(_) => {
-                    let _ = conn.execute_batch("ROLLBACK TO one_write; RELEASE one_write");
+                    let _ = run(conn, "ROLLBACK TO one_write");
+                    let _ = run(conn, "RELEASE one_write");
                 }
             }
             let outcome = outcome.with_context(|| q.write.describe());
             applied.push((q.done, outcome));
         }
-        if let Err(e) = conn.execute_batch("COMMIT") {
-            let _ = conn.execute_batch("ROLLBACK");
+        if let Err(e) = run(conn, "COMMIT") {
+            let _ = run(conn, "ROLLBACK");
             for (done, outcome) in applied {
                 if let Ok((activity, _)) = &outcome {
                     self.own_writes.seqs.lock().unwrap().remove(&activity.seq);
