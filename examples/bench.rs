@@ -72,16 +72,21 @@ fn main() -> anyhow::Result<()> {
 
     println!("## 1-2. throughput and CPU per sync ({workers} workers)");
     for &n in &sizes {
-        let (raw, raw_cpu) = raw_limit(n, workers)?;
-        let (worker, cpu) = worker_run(n, workers)?;
+        let (raw, raw_cpu, raw_zooid) = raw_limit(n, workers)?;
+        let (worker, cpu, worker_zooid) = worker_run(n, workers)?;
         let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
         println!(
-            "N={n:>6}: worker {:>7.0} syncs/s, raw ureq {:>7.0} req/s, ratio {:.2}; CPU per sync: worker threads {:.0} us, raw senders {:.0} us",
+            "N={n:>6}: worker {:>7.0} syncs/s, raw ureq {:>7.0} req/s, ratio {:.2}",
             worker,
             raw,
-            worker / raw,
+            worker / raw
+        );
+        println!(
+            "          CPU per request: worker threads {:.0} us vs raw senders {:.0} us; fixture zooid {:.0} us (worker run) / {:.0} us (raw run)",
             us(cpu),
-            us(raw_cpu)
+            us(raw_cpu),
+            us(worker_zooid),
+            us(raw_zooid)
         );
     }
     cost_breakdown(2000)?;
@@ -169,7 +174,7 @@ fn setup(n: usize, synced: bool, workers: usize) -> anyhow::Result<Setup> {
 
 /// The HTTP limit: bare ureq threads sending the worker's requests, pre-signed and pre-built.
 /// Answers requests/s and the CPU time of the sending threads.
-fn raw_limit(n: usize, workers: usize) -> anyhow::Result<(f64, Duration)> {
+fn raw_limit(n: usize, workers: usize) -> anyhow::Result<(f64, Duration, Duration)> {
     let s = setup(n, false, workers)?;
     let store = Store::open(&s.db)?;
     let mut requests = Vec::with_capacity(n);
@@ -213,7 +218,8 @@ fn raw_limit(n: usize, workers: usize) -> anyhow::Result<(f64, Duration)> {
         }
     });
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    Ok((rate, cpu.into_inner().unwrap()))
+    let zooid = thread_cpu("fixture-");
+    Ok((rate, cpu.into_inner().unwrap(), zooid))
 }
 
 /// CPU time so far of the calling thread.
@@ -230,7 +236,7 @@ fn this_thread_cpu() -> Duration {
 
 /// The real worker syncing `n` pending relays at startup. Answers syncs/s and the CPU time
 /// of the worker's own threads.
-fn worker_run(n: usize, workers: usize) -> anyhow::Result<(f64, Duration)> {
+fn worker_run(n: usize, workers: usize) -> anyhow::Result<(f64, Duration, Duration)> {
     let s = setup(n, false, workers)?;
     let store = Store::open_with(
         &s.db,
@@ -256,6 +262,7 @@ fn worker_run(n: usize, workers: usize) -> anyhow::Result<(f64, Duration)> {
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let cpu = thread_cpu("zooid-sync-");
+    let zooid = thread_cpu("fixture-");
     if std::env::var_os("BENCH_THREADS").is_some() {
         for t in ["zooid-sync-work", "zooid-sync-disp", "zooid-sync-time"] {
             println!(
@@ -266,7 +273,7 @@ fn worker_run(n: usize, workers: usize) -> anyhow::Result<(f64, Duration)> {
     }
     worker.shutdown()?;
     assert_eq!(s.zooid.relay_ids().len(), n);
-    Ok((rate, cpu))
+    Ok((rate, cpu, zooid))
 }
 
 /// CPU time so far of this process's threads whose name starts with `prefix`.
