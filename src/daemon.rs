@@ -12,6 +12,7 @@ use crossbeam_channel::{select, Receiver};
 use crate::env::Env;
 use crate::feed::Feed;
 use crate::infra::Infra;
+use crate::metrics;
 use crate::store::Store;
 use crate::zooid::ZooidClient;
 
@@ -20,12 +21,15 @@ use crate::zooid::ZooidClient;
 pub struct DaemonOptions {
     /// How often the feed looks for activity written by other processes.
     pub feed_interval: Duration,
+    /// Where to serve `/healthz` and `/metrics` (off when `None`).
+    pub listen: Option<String>,
 }
 
 impl Default for DaemonOptions {
     fn default() -> Self {
         DaemonOptions {
             feed_interval: Duration::from_millis(20),
+            listen: None,
         }
     }
 }
@@ -39,7 +43,17 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
         store.command.clone(),
         options.feed_interval,
     )?;
-    let worker = Infra::new(store.query.clone(), store.command.clone(), env).spawn()?;
+    let infra = Infra::new(store.query.clone(), store.command.clone(), env);
+    let metrics = infra.metrics();
+    let worker = infra.spawn()?;
+    let _endpoint = match &options.listen {
+        Some(addr) => {
+            let server = metrics::serve(addr, metrics, store.query.clone(), worker.alive())?;
+            log::info!("serving /healthz and /metrics on {}", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
     drop(store);
     select! {
         recv(stop) -> _ => {}

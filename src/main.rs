@@ -27,6 +27,9 @@ enum Cmd {
         /// How often to look for activity written by other processes (e.g. 20ms, 1s).
         #[arg(long, default_value = "20ms", value_parser = parse_duration)]
         feed_interval: std::time::Duration,
+        /// Serve /healthz and /metrics (Prometheus) on this address, e.g. 127.0.0.1:9464.
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Sync one relay now, in the foreground. Exit status 0: synced; 1: failed.
     Sync {
@@ -61,10 +64,17 @@ fn main() -> ExitCode {
 
 fn run(command: Cmd) -> Result<ExitCode> {
     match command {
-        Cmd::Run { feed_interval } => {
+        Cmd::Run {
+            feed_interval,
+            listen,
+        } => {
             let env = Env::from_env()?;
             let stop = stop_on_signal()?;
-            daemon::run(&env, &DaemonOptions { feed_interval }, stop)?;
+            let options = DaemonOptions {
+                feed_interval,
+                listen,
+            };
+            daemon::run(&env, &options, stop)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sync { id } => {

@@ -71,8 +71,14 @@ fn run_syncs_rows_written_by_another_process_and_exits_0_on_sigterm() {
     let fx = fixture();
     let (_dir, db) = temp_db();
     open_store(&db); // the host created the schema
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
     let mut child = zooid_sync(&fx, &db)
-        .args(["run", "--feed-interval", "10ms"])
+        .args(["run", "--feed-interval", "10ms", "--listen", &listen])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -108,6 +114,24 @@ fn run_syncs_rows_written_by_another_process_and_exits_0_on_sigterm() {
     .unwrap();
     expect_within(WAIT, "the update synced", || synced(&host, "alpha"));
     assert_eq!(fx.relay("alpha").unwrap()["info"]["name"], "Changed");
+
+    let health = ureq::get(&format!("http://{listen}/healthz"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert_eq!(health, "ok\n");
+    let metrics = ureq::get(&format!("http://{listen}/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("zooid_sync_syncs_total{outcome=\"synced\"} 5"),
+        "{metrics}"
+    );
 
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

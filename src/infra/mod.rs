@@ -24,16 +24,18 @@ pub mod retry;
 pub mod sync;
 pub mod timer;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::env::Env;
+use crate::metrics::Metrics;
 use crate::store::{activity_type, Activity, Command, Query, RecvError, RELAY_RESOURCE};
 use pool::Pool;
 use retry::{random_unit, RetryDecision};
-use std::sync::Arc;
 use sync::Syncer;
 use timer::Retries;
 
@@ -42,11 +44,13 @@ pub struct Infra {
     env: Env,
     query: Query,
     command: Command,
+    metrics: Arc<Metrics>,
 }
 
 /// A running [`Infra`] on its own thread.
 pub struct InfraHandle {
     stop: Sender<()>,
+    alive: Arc<AtomicBool>,
     finished: Receiver<()>,
     thread: JoinHandle<Result<()>>,
 }
@@ -70,6 +74,11 @@ impl InfraHandle {
         self.thread.is_finished()
     }
 
+    /// A flag that is true while the worker runs, for health checks.
+    pub fn alive(&self) -> Arc<AtomicBool> {
+        self.alive.clone()
+    }
+
     /// A channel that disconnects when the worker ends, for `crossbeam_channel::select!`.
     pub fn finished(&self) -> &Receiver<()> {
         &self.finished
@@ -83,7 +92,13 @@ impl Infra {
             env: env.clone(),
             query,
             command,
+            metrics: Arc::default(),
         }
+    }
+
+    /// The worker's counters (see [`crate::metrics`]).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The members of relay `id`, from zooid (`GET /relay/{id}/members`).
@@ -95,15 +110,20 @@ impl Infra {
     pub fn spawn(self) -> Result<InfraHandle> {
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let (ended, finished) = crossbeam_channel::bounded::<()>(0);
+        let alive = Arc::new(AtomicBool::new(true));
+        let running = alive.clone();
         let thread = std::thread::Builder::new()
             .name("zooid-sync-dispatcher".into())
             .spawn(move || {
                 let _ended = ended; // dropped when the worker ends, whatever the outcome
-                self.run(stopped)
+                let result = self.run(stopped);
+                running.store(false, Ordering::Release);
+                result
             })
             .context("cannot start the dispatcher thread")?;
         Ok(InfraHandle {
             stop,
+            alive,
             finished,
             thread,
         })
@@ -120,6 +140,7 @@ impl Infra {
             env,
             query,
             command,
+            metrics,
         } = self;
         let activities = command.notify.subscribe();
         // From here on the worker's own handle must not keep the bus open.
@@ -128,7 +149,7 @@ impl Infra {
             drop(command);
             weak
         };
-        let syncer = Syncer::new(query.clone(), command, &env)?;
+        let syncer = Syncer::new(query.clone(), command, &env)?.with_metrics(metrics.clone());
 
         let (timer_tx, timer_rx) = crossbeam_channel::unbounded();
         let (due_tx, due_rx) = crossbeam_channel::unbounded();
@@ -141,6 +162,7 @@ impl Infra {
             query: &query,
             pool: &pool,
             retries: &retries,
+            metrics: &metrics,
         };
         log::info!(
             "zooid-sync started: {} workers, zooid at {}",
@@ -193,6 +215,7 @@ struct Dispatcher<'a> {
     query: &'a Query,
     pool: &'a Pool,
     retries: &'a Retries,
+    metrics: &'a Metrics,
 }
 
 impl Dispatcher<'_> {
@@ -248,12 +271,16 @@ impl Dispatcher<'_> {
         match self.env.retry.decide(attempt, random_unit()) {
             RetryDecision::RetryAfter(delay) => {
                 log::warn!("relay {id}: retry {attempt} in {delay:?} ({source})");
+                self.metrics.retry_scheduled();
                 self.retries.schedule(id, delay);
             }
-            RetryDecision::GiveUp => log::warn!(
-                "relay {id}: gave up after {attempt} failed syncs; it waits for its next change \
-                 or `zooid-sync sync {id}`"
-            ),
+            RetryDecision::GiveUp => {
+                self.metrics.gave_up();
+                log::warn!(
+                    "relay {id}: gave up after {attempt} failed syncs; it waits for its next \
+                     change or `zooid-sync sync {id}`"
+                )
+            }
             RetryDecision::NotNeeded => {
                 log::debug!("relay {id}: no failure since its last success; no retry")
             }

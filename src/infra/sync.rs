@@ -14,9 +14,12 @@
 
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use anyhow::Result;
 
 use crate::env::Env;
+use crate::metrics::Metrics;
 use crate::relay_config::relay_body;
 use crate::secret::{random_hex, Secret};
 use crate::store::{Command, Query, Relay};
@@ -47,6 +50,7 @@ pub struct Syncer {
     command: Command,
     client: ZooidClient,
     env: Env,
+    metrics: Arc<Metrics>,
 }
 
 /// A successful exchange with zooid.
@@ -62,7 +66,14 @@ impl Syncer {
             query,
             command,
             env: env.clone(),
+            metrics: Arc::default(),
         })
+    }
+
+    /// Counts outcomes and requests in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Syncer {
+        self.metrics = metrics;
+        self
     }
 
     /// The zooid client this syncer uses.
@@ -95,6 +106,7 @@ impl Syncer {
                 let ms = started.elapsed().as_millis();
                 match self.command.complete_relay_sync(&relay.id, relay.revision) {
                     Ok(marked) => {
+                        self.metrics.synced();
                         log::info!(
                             "relay {}: {} {} in {ms} ms (revision {}{})",
                             relay.id,
@@ -128,6 +140,7 @@ impl Syncer {
     }
 
     fn record_failure(&self, id: &str, error: &str, started: Instant) -> SyncOutcome {
+        self.metrics.failed();
         log::warn!(
             "relay {id}: sync failed after {} ms: {error}",
             started.elapsed().as_millis()
@@ -159,6 +172,7 @@ impl Syncer {
         let mut body = relay_body(relay, &self.env, None).map_err(|e| e.to_string())?;
         let mut send = |method: &'static str| -> Result<Done, ZooidError> {
             body.secret = (method == "POST").then_some(&secret);
+            let _request = self.metrics.request();
             let response = match method {
                 "POST" => self.client.create_relay(&relay.id, &body),
                 _ => self.client.patch_relay(&relay.id, &body),

@@ -294,6 +294,17 @@ impl Query {
         .context("reading new activity")
     }
 
+    /// How many relays wait for a sync.
+    pub fn count_pending(&self) -> Result<u64> {
+        self.read(|conn| {
+            Ok(
+                conn.query_row("SELECT COUNT(*) FROM relay WHERE synced = 0", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64,
+            )
+        })
+    }
+
     /// The newest activity's `seq`, 0 when there is none.
     pub fn last_activity_seq(&self) -> Result<i64> {
         self.read(|conn| {

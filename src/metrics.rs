@@ -1,0 +1,234 @@
+//! Counters an operator can scrape, and the `/healthz` + `/metrics` endpoint of `run --listen`.
+//!
+//! [`Metrics`] is a handful of atomics shared by the dispatcher (retries, give-ups) and the
+//! sync path (outcomes, requests in flight, request latency); reading them never blocks a
+//! sync. [`serve`] answers on the address the operator chose: `/healthz` is 200 while the
+//! worker runs and the database answers, 503 otherwise; `/metrics` is the Prometheus text
+//! format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::http_server::{HttpServer, Reply};
+use crate::store::Query;
+
+/// Upper bounds of the request-latency histogram, in seconds.
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// What the worker counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    synced: AtomicU64,
+    failed: AtomicU64,
+    retries_scheduled: AtomicU64,
+    given_up: AtomicU64,
+    in_flight: AtomicI64,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn synced(&self) {
+        self.synced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retry_scheduled(&self) {
+        self.retries_scheduled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn gave_up(&self) {
+        self.given_up.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request to zooid in flight until the guard is dropped, then records its
+    /// latency.
+    pub(crate) fn request(&self) -> RequestTimer<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestTimer {
+            metrics: self,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn observe(&self, latency: Duration) {
+        let secs = latency.as_secs_f64();
+        for (bucket, bound) in self.latency_buckets.iter().zip(BUCKETS) {
+            if secs <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition; `pending` is the number of relays waiting for a sync.
+    pub fn render(&self, pending: Option<u64>) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, String)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in lines {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "zooid_sync_syncs_total",
+            "counter",
+            "Relay syncs by outcome.",
+            &[
+                ("{outcome=\"synced\"}".into(), get(&self.synced).to_string()),
+                ("{outcome=\"failed\"}".into(), get(&self.failed).to_string()),
+            ],
+        );
+        metric(
+            "zooid_sync_retries_scheduled_total",
+            "counter",
+            "Retries scheduled after a failed sync.",
+            &[(String::new(), get(&self.retries_scheduled).to_string())],
+        );
+        metric(
+            "zooid_sync_relays_given_up_total",
+            "counter",
+            "Times a relay exhausted its retries.",
+            &[(String::new(), get(&self.given_up).to_string())],
+        );
+        if let Some(pending) = pending {
+            metric(
+                "zooid_sync_relays_pending",
+                "gauge",
+                "Relays waiting for a sync (synced = 0).",
+                &[(String::new(), pending.to_string())],
+            );
+        }
+        metric(
+            "zooid_sync_requests_in_flight",
+            "gauge",
+            "Requests to zooid in flight.",
+            &[(
+                String::new(),
+                self.in_flight.load(Ordering::Relaxed).to_string(),
+            )],
+        );
+        let mut histogram: Vec<(String, String)> = BUCKETS
+            .iter()
+            .zip(&self.latency_buckets)
+            .map(|(bound, n)| (format!("_bucket{{le=\"{bound}\"}}"), get(n).to_string()))
+            .collect();
+        let count = get(&self.latency_count);
+        histogram.push(("_bucket{le=\"+Inf\"}".into(), count.to_string()));
+        histogram.push((
+            "_sum".into(),
+            format!("{}", get(&self.latency_sum_micros) as f64 / 1e6),
+        ));
+        histogram.push(("_count".into(), count.to_string()));
+        metric(
+            "zooid_sync_request_duration_seconds",
+            "histogram",
+            "Latency of requests to zooid.",
+            &histogram,
+        );
+        out
+    }
+}
+
+/// See [`Metrics::request`].
+pub(crate) struct RequestTimer<'a> {
+    metrics: &'a Metrics,
+    started: std::time::Instant,
+}
+
+impl Drop for RequestTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.observe(self.started.elapsed());
+    }
+}
+
+/// The running `/healthz` and `/metrics` endpoint. Stops when dropped.
+pub struct MetricsServer {
+    server: HttpServer,
+}
+
+impl MetricsServer {
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr()
+    }
+}
+
+/// Serves `/healthz` and `/metrics` on `addr`. `alive` is cleared when the worker stops.
+pub fn serve(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    query: Query,
+    alive: Arc<AtomicBool>,
+) -> Result<MetricsServer> {
+    let handler = move |req: &crate::http_server::HttpRequest| {
+        let text = |status: u16, body: String| Reply::Body {
+            status,
+            content_type: "text/plain; version=0.0.4",
+            body,
+        };
+        match (req.method.as_str(), req.path()) {
+            ("GET", "/healthz") => {
+                let database = query.last_activity_seq();
+                match (alive.load(Ordering::Acquire), database) {
+                    (true, Ok(_)) => text(200, "ok\n".into()),
+                    (false, _) => text(503, "the worker has stopped\n".into()),
+                    (true, Err(e)) => text(503, format!("the database does not answer: {e:#}\n")),
+                }
+            }
+            ("GET", "/metrics") => {
+                let pending = query.count_pending().ok();
+                text(200, metrics.render(pending))
+            }
+            _ => text(404, "not found: try /healthz or /metrics\n".into()),
+        }
+    };
+    let server = HttpServer::start("zooid-sync-http", addr, handler, None)
+        .with_context(|| format!("--listen: cannot listen on {addr}"))?;
+    Ok(MetricsServer { server })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_a_cumulative_histogram() {
+        let m = Metrics::default();
+        m.synced();
+        m.synced();
+        m.failed();
+        m.retry_scheduled();
+        m.observe(Duration::from_millis(20));
+        m.observe(Duration::from_secs(3));
+        let text = m.render(Some(7));
+        assert!(
+            text.contains("zooid_sync_syncs_total{outcome=\"synced\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("zooid_sync_syncs_total{outcome=\"failed\"} 1"));
+        assert!(text.contains("zooid_sync_retries_scheduled_total 1"));
+        assert!(text.contains("zooid_sync_relays_pending 7"));
+        assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"0.01\"} 0"));
+        assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"0.025\"} 1"));
+        assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"5\"} 2"));
+        assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("zooid_sync_request_duration_seconds_count 2"));
+        let timer = m.request();
+        assert!(m.render(None).contains("zooid_sync_requests_in_flight 1"));
+        drop(timer);
+        assert!(m.render(None).contains("zooid_sync_requests_in_flight 0"));
+    }
+}
