@@ -183,13 +183,15 @@ impl ZooidClient {
         };
         let mut response = sent.map_err(|e| transport(e.to_string()))?;
         let status = response.status().as_u16();
-        let bytes = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_RESPONSE_BYTES)
-            .read_to_vec();
-        let text = match bytes {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        // Read at most MAX_RESPONSE_BYTES; a longer body is cut, not an error, so that a huge
+        // error page still shows its beginning.
+        let mut bytes = Vec::new();
+        let read = std::io::Read::read_to_end(
+            &mut std::io::Read::take(response.body_mut().as_reader(), MAX_RESPONSE_BYTES),
+            &mut bytes,
+        );
+        let text = match read {
+            Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
             // A 2xx whose body cannot be read is no success: the outcome is unknown.
             Err(e) if (200..300).contains(&status) => {
                 return Err(transport(format!(
