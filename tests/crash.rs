@@ -1,0 +1,155 @@
+//! Crash safety: `zooid-sync run` is killed with SIGKILL at arbitrary moments while it syncs a
+//! burst of 1 000 relays and the host keeps changing them, then restarted, several times over.
+//! In the end every relay is at its latest revision at zooid and marked synced, and no
+//! outcome was recorded for a request that never completed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rusqlite::{params, Connection};
+
+const RELAYS: usize = 1000;
+const ROUNDS: usize = 5;
+
+fn daemon(zooid_url: &str, db: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_zooid-sync"))
+        .args(["run", "--feed-interval", "5ms"])
+        .env_clear()
+        .env("ZOOID_API_URL", zooid_url)
+        .env("RELAY_DOMAIN", "relays.example.com")
+        .env("ROBOT_SECRET", ROBOT_SECRET)
+        .env("DATABASE_PATH", db)
+        .env("SYNC_RETRY_BASE", "20ms")
+        .env("SYNC_RETRY_CAP", "100ms")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// A host in another process renaming relay `i`: row and activity in one transaction.
+fn host_update(conn: &Connection, i: usize, round: usize, n: u64) {
+    let id = format!("r{i:04}");
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn.execute(
+        "UPDATE relay SET info_name = ?2, synced = 0, revision = revision + 1 WHERE id = ?1",
+        params![id, format!("{id} round {round}")],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO activity (id, created_at, activity_type, resource_type, resource_id)
+         VALUES (?1, 0, 'update_relay', 'relay', ?2)",
+        params![format!("u-{n}"), id],
+    )
+    .unwrap();
+    conn.execute_batch("COMMIT").unwrap();
+}
+
+fn pseudo_random(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+#[test]
+fn sigkill_during_a_burst_loses_nothing() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    {
+        let store = open_store(&db);
+        for i in 0..RELAYS {
+            let id = format!("r{i:04}");
+            store.command.create_relay(&id, &settings(&id)).unwrap();
+        }
+    }
+    let host = Connection::open(&db).unwrap();
+    host.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+
+    for round in 0..ROUNDS {
+        let mut child = daemon(&fx.url(), &db);
+        // The host changes 50 relays during the round.
+        for _ in 0..50 {
+            let n = pseudo_random(&mut seed);
+            host_update(&host, n as usize % RELAYS, round, n);
+        }
+        // Kill it after an arbitrary number of further requests reached zooid.
+        let target = fx.requests().len() + 20 + (pseudo_random(&mut seed) % 200) as usize;
+        let reached = fx.wait_for_requests(Duration::from_secs(60), |rs| rs.len() >= target);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(reached, "round {round}: the daemon made no progress");
+    }
+
+    // A last, undisturbed run settles everything.
+    let mut child = daemon(&fx.url(), &db);
+    let settled = wait_until(Duration::from_secs(120), || {
+        host.query_row("SELECT COUNT(*) FROM relay WHERE synced = 0", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+            == 0
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(settled, "relays still pending after the last run");
+    assert!(status.success(), "{status:?}");
+
+    // Every relay is at its latest configuration at zooid.
+    let mut stmt = host.prepare("SELECT id, info_name FROM relay").unwrap();
+    let rows: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), RELAYS);
+    for (id, name) in &rows {
+        let stored = fx
+            .relay(id)
+            .unwrap_or_else(|| panic!("{id} missing at zooid"));
+        assert_eq!(stored["info"]["name"], name.as_str(), "{id}");
+    }
+
+    // No outcome without a completed request: completions <= 2xx answers, per relay.
+    let mut answered: HashMap<String, i64> = HashMap::new();
+    for r in fx.requests() {
+        if (200..300).contains(&r.status) {
+            *answered
+                .entry(r.relay_id().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    let mut stmt = host
+        .prepare(
+            "SELECT resource_id, COUNT(*) FROM activity
+             WHERE activity_type = 'complete_relay_sync' GROUP BY resource_id",
+        )
+        .unwrap();
+    let completions: Vec<(String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(completions.len(), RELAYS);
+    for (id, n) in completions {
+        let ok = answered.get(&id).copied().unwrap_or(0);
+        assert!(
+            n <= ok,
+            "{id}: {n} completions recorded for {ok} accepted requests"
+        );
+    }
+    eprintln!(
+        "crash test: {ROUNDS} SIGKILLs, {} requests in all, {RELAYS} relays, 0 lost",
+        fx.requests().len()
+    );
+}
