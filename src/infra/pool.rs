@@ -8,7 +8,7 @@
 //! newer one at zooid.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -90,7 +90,6 @@ pub struct Pool {
 struct PoolShared {
     in_flight: Mutex<InFlight>,
     stopping: AtomicBool,
-    running: AtomicUsize,
 }
 
 impl Pool {
@@ -106,7 +105,6 @@ impl Pool {
         let shared = Arc::new(PoolShared {
             in_flight: Mutex::new(InFlight::default()),
             stopping: AtomicBool::new(false),
-            running: AtomicUsize::new(0),
         });
         let syncer = Arc::new(syncer);
         let threads = (0..workers.max(1))
@@ -139,16 +137,6 @@ impl Pool {
         }
     }
 
-    /// Relays queued or being synced.
-    pub fn pending(&self) -> usize {
-        self.shared.in_flight.lock().unwrap().len()
-    }
-
-    /// Syncs running right now.
-    pub fn running(&self) -> usize {
-        self.shared.running.load(Ordering::Relaxed)
-    }
-
     /// Stops taking jobs, lets running syncs finish, and waits for the threads. Queued jobs
     /// are dropped: they are still pending in the database for the next start.
     pub fn stop(mut self) {
@@ -174,9 +162,7 @@ fn work(
         }
         shared.in_flight.lock().unwrap().start(&id);
         loop {
-            shared.running.fetch_add(1, Ordering::Relaxed);
             let outcome = syncer.sync_relay_by_id(&id);
-            shared.running.fetch_sub(1, Ordering::Relaxed);
             match outcome {
                 SyncOutcome::Synced { .. } => {
                     retries.cancel(&id);

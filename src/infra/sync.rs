@@ -76,11 +76,6 @@ impl Syncer {
         self
     }
 
-    /// The zooid client this syncer uses.
-    pub fn client(&self) -> &ZooidClient {
-        &self.client
-    }
-
     /// Reads relay `id` afresh and syncs it; a relay that is gone is skipped.
     pub fn sync_relay_by_id(&self, id: &str) -> SyncOutcome {
         match self.query.get_relay_for_sync(id) {

@@ -72,11 +72,6 @@ impl TimerWheel {
         self.index.is_empty()
     }
 
-    /// The tick up to which the wheel has advanced.
-    pub fn elapsed(&self) -> u64 {
-        self.elapsed
-    }
-
     /// Schedules `key` at tick `when` (at least one tick from now, at most
     /// [`MAX_DELAY_TICKS`]), replacing an earlier schedule of the same key.
     pub fn insert(&mut self, key: &str, when: u64) {
