@@ -380,12 +380,13 @@ fn a_lagging_dispatcher_reconciles_from_the_database() {
         )
         .unwrap();
     }
-    // ...are found only by a reconcile, which a lag must trigger.
+    // ...are found only by a reconcile, which a lag must trigger (updates of a relay that does
+    // not exist fill the tiny queue).
     for _ in 0..2000 {
         h.store
             .command
             .notify
-            .send(bus_activity("noise", "noise", "noise"));
+            .send(bus_activity("relay", "update_relay", "ghost"));
     }
     for i in 0..10 {
         h.wait_synced(&format!("quiet{i}"));

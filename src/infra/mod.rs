@@ -142,7 +142,7 @@ impl Infra {
             command,
             metrics,
         } = self;
-        let activities = command.notify.subscribe();
+        let activities = command.notify.subscribe_to(is_dispatched);
         // From here on the worker's own handle must not keep the bus open.
         let command = {
             let weak = command.weak();
@@ -218,19 +218,31 @@ struct Dispatcher<'a> {
     metrics: &'a Metrics,
 }
 
+/// The dispatcher's filter: activities about relays that change them or report a failed sync.
+/// Applied when the bus delivers, so that ignored activities (every `complete_relay_sync`,
+/// for one) never wake the dispatcher.
+fn is_dispatched(activity: &Activity) -> bool {
+    activity.resource_type == RELAY_RESOURCE
+        && matches!(
+            activity.activity_type.as_str(),
+            activity_type::CREATE_RELAY
+                | activity_type::UPDATE_RELAY
+                | activity_type::ACTIVATE_RELAY
+                | activity_type::DEACTIVATE_RELAY
+                | activity_type::FAIL_RELAY_SYNC
+        )
+}
+
 impl Dispatcher<'_> {
     fn handle_activity(&self, activity: &Activity) {
-        if activity.resource_type != RELAY_RESOURCE {
+        if !is_dispatched(activity) {
             return;
         }
         let id = &activity.resource_id;
-        match activity.activity_type.as_str() {
-            activity_type::CREATE_RELAY
-            | activity_type::UPDATE_RELAY
-            | activity_type::ACTIVATE_RELAY
-            | activity_type::DEACTIVATE_RELAY => self.pool.submit(id),
-            activity_type::FAIL_RELAY_SYNC => self.schedule_relay_sync_retry(id, "failure"),
-            _ => {}
+        if activity.activity_type == activity_type::FAIL_RELAY_SYNC {
+            self.schedule_relay_sync_retry(id, "failure");
+        } else {
+            self.pool.submit(id);
         }
     }
 

@@ -42,6 +42,8 @@ struct Shared {
 struct Slot {
     tx: Sender<Activity>,
     lagged: Arc<AtomicU64>,
+    /// Only activities for which this answers true are delivered.
+    wants: fn(&Activity) -> bool,
 }
 
 /// The receiving end of one subscription.
@@ -76,25 +78,37 @@ impl Bus {
     pub fn send(&self, activity: Activity) {
         let mut guard = self.shared.subscribers.lock().unwrap();
         let Some(slots) = guard.as_mut() else { return };
-        slots.retain(|slot| match slot.tx.try_send(activity.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                slot.lagged.fetch_add(1, Ordering::Relaxed);
-                true
+        slots.retain(|slot| {
+            if !(slot.wants)(&activity) {
+                return true; // a dropped subscriber is forgotten at the next delivery
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            match slot.tx.try_send(activity.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    slot.lagged.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
         });
     }
 
     /// A new subscription that sees every activity sent from now on.
     /// Subscribing to a closed bus gives a subscriber that is already closed.
     pub fn subscribe(&self) -> Subscriber {
+        self.subscribe_to(|_| true)
+    }
+
+    /// A subscription to the activities `wants` accepts. The others are not queued for it, so
+    /// they neither wake it nor count towards its lag.
+    pub fn subscribe_to(&self, wants: fn(&Activity) -> bool) -> Subscriber {
         let (tx, rx) = crossbeam_channel::bounded(self.shared.capacity);
         let lagged = Arc::new(AtomicU64::new(0));
         if let Some(slots) = self.shared.subscribers.lock().unwrap().as_mut() {
             slots.push(Slot {
                 tx,
                 lagged: lagged.clone(),
+                wants,
             });
         }
         Subscriber { rx, lagged }
@@ -219,6 +233,18 @@ mod tests {
         assert_eq!(s.recv().unwrap().seq, 2);
         assert_eq!(s.recv(), Err(RecvError::Closed));
         assert_eq!(weak.subscribe().recv(), Err(RecvError::Closed));
+    }
+
+    #[test]
+    fn a_filtered_subscriber_sees_only_what_it_wants() {
+        let bus = Bus::new(1);
+        let s = bus.subscribe_to(|a| a.seq % 2 == 0);
+        for n in 1..=3 {
+            bus.send(activity(n)); // 1 and 3 are not queued, so no lag either
+        }
+        assert_eq!(s.recv().unwrap().seq, 2);
+        drop(bus);
+        assert_eq!(s.recv(), Err(RecvError::Closed));
     }
 
     #[test]
