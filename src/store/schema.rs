@@ -36,7 +36,6 @@ const MIGRATIONS: &[&str] = &[
         created_at              INTEGER NOT NULL,
         updated_at              INTEGER NOT NULL
     );
-    CREATE INDEX IF NOT EXISTS relay_pending ON relay (synced) WHERE synced = 0;
     CREATE TABLE IF NOT EXISTS activity (
         seq           INTEGER PRIMARY KEY AUTOINCREMENT,
         id            TEXT UNIQUE NOT NULL,
