@@ -121,6 +121,9 @@ pub(crate) fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Con
         );
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // 1 MiB of page cache per connection (SQLite's default is 2 MiB): the working set of a
+    // sync is a handful of pages, and a daemon holds several connections.
+    conn.pragma_update(None, "cache_size", -1024)?;
     Ok(conn)
 }
 
