@@ -248,6 +248,55 @@ fn a_long_host_write_transaction_delays_outcomes_but_loses_none() {
 }
 
 #[test]
+fn outcomes_that_cannot_be_written_are_retried_until_the_database_takes_them() {
+    let fx = fixture();
+    let (_dir, path) = temp_db();
+    let env = env_for(&fx.url(), &path);
+    let store = Store::open_with(
+        &path,
+        zooid_sync::store::StoreOptions {
+            busy_timeout: Duration::from_millis(50),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let relays = ids("r", 4);
+    for id in &relays {
+        store.command.create_relay(id, &settings(id)).unwrap();
+    }
+    let host = Connection::open(&path).unwrap();
+    host.execute_batch("BEGIN IMMEDIATE; UPDATE relay SET plan_id = plan_id WHERE id = 'r0';")
+        .unwrap();
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
+        .spawn()
+        .unwrap();
+    // Every outcome fails to be written ("database is locked") and the relay is synced again
+    // later: zooid sees each relay at least twice while the lock is held.
+    let retried = fx.wait_for_requests(WAIT, |rs| rs.len() >= 8);
+    host.execute_batch("COMMIT").unwrap();
+    assert!(retried, "{:?}", fx.requests().len());
+    let rig_synced = || {
+        relays
+            .iter()
+            .all(|id| store.query.get_relay(id).unwrap().is_some_and(|r| r.synced))
+    };
+    expect_within(WAIT, "every relay synced once the lock is gone", rig_synced);
+    worker.shutdown().unwrap();
+    let conn = Connection::open(&path).unwrap();
+    for id in &relays {
+        let fails: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM activity WHERE resource_id = ?1 AND activity_type = 'fail_relay_sync'",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(fails, 0, "{id}: a write failure is not a sync failure");
+        assert_eq!(fx.relay(id).unwrap()["schema"], id.as_str());
+    }
+}
+
+#[test]
 fn a_database_that_is_not_a_database_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let err = format!("{:#}", Store::open(dir.path()).unwrap_err());
