@@ -12,9 +12,8 @@
 //! the fallback fails too, the original error is the one reported, so a schema or host conflict
 //! stays a failure.
 
-use std::time::Instant;
-
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Result;
 
