@@ -144,7 +144,7 @@ fn secret_of(r: &RecordedRequest) -> Option<String> {
 
 #[test]
 fn startup_syncs_pending_relays_at_once_and_failed_ones_after_their_backoff() {
-    let mut h = Harness::with(fixed_backoff(400), StoreOptions::default());
+    let mut h = Harness::with(fixed_backoff(1000), StoreOptions::default());
     h.create("fresh");
     h.create("failed");
     h.store
@@ -158,11 +158,11 @@ fn startup_syncs_pending_relays_at_once_and_failed_ones_after_their_backoff() {
     let fresh = &h.fx.requests_for("fresh")[0];
     let failed = &h.fx.requests_for("failed")[0];
     assert!(
-        fresh.started - started < Duration::from_millis(400),
+        fresh.started - started < Duration::from_millis(1000),
         "synced at once"
     );
     assert!(
-        failed.started - started >= Duration::from_millis(400),
+        failed.started - started >= Duration::from_millis(1000),
         "waited for retry 1's backoff"
     );
     assert_eq!(methods(&h.fx.requests()), ["POST 201", "POST 201"]);
