@@ -106,21 +106,27 @@ impl Infra {
         crate::zooid::ZooidClient::new(&self.env)?.list_relay_members(id)
     }
 
-    /// Runs the worker on its own thread; see [`InfraHandle`].
+    /// Runs the worker on its own thread; see [`InfraHandle`]. Returns once the worker is
+    /// listening and its startup reconcile has been handed out.
     pub fn spawn(self) -> Result<InfraHandle> {
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let (ended, finished) = crossbeam_channel::bounded::<()>(0);
+        let (ready_tx, ready) = crossbeam_channel::bounded::<()>(1);
         let alive = Arc::new(AtomicBool::new(true));
         let running = alive.clone();
         let thread = std::thread::Builder::new()
             .name("zooid-sync-dispatcher".into())
             .spawn(move || {
                 let _ended = ended; // dropped when the worker ends, whatever the outcome
-                let result = self.run(stopped);
+                let result = self.run(stopped, Some(ready_tx));
                 running.store(false, Ordering::Release);
                 result
             })
             .context("cannot start the dispatcher thread")?;
+        // Return once the worker listens and the startup reconcile is handed out, so that a
+        // change the host makes from now on is dispatched once, not also found by the
+        // reconcile. (If the worker fails to start, this returns and `join` tells why.)
+        let _ = ready.recv();
         Ok(InfraHandle {
             stop,
             alive,
@@ -132,10 +138,11 @@ impl Infra {
     /// Runs the worker on the calling thread until the bus closes (every strong
     /// [`Command`] handle dropped; the worker's own does not count).
     pub fn start(self) -> Result<()> {
-        self.run(crossbeam_channel::never())
+        self.run(crossbeam_channel::never(), None)
     }
 
-    fn run(self, stop: Receiver<()>) -> Result<()> {
+    /// The dispatcher. `ready` is told once the startup reconcile has handed out its work.
+    fn run(self, stop: Receiver<()>, ready: Option<Sender<()>>) -> Result<()> {
         let Infra {
             env,
             query,
@@ -171,6 +178,9 @@ impl Infra {
         );
 
         dispatcher.reconcile("startup");
+        if let Some(ready) = ready {
+            let _ = ready.send(());
+        }
         loop {
             select! {
                 recv(activities.receiver()) -> message => match message {
