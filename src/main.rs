@@ -79,7 +79,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
         }
         Cmd::Sync { id } => {
             let env = Env::from_env()?;
-            let store = Store::open(&env.database_path)?;
+            let store = open_existing(&env.database_path)?;
             let syncer = Syncer::new(store.query, store.command, &env)?;
             Ok(match syncer.sync_relay_by_id(&id) {
                 SyncOutcome::Synced {
@@ -111,7 +111,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
             let retry = retry_policy_from_vars(var)?;
             let path = var("DATABASE_PATH").unwrap_or_else(|| "zooid-sync.db".into());
-            let store = Store::open(&path)?;
+            let store = open_existing(std::path::Path::new(&path))?;
             let rows = status::report(&store.query, var("RELAY_DOMAIN").as_deref(), &retry)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -133,6 +133,18 @@ fn run(command: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Opens a database that must already exist: `status` and `sync` on a mistyped path should
+/// say so, not report on a new, empty database.
+fn open_existing(path: &std::path::Path) -> Result<Store> {
+    if !path.exists() {
+        anyhow::bail!(
+            "DATABASE_PATH: there is no database at {} (run `zooid-sync run` or the host to create it)",
+            path.display()
+        );
+    }
+    Store::open(path)
 }
 
 /// A channel that receives once SIGTERM or SIGINT arrives.

@@ -299,6 +299,26 @@ fn a_missing_setting_stops_it_with_the_variable_named() {
 }
 
 #[test]
+fn status_and_sync_refuse_a_database_that_does_not_exist() {
+    let fx = fixture();
+    let (_dir, db) = temp_db(); // never created
+    for args in [vec!["status"], vec!["sync", "alpha"]] {
+        let out = output({
+            let mut c = zooid_sync(&fx, &db);
+            c.args(&args);
+            c
+        });
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("DATABASE_PATH: there is no database at"),
+            "{err}"
+        );
+        assert!(!db.exists(), "{args:?} created the database");
+    }
+}
+
+#[test]
 fn dev_runs_to_completion() {
     let out = Command::new(env!("CARGO_BIN_EXE_zooid-sync"))
         .arg("dev")
