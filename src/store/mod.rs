@@ -6,8 +6,9 @@
 //! - [`Query`] reads. It keeps a small pool of read connections, so any number of threads can
 //!   read at once (WAL lets readers run beside a writer).
 //! - [`Command`] writes, through one connection behind a mutex (SQLite has one writer at a
-//!   time anyway), each write in one `BEGIN IMMEDIATE` transaction, and then announces the new
-//!   activity on [`Command::notify`], the [`Bus`].
+//!   time anyway). Writes are queued as data and committed in groups, each in its own
+//!   savepoint inside one `BEGIN IMMEDIATE` transaction; once committed, each new activity is
+//!   announced on [`Command::notify`], the [`Bus`].
 //!
 //! The host owns the relay rows; zooid-sync itself only ever calls
 //! [`Command::complete_relay_sync`] and [`Command::fail_relay_sync`]. The host-side writes
