@@ -330,13 +330,23 @@ fn each_bad_column_is_named_nothing_is_sent_for_it_and_the_rest_syncs() {
         }
     };
     let cases = [
-        ("owner-empty", "tenant_pubkey", "''", "tenant_pubkey"),
-        ("owner-short", "tenant_pubkey", "'abc'", "tenant_pubkey"),
+        (
+            "owner-empty",
+            "tenant_pubkey",
+            "''",
+            "is invalid: tenant_pubkey ",
+        ),
+        (
+            "owner-short",
+            "tenant_pubkey",
+            "'abc'",
+            "is invalid: tenant_pubkey ",
+        ),
         (
             "owner-long",
             "tenant_pubkey",
             "hex(randomblob(40))",
-            "tenant_pubkey",
+            "is invalid: tenant_pubkey ",
         ),
         (
             "owner-int",
@@ -344,15 +354,20 @@ fn each_bad_column_is_named_nothing_is_sent_for_it_and_the_rest_syncs() {
             "42",
             "tenant_pubkey \"42\" is not a public key",
         ),
-        ("schema-dash", "schema", "'with-dash'", "schema"),
+        (
+            "schema-dash",
+            "schema",
+            "'with-dash'",
+            "is invalid: schema ",
+        ),
         (
             "schema-long",
             "schema",
             "'s' || hex(randomblob(40))",
-            "schema",
+            "is invalid: schema ",
         ),
         ("sub-empty", "subdomain", "''", "subdomain is empty"),
-        ("sub-slash", "subdomain", "'a/b'", "subdomain"),
+        ("sub-slash", "subdomain", "'a/b'", "is invalid: subdomain "),
         ("status", "status", "'paused'", "unknown status \"paused\""),
         (
             "flag-two",
@@ -378,10 +393,10 @@ fn each_bad_column_is_named_nothing_is_sent_for_it_and_the_rest_syncs() {
             "1.5",
             "column revision holds a real number",
         ),
-        ("a/b", "", "", "id"),
-        ("..", "", "", "id"),
-        ("has space", "", "", "id"),
-        ("pct%2F", "", "", "id"),
+        ("a/b", "", "", "is invalid: id must"),
+        ("..", "", "", "is invalid: id must"),
+        ("has space", "", "", "is invalid: id must"),
+        ("pct%2F", "", "", "is invalid: id must"),
     ];
     for (id, column, value, _) in &cases {
         insert(id, column, value);

@@ -122,18 +122,26 @@ fn invalid_relays_name_the_field() {
 
     type Edit = fn(&mut Relay);
     let cases: Vec<(&str, Edit, &str)> = vec![
-        ("id", |r| r.id = "a/b".into(), "id"),
-        ("id", |r| r.id = "..".into(), "id"),
-        ("id", |r| r.id = "has space".into(), "id"),
-        ("id", |r| r.id = "pct%2F".into(), "id"),
-        ("id", |r| r.id = String::new(), "id"),
-        ("schema", |r| r.settings.schema = "9lives".into(), "schema"),
+        ("id", |r| r.id = "a/b".into(), "is invalid: id must"),
+        ("id", |r| r.id = "..".into(), "is invalid: id must"),
+        ("id", |r| r.id = "has space".into(), "is invalid: id must"),
+        ("id", |r| r.id = "pct%2F".into(), "is invalid: id must"),
+        ("id", |r| r.id = String::new(), "is invalid: id must"),
+        (
+            "schema",
+            |r| r.settings.schema = "9lives".into(),
+            "is invalid: schema ",
+        ),
         (
             "schema",
             |r| r.settings.schema = "with-dash".into(),
-            "schema",
+            "is invalid: schema ",
         ),
-        ("schema", |r| r.settings.schema = "x".repeat(64), "schema"),
+        (
+            "schema",
+            |r| r.settings.schema = "x".repeat(64),
+            "is invalid: schema ",
+        ),
         (
             "subdomain",
             |r| r.settings.subdomain = String::new(),
@@ -142,17 +150,17 @@ fn invalid_relays_name_the_field() {
         (
             "subdomain",
             |r| r.settings.subdomain = "a/b".into(),
-            "subdomain",
+            "is invalid: subdomain ",
         ),
         (
             "owner",
             |r| r.settings.tenant_pubkey = "abc".into(),
-            "tenant_pubkey",
+            "is invalid: tenant_pubkey ",
         ),
         (
             "owner",
             |r| r.settings.tenant_pubkey = "0".repeat(64),
-            "tenant_pubkey",
+            "is invalid: tenant_pubkey ",
         ),
         (
             "blossom",
