@@ -140,7 +140,7 @@ pub fn relay_body<'a>(
     env: &'a Env,
     secret: Option<&'a Secret>,
 ) -> Result<RelayBody<'a>, InvalidRelay> {
-    validate(relay, env)?;
+    validate(relay)?;
     let s = &relay.settings;
     let invalid = |field, problem: &str| InvalidRelay {
         relay_id: relay.id.clone(),
@@ -272,7 +272,7 @@ fn is_valid_subdomain(subdomain: &str) -> bool {
         })
 }
 
-fn validate(relay: &Relay, _env: &Env) -> Result<(), InvalidRelay> {
+fn validate(relay: &Relay) -> Result<(), InvalidRelay> {
     let s = &relay.settings;
     let fail = |field, problem: String| {
         Err(InvalidRelay {
