@@ -22,7 +22,7 @@ pub mod schema;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
@@ -169,30 +169,23 @@ impl Query {
     /// The relay with this id, `None` if there is none. A row the host wrote badly is an error
     /// naming the column.
     pub fn get_relay(&self, id: &str) -> Result<Option<Relay>> {
-        self.read(|conn| {
-            let sql = format!("SELECT {} FROM relay WHERE id = ?1", relay_select_list());
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query([id])?;
-            match rows.next()? {
-                Some(row) => Relay::from_row(row).map(Some),
-                None => Ok(None),
-            }
-        })
-        .with_context(|| format!("reading relay {id:?}"))
+        Ok(self.get_relay_for_sync(id)?.map(|(relay, _)| relay))
     }
 
     /// The relay with this id and whether it ever completed a sync, in one read: what a sync
     /// needs to choose between create and update.
     pub fn get_relay_for_sync(&self, id: &str) -> Result<Option<(Relay, bool)>> {
-        self.read(|conn| {
-            let sql = format!(
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
                 "SELECT {}, EXISTS (SELECT 1 FROM activity
                      WHERE resource_type = 'relay' AND resource_id = relay.id
                        AND activity_type = 'complete_relay_sync')
                  FROM relay WHERE id = ?1",
                 relay_select_list()
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
+            )
+        });
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&SQL)?;
             let mut rows = stmt.query([id])?;
             match rows.next()? {
                 Some(row) => {
