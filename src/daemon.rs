@@ -48,7 +48,13 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
     let worker = infra.spawn()?;
     let _endpoint = match &options.listen {
         Some(addr) => {
-            let server = metrics::serve(addr, metrics, store.query.clone(), worker.alive())?;
+            let server = metrics::serve(
+                addr,
+                metrics,
+                store.query.clone(),
+                worker.alive(),
+                metrics::Limits::public(),
+            )?;
             log::info!("serving /healthz and /metrics on {}", server.addr());
             Some(server)
         }

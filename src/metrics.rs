@@ -8,11 +8,12 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+pub use crate::http_server::Limits;
 use crate::http_server::{HttpServer, Reply};
 use crate::store::Query;
 
@@ -164,15 +165,52 @@ impl MetricsServer {
     pub fn addr(&self) -> std::net::SocketAddr {
         self.server.addr()
     }
+
+    /// How many connections it has open now.
+    pub fn open_connections(&self) -> usize {
+        self.server.open_connections()
+    }
 }
 
-/// Serves `/healthz` and `/metrics` on `addr`. `alive` is cleared when the worker stops.
+/// How long a count of pending relays is reused. Counting reads the whole relay table, and
+/// scrapers may be many.
+const PENDING_TTL: Duration = Duration::from_secs(1);
+
+/// The number of pending relays, counted at most once per [`PENDING_TTL`] however many
+/// scrapers ask at once: the first counts while holding the lock, the others wait for it and
+/// share its answer. So `/metrics` costs the same for one scraper or a hundred.
+struct PendingCount {
+    query: Query,
+    last: Mutex<Option<(Instant, Option<u64>)>>,
+}
+
+impl PendingCount {
+    fn get(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap();
+        if let Some((at, count)) = *last {
+            if at.elapsed() < PENDING_TTL {
+                return count;
+            }
+        }
+        let count = self.query.count_pending().ok();
+        *last = Some((Instant::now(), count));
+        count
+    }
+}
+
+/// Serves `/healthz` and `/metrics` on `addr`, within `limits` ([`Limits::public`] for the
+/// daemon). `alive` is cleared when the worker stops. Only `GET` without a body is served.
 pub fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
     query: Query,
     alive: Arc<AtomicBool>,
+    limits: Limits,
 ) -> Result<MetricsServer> {
+    let pending = PendingCount {
+        query: query.clone(),
+        last: Mutex::new(None),
+    };
     let handler = move |req: &crate::http_server::HttpRequest| {
         let text = |status: u16, body: String| Reply::Body {
             status,
@@ -188,14 +226,12 @@ pub fn serve(
                     (true, Err(e)) => text(503, format!("the database does not answer: {e:#}\n")),
                 }
             }
-            ("GET", "/metrics") => {
-                let pending = query.count_pending().ok();
-                text(200, metrics.render(pending))
-            }
+            ("GET", "/metrics") => text(200, metrics.render(pending.get())),
+            (_, "/healthz" | "/metrics") => text(405, "only GET is served here\n".into()),
             _ => text(404, "not found: try /healthz or /metrics\n".into()),
         }
     };
-    let server = HttpServer::start("zooid-sync-http", addr, handler, None)
+    let server = HttpServer::start("zooid-sync-http", addr, handler, None, limits)
         .with_context(|| format!("--listen: cannot listen on {addr}"))?;
     Ok(MetricsServer { server })
 }

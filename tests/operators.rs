@@ -45,7 +45,14 @@ fn health_and_metrics_follow_the_worker() {
     let infra = Infra::new(query.clone(), command.clone(), &env);
     let m = infra.metrics();
     let worker = infra.spawn().unwrap();
-    let server = metrics::serve("127.0.0.1:0", m, query.clone(), worker.alive()).unwrap();
+    let server = metrics::serve(
+        "127.0.0.1:0",
+        m,
+        query.clone(),
+        worker.alive(),
+        metrics::Limits::public(),
+    )
+    .unwrap();
 
     for id in ["a1", "a2", "a3", "bad"] {
         command.create_relay(id, &settings(id)).unwrap();
@@ -57,6 +64,8 @@ fn health_and_metrics_follow_the_worker() {
             let (_, text) = get(server.addr(), "/metrics");
             value(&text, "zooid_sync_syncs_total{outcome=\"synced\"}") == 3.0
                 && value(&text, "zooid_sync_relays_given_up_total") == 1.0
+                // The pending count is reused for up to a second.
+                && value(&text, "zooid_sync_relays_pending") == 1.0
         },
     );
     let (status, text) = get(server.addr(), "/metrics");
@@ -93,7 +102,14 @@ fn health_is_503_when_the_worker_is_gone() {
     let (_dir, db) = temp_db();
     let store = Store::open(&db).unwrap();
     let alive = Arc::new(AtomicBool::new(false));
-    let server = metrics::serve("127.0.0.1:0", Arc::default(), store.query, alive).unwrap();
+    let server = metrics::serve(
+        "127.0.0.1:0",
+        Arc::default(),
+        store.query,
+        alive,
+        metrics::Limits::public(),
+    )
+    .unwrap();
     let (status, body) = get(server.addr(), "/healthz");
     assert_eq!((status, body.as_str()), (503, "the worker has stopped\n"));
 }
@@ -104,8 +120,14 @@ fn an_address_in_use_is_a_named_error() {
     let store = Store::open(&db).unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let err = metrics::serve(&addr, Arc::default(), store.query, Arc::default())
-        .err()
-        .expect("the port is taken");
+    let err = metrics::serve(
+        &addr,
+        Arc::default(),
+        store.query,
+        Arc::default(),
+        metrics::Limits::public(),
+    )
+    .err()
+    .expect("the port is taken");
     assert!(format!("{err:#}").contains(&format!("--listen: cannot listen on {addr}")));
 }

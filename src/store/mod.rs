@@ -22,7 +22,7 @@ pub mod schema;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
@@ -40,6 +40,9 @@ pub struct StoreOptions {
     pub busy_timeout: Duration,
     /// How many activities each bus subscriber may have queued before it lags.
     pub bus_capacity: usize,
+    /// The most read connections open at once; a reader beyond this waits for one to be
+    /// free, so no burst of readers (scrapers, say) can open connections without bound.
+    pub max_readers: usize,
 }
 
 impl Default for StoreOptions {
@@ -47,6 +50,7 @@ impl Default for StoreOptions {
         StoreOptions {
             busy_timeout: Duration::from_secs(5),
             bus_capacity: 4096,
+            max_readers: 8,
         }
     }
 }
@@ -68,10 +72,20 @@ pub struct PendingRelay {
 struct Db {
     path: PathBuf,
     busy_timeout: Duration,
-    readers: Mutex<Vec<Connection>>,
+    readers: Mutex<Readers>,
+    /// Signalled when a read connection goes back to the pool.
+    reader_returned: Condvar,
+    max_readers: usize,
     writer: Mutex<Connection>,
     /// Writes waiting for the writer connection (see [`Command::write`]).
     queue: Mutex<Vec<Queued>>,
+}
+
+/// The pool of read connections: the idle ones, and how many exist in all.
+#[derive(Default)]
+struct Readers {
+    idle: Vec<Connection>,
+    open: usize,
 }
 
 impl Store {
@@ -89,7 +103,9 @@ impl Store {
         let db = Arc::new(Db {
             path,
             busy_timeout: options.busy_timeout,
-            readers: Mutex::new(Vec::new()),
+            readers: Mutex::new(Readers::default()),
+            reader_returned: Condvar::new(),
+            max_readers: options.max_readers.max(1),
             writer: Mutex::new(writer),
             queue: Mutex::new(Vec::new()),
         });
@@ -149,15 +165,33 @@ impl std::fmt::Debug for Query {
 }
 
 impl Query {
-    /// Runs `f` on a pooled read connection.
+    /// Runs `f` on a pooled read connection, waiting for one when all
+    /// [`StoreOptions::max_readers`] are in use.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let pooled = self.db.readers.lock().unwrap().pop();
-        let conn = match pooled {
-            Some(conn) => conn,
-            None => open_connection(&self.db.path, self.db.busy_timeout)?,
+        let db = &self.db;
+        let mut readers = db.readers.lock().unwrap();
+        let conn = loop {
+            if let Some(conn) = readers.idle.pop() {
+                drop(readers);
+                break conn;
+            }
+            if readers.open < db.max_readers {
+                readers.open += 1;
+                drop(readers);
+                match open_connection(&db.path, db.busy_timeout) {
+                    Ok(conn) => break conn,
+                    Err(e) => {
+                        db.readers.lock().unwrap().open -= 1;
+                        db.reader_returned.notify_one();
+                        return Err(e);
+                    }
+                }
+            }
+            readers = db.reader_returned.wait(readers).unwrap();
         };
         let result = f(&conn);
-        self.db.readers.lock().unwrap().push(conn);
+        db.readers.lock().unwrap().idle.push(conn);
+        db.reader_returned.notify_one();
         result
     }
 
