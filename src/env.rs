@@ -43,6 +43,11 @@ impl RobotKey {
         let keys = Keys::parse(secret.trim()).map_err(|_| {
             anyhow!("not a valid Nostr secret key (expected 64 hex characters or nsec1...)")
         })?;
+        // Every spelling of the key, so that none of them survives in text quoted from outside.
+        crate::secret::remember(secret.trim());
+        crate::secret::remember(&keys.secret_key().to_secret_hex());
+        let Ok(nsec) = nostr::nips::nip19::ToBech32::to_bech32(keys.secret_key());
+        crate::secret::remember(&nsec);
         Ok(RobotKey(Arc::new(Robot {
             pubkey_hex: keys.public_key().to_hex(),
             keys,

@@ -17,6 +17,7 @@ pub mod fixture;
 mod http_server;
 pub mod infra;
 pub mod metrics;
+mod quote;
 pub mod relay_config;
 pub mod secret;
 pub mod status;

@@ -13,6 +13,7 @@ use std::fmt;
 use serde::{Serialize, Serializer};
 
 use crate::env::Env;
+use crate::quote;
 use crate::secret::Secret;
 use crate::store::Relay;
 
@@ -29,8 +30,10 @@ impl fmt::Display for InvalidRelay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "relay {:?} is invalid: {} {}; nothing was sent to zooid",
-            self.relay_id, self.field, self.problem
+            "relay {} is invalid: {} {}; nothing was sent to zooid",
+            quote::host_value(&self.relay_id),
+            self.field,
+            self.problem
         )
     }
 }
@@ -238,17 +241,6 @@ pub fn host(relay: &Relay, env: &Env) -> String {
     format!("{}.{}", relay.settings.subdomain, env.relay_domain)
 }
 
-/// Whether `id` can stand alone as one segment of a URL path, unescaped.
-pub fn is_safe_path_segment(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
-}
-
 /// zooid's schema rule `^[a-zA-Z_][a-zA-Z0-9_]*$`, and PostgreSQL's 63-byte identifier limit.
 fn is_valid_schema(schema: &str) -> bool {
     let mut bytes = schema.bytes();
@@ -281,7 +273,7 @@ fn validate(relay: &Relay) -> Result<(), InvalidRelay> {
             problem,
         })
     };
-    if !is_safe_path_segment(&relay.id) {
+    if !crate::zooid::is_safe_path_segment(&relay.id) {
         return fail(
             "id",
             "must be 1 to 128 of A-Z a-z 0-9 - _ . ~ (and not . or ..), to be a URL path segment"
@@ -292,8 +284,8 @@ fn validate(relay: &Relay) -> Result<(), InvalidRelay> {
         return fail(
             "schema",
             format!(
-                "{:?} must match ^[a-zA-Z_][a-zA-Z0-9_]*$ and be at most 63 bytes",
-                s.schema
+                "{} must match ^[a-zA-Z_][a-zA-Z0-9_]*$ and be at most 63 bytes",
+                quote::host_value(&s.schema)
             ),
         );
     }
@@ -304,8 +296,8 @@ fn validate(relay: &Relay) -> Result<(), InvalidRelay> {
         return fail(
             "subdomain",
             format!(
-                "{:?} is not a valid DNS name (letters, digits, inner hyphens)",
-                s.subdomain
+                "{} is not a valid DNS name (letters, digits, inner hyphens)",
+                quote::host_value(&s.subdomain)
             ),
         );
     }
@@ -319,8 +311,8 @@ fn validate(relay: &Relay) -> Result<(), InvalidRelay> {
         return fail(
             "tenant_pubkey",
             format!(
-                "{:?} is not a public key of 64 hex characters",
-                s.tenant_pubkey
+                "{} is not a public key of 64 hex characters",
+                quote::host_value(&s.tenant_pubkey)
             ),
         );
     }
@@ -330,27 +322,6 @@ fn validate(relay: &Relay) -> Result<(), InvalidRelay> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn path_segments() {
-        for ok in ["alpha", "a-b_c.d~e", "0", "A1"] {
-            assert!(is_safe_path_segment(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "a b",
-            "a%20",
-            "a?b",
-            "a#b",
-            "ü",
-            &"x".repeat(129),
-        ] {
-            assert!(!is_safe_path_segment(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn schemas() {

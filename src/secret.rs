@@ -4,17 +4,79 @@
 //! the program as [`Secret`]. Its `Debug` and `Display` print `<redacted>`, so a secret cannot
 //! reach a log line, an error message or a `{:?}` by accident; code that really needs the value
 //! (building a request body) calls [`Secret::expose`], which is easy to grep for.
+//!
+//! Formatting is not the only way out: a zooid (or a proxy) that echoes a request quotes the
+//! secrets it carried. So every secret the process holds is also remembered here, and
+//! [`redact`] replaces each of them in text from outside before it is stored or logged. The
+//! configured secrets are remembered for the life of the process; generated relay secrets
+//! ([`Secret::generate`]) only the newest [`RECENT_GENERATED`], since an echo quotes the
+//! request it answers.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::sync::{LazyLock, Mutex};
+
+/// How many generated relay secrets [`redact`] keeps looking for.
+pub const RECENT_GENERATED: usize = 1024;
+
+/// Secrets shorter than this are not looked for: replacing every `a` in a text would
+/// destroy it and hide nothing.
+const MIN_REDACTED_LEN: usize = 6;
+
+/// Every secret this process knows, for [`redact`].
+#[derive(Default)]
+struct Known {
+    configured: Vec<String>,
+    generated: VecDeque<String>,
+}
+
+static KNOWN: LazyLock<Mutex<Known>> = LazyLock::new(Mutex::default);
+
+/// Remembers a configured secret (robot key, S3 or LiveKit secret) for [`redact`].
+pub(crate) fn remember(value: &str) {
+    if value.len() < MIN_REDACTED_LEN {
+        return;
+    }
+    let mut known = KNOWN.lock().unwrap();
+    if !known.configured.iter().any(|k| k == value) {
+        known.configured.push(value.to_string());
+    }
+}
+
+/// `text` with every secret this process knows replaced by `<redacted>`.
+pub fn redact(text: &str) -> String {
+    let known = KNOWN.lock().unwrap();
+    let mut out = text.to_string();
+    for secret in known.configured.iter().chain(&known.generated) {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "<redacted>");
+        }
+    }
+    out
+}
 
 /// A secret value whose formatting never reveals it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
-    /// Wraps a secret value.
+    /// Wraps a configured secret value, and remembers it for [`redact`].
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        remember(&value);
+        Secret(value)
+    }
+
+    /// A fresh secret of `bytes` random bytes, hex encoded: a relay's identity for one
+    /// `POST`. Remembered for [`redact`] among the newest [`RECENT_GENERATED`].
+    pub fn generate(bytes: usize) -> Self {
+        let value = random_hex(bytes);
+        let mut known = KNOWN.lock().unwrap();
+        if known.generated.len() == RECENT_GENERATED {
+            known.generated.pop_front();
+        }
+        known.generated.push_back(value.clone());
+        Secret(value)
     }
 
     /// The secret itself. Only for the places that must send it.
@@ -63,6 +125,15 @@ mod tests {
         assert_eq!(format!("{s:?}"), "<redacted>");
         assert_eq!(format!("{s}"), "<redacted>");
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn redact_replaces_configured_and_generated_secrets() {
+        let configured = Secret::new("configured-secret-42");
+        let generated = Secret::generate(32);
+        let text = format!("echo {} and {}", configured.expose(), generated.expose());
+        assert_eq!(redact(&text), "echo <redacted> and <redacted>");
+        assert_eq!(redact("nothing here"), "nothing here");
     }
 
     #[test]

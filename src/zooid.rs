@@ -7,7 +7,9 @@
 //!
 //! [`ZooidClient::request`] answers the response on 2xx and a [`ZooidError`] otherwise; the
 //! error keeps the status so the sync logic can tell "already exists" (409) and "not found"
-//! (404) from the rest, and quotes at most 1 KiB of zooid's body.
+//! (404) from the rest, and quotes at most 1 KiB of zooid's body, cleaned by
+//! [`crate::quote::remote`]. Every path is checked before anything is sent: each segment must
+//! be a safe URL path segment, so no relay id can lead a request elsewhere, whoever calls.
 
 use std::fmt;
 use std::time::Duration;
@@ -16,12 +18,11 @@ use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
 
 use crate::env::{make_auth, Env, RobotKey};
+use crate::quote;
 use crate::relay_config::RelayBody;
 
 /// The most of a response body that zooid-sync reads.
 const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
-/// The most of zooid's error body quoted in an error message.
-const MAX_QUOTED_BYTES: usize = 1024;
 
 /// A 2xx answer from zooid.
 #[derive(Debug, Clone)]
@@ -47,6 +48,9 @@ pub enum ZooidError {
         path: String,
         message: String,
     },
+    /// The path holds a segment that is not a safe URL path segment (a relay id like `..`,
+    /// `a?x=1` or `a#frag`); nothing was sent.
+    UnsafePath { method: &'static str, path: String },
 }
 
 impl ZooidError {
@@ -54,7 +58,7 @@ impl ZooidError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ZooidError::Status { status, .. } => Some(*status),
-            ZooidError::Transport { .. } => None,
+            ZooidError::Transport { .. } | ZooidError::UnsafePath { .. } => None,
         }
     }
 }
@@ -73,6 +77,12 @@ impl fmt::Display for ZooidError {
                 path,
                 message,
             } => write!(f, "{method} {path} to zooid failed: {message}"),
+            ZooidError::UnsafePath { method, path } => write!(
+                f,
+                "{method} {}: every segment of a path to zooid must be 1 to 128 of \
+                 A-Z a-z 0-9 - _ . ~ (and not . or ..); nothing was sent",
+                quote::host_value(path)
+            ),
         }
     }
 }
@@ -158,8 +168,15 @@ impl ZooidClient {
         let transport = |message: String| ZooidError::Transport {
             method,
             path: path.to_string(),
-            message,
+            message: quote::remote(&message, quote::REMOTE_MAX),
         };
+        let segments = path.strip_prefix('/').map(|p| p.split('/'));
+        if !segments.is_some_and(|mut s| s.all(is_safe_path_segment)) {
+            return Err(ZooidError::UnsafePath {
+                method,
+                path: path.to_string(),
+            });
+        }
         let url = self.url(path);
         let auth =
             make_auth(&self.robot, method, &url, body).map_err(|e| transport(e.to_string()))?;
@@ -207,7 +224,7 @@ impl ZooidClient {
                 method,
                 path: path.to_string(),
                 status,
-                body: cut(&text, MAX_QUOTED_BYTES),
+                body: quote::remote(&text, quote::REMOTE_MAX),
             })
         }
     }
@@ -249,7 +266,7 @@ impl ZooidClient {
         let members: Members = serde_json::from_str(&response.body).map_err(|e| {
             anyhow!(
                 "zooid answered GET {path} with a body that is not {{\"members\": [...]}}: {e}: {}",
-                cut(&response.body, MAX_QUOTED_BYTES)
+                quote::remote(&response.body, quote::REMOTE_MAX)
             )
         })?;
         Ok(members.members)
@@ -305,28 +322,39 @@ impl ureq::unversioned::resolver::Resolver for CachingResolver {
     }
 }
 
-/// `text` cut to at most `max` bytes at a character boundary, marked when cut.
-pub(crate) fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes in all)", &text[..end], text.len())
+/// Whether `id` can stand alone as one segment of a URL path, unescaped.
+pub fn is_safe_path_segment(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::cut;
+    use super::*;
 
     #[test]
-    fn cut_respects_char_boundaries() {
-        assert_eq!(cut("short", 10), "short");
-        let long = "é".repeat(1000); // 2000 bytes
-        let c = cut(&long, 1023);
-        assert!(c.starts_with(&"é".repeat(511)));
-        assert!(c.ends_with("(2000 bytes in all)"));
+    fn path_segments() {
+        for ok in ["alpha", "a-b_c.d~e", "0", "A1"] {
+            assert!(is_safe_path_segment(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "a%20",
+            "a?b",
+            "a#b",
+            "ü",
+            &"x".repeat(129),
+        ] {
+            assert!(!is_safe_path_segment(bad), "{bad}");
+        }
     }
 }

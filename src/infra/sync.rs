@@ -19,8 +19,9 @@ use anyhow::Result;
 
 use crate::env::Env;
 use crate::metrics::Metrics;
+use crate::quote;
 use crate::relay_config::relay_body;
-use crate::secret::{random_hex, Secret};
+use crate::secret::Secret;
 use crate::store::{Command, Query, Relay};
 use crate::zooid::{ZooidClient, ZooidError};
 
@@ -134,6 +135,9 @@ impl Syncer {
     }
 
     fn record_failure(&self, id: &str, error: &str, started: Instant) -> SyncOutcome {
+        // The error may quote zooid and the host; both were cleaned where quoted, and this
+        // bounds what is logged and stored whatever composed it.
+        let error = &quote::remote(error, 2 * quote::REMOTE_MAX);
         self.metrics.failed();
         log::warn!(
             "relay {id}: sync failed after {} ms: {error}",
@@ -161,7 +165,7 @@ impl Syncer {
         };
         let is_new = !relay.synced && !ever_completed;
         // Only a POST carries it; generated now so that the body below can borrow it.
-        let secret = Secret::new(random_hex(32));
+        let secret = Secret::generate(32);
         // Builds and validates the body before anything is sent.
         let mut body = relay_body(relay, &self.env, None).map_err(|e| e.to_string())?;
         let mut send = |method: &'static str| -> Result<Done, ZooidError> {
