@@ -38,13 +38,14 @@ impl Default for DaemonOptions {
 pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()> {
     ZooidClient::new(env)?; // a bad CA bundle is an error now, not in the worker thread
     let store = Store::open(&env.database_path)?;
+    let infra = Infra::new(store.query.clone(), store.command.clone(), env);
+    let metrics = infra.metrics();
     let feed = Feed::start(
         store.query.clone(),
         store.command.clone(),
         options.feed_interval,
+        metrics.clone(),
     )?;
-    let infra = Infra::new(store.query.clone(), store.command.clone(), env);
-    let metrics = infra.metrics();
     let worker = infra.spawn()?;
     let _endpoint = match &options.listen {
         Some(addr) => {

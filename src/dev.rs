@@ -137,7 +137,7 @@ fn demonstrate(seed: &[SeedRelay], dir: &std::path::Path) -> Result<()> {
 /// Waits until no relay is pending.
 fn settle(query: &Query, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    while !query.list_relays_pending_sync()?.is_empty() {
+    while query.count_pending()? > 0 {
         if Instant::now() > deadline {
             bail!("relays still pending after {timeout:?}");
         }

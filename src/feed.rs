@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use rusqlite::Connection;
 use std::sync::{Arc, Condvar, Mutex};
 
+use crate::metrics::Metrics;
 use crate::store::{open_connection, Command, Query};
 
 /// How many rows the feed reads at a time.
@@ -59,7 +60,13 @@ impl Stop {
 impl Feed {
     /// Starts tailing from the newest activity now in the table (everything older is the
     /// startup reconcile's business), checking every `interval`.
-    pub fn start(query: Query, command: Command, interval: Duration) -> Result<Feed> {
+    /// Rows that cannot be read are logged once, counted in `metrics` and skipped.
+    pub fn start(
+        query: Query,
+        command: Command,
+        interval: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Feed> {
         command.track_own_writes();
         let cursor = query.last_activity_seq()?;
         let conn = open_connection(query.path(), Duration::from_secs(5))?;
@@ -67,7 +74,15 @@ impl Feed {
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("zooid-sync-feed".into())
-            .spawn(move || tail(conn, query, command, cursor, interval, &stopped))
+            .spawn(move || {
+                let feed = Tail {
+                    conn,
+                    query,
+                    command,
+                    metrics,
+                };
+                feed.run(cursor, interval, &stopped)
+            })
             .context("cannot start the feed thread")?;
         Ok(Feed {
             stop,
@@ -99,52 +114,68 @@ fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
         .query_row([], |r| r.get(0))
 }
 
-fn tail(
+/// The feed thread's belongings.
+struct Tail {
+    /// Its own connection, for `PRAGMA data_version` (which is per connection).
     conn: Connection,
     query: Query,
     command: Command,
-    mut cursor: i64,
-    interval: Duration,
-    stop: &Stop,
-) {
-    let mut seen_version = None;
-    let mut pace = Pace::new(interval);
-    loop {
-        if stop.sleep(pace.next_sleep()) {
-            return;
-        }
-        match data_version(&conn) {
-            Ok(v) if Some(v) == seen_version => {
-                pace.quiet();
-                continue;
-            }
-            Ok(v) => {
-                seen_version = Some(v);
-                pace.active();
-            }
-            Err(e) => {
-                log::error!("feed: cannot check the database for changes: {e}");
-                continue;
-            }
-        }
+    metrics: Arc<Metrics>,
+}
+
+impl Tail {
+    fn run(&self, mut cursor: i64, interval: Duration, stop: &Stop) {
+        let mut seen_version = None;
+        let mut pace = Pace::new(interval);
         loop {
-            let batch = match query.activities_after(cursor, BATCH) {
-                Ok(batch) => batch,
-                Err(e) => {
-                    log::error!("feed: {e:#}");
-                    seen_version = None; // look again next time
-                    break;
+            if stop.sleep(pace.next_sleep()) {
+                return;
+            }
+            match data_version(&self.conn) {
+                Ok(v) if Some(v) == seen_version => {
+                    pace.quiet();
+                    continue;
                 }
-            };
+                Ok(v) => {
+                    seen_version = Some(v);
+                    pace.active();
+                }
+                Err(e) => {
+                    log::error!("feed: cannot check the database for changes: {e}");
+                    continue;
+                }
+            }
+            if let Err(e) = self.publish_after(&mut cursor) {
+                log::error!("feed: {e:#}");
+                seen_version = None; // look again next time
+            }
+        }
+    }
+
+    /// Publishes every activity after `cursor` and moves the cursor past it. A row that
+    /// cannot be read is logged, counted and passed over: it must not hold up the rows
+    /// behind it.
+    fn publish_after(&self, cursor: &mut i64) -> Result<()> {
+        loop {
+            let batch = self.query.activities_after(*cursor, BATCH)?;
             let full = batch.len() == BATCH;
-            for activity in batch {
-                cursor = activity.seq;
-                if !command.take_own_write(activity.seq) {
-                    command.notify.send(activity);
+            for row in batch {
+                match row {
+                    Ok(activity) => {
+                        *cursor = activity.seq;
+                        if !self.command.take_own_write(activity.seq) {
+                            self.command.notify.send(activity);
+                        }
+                    }
+                    Err(bad) => {
+                        *cursor = bad.key;
+                        log::error!("feed: {bad}");
+                        self.metrics.bad_row(&bad);
+                    }
                 }
             }
             if !full {
-                break;
+                return Ok(());
             }
         }
     }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 
 pub use crate::http_server::Limits;
 use crate::http_server::{HttpServer, Reply};
-use crate::store::Query;
+use crate::store::{BadRow, Query};
 
 /// Upper bounds of the request-latency histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -27,6 +27,8 @@ pub struct Metrics {
     failed: AtomicU64,
     retries_scheduled: AtomicU64,
     given_up: AtomicU64,
+    bad_relay_rows: AtomicU64,
+    bad_activity_rows: AtomicU64,
     in_flight: AtomicI64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
@@ -48,6 +50,15 @@ impl Metrics {
 
     pub(crate) fn gave_up(&self) {
         self.given_up.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a host row that was skipped because it cannot be read.
+    pub(crate) fn bad_row(&self, row: &BadRow) {
+        let counter = match row.table {
+            "relay" => &self.bad_relay_rows,
+            _ => &self.bad_activity_rows,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request to zooid in flight until the guard is dropped, then records its
@@ -102,6 +113,21 @@ impl Metrics {
             "counter",
             "Times a relay exhausted its retries.",
             &[(String::new(), get(&self.given_up).to_string())],
+        );
+        metric(
+            "zooid_sync_bad_rows_total",
+            "counter",
+            "Host rows skipped because they cannot be read, by table.",
+            &[
+                (
+                    "{table=\"relay\"}".into(),
+                    get(&self.bad_relay_rows).to_string(),
+                ),
+                (
+                    "{table=\"activity\"}".into(),
+                    get(&self.bad_activity_rows).to_string(),
+                ),
+            ],
         );
         if let Some(pending) = pending {
             metric(

@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::infra::retry::RetryPolicy;
+use crate::quote;
 use crate::store::{now_unix, Query};
 
 /// One relay's line in the status report.
@@ -59,8 +60,11 @@ pub fn report(
         } else if retry.gave_up(attempts) {
             ("gave up".to_string(), None)
         } else {
+            // A failure row the host mangled does not hide the relay: count from now.
             let failed_at = query
-                .trailing_sync_failure(&relay.id)?
+                .trailing_sync_failure(&relay.id)
+                .ok()
+                .flatten()
                 .map_or(now, |a| a.created_at);
             let delay = retry.backoff(attempts).unwrap_or_default();
             let at = failed_at + delay.as_secs_f64().ceil() as i64;
@@ -80,7 +84,8 @@ pub fn report(
             status: s.status.to_string(),
             synced: relay.synced,
             attempts,
-            last_error: relay.sync_error,
+            // Anyone may have written it: shown without control characters or known secrets.
+            last_error: quote::remote(&relay.sync_error, quote::REMOTE_MAX),
             next_retry,
             next_retry_at,
             id: relay.id,

@@ -32,6 +32,7 @@ fn every_activity_reaches_the_bus_exactly_once() {
         store.query.clone(),
         store.command.clone(),
         Duration::from_millis(5),
+        Default::default(),
     )
     .unwrap();
 

@@ -266,7 +266,17 @@ impl Dispatcher<'_> {
             }
         };
         let mut now = 0;
+        let mut bad = 0;
         for relay in &pending {
+            let relay = match relay {
+                Ok(relay) => relay,
+                Err(row) => {
+                    bad += 1;
+                    log::error!("reconcile ({source}): {row}");
+                    self.metrics.bad_row(row);
+                    continue;
+                }
+            };
             if relay.sync_error.is_empty() {
                 now += 1;
                 self.pool.submit(&relay.id);
@@ -275,9 +285,13 @@ impl Dispatcher<'_> {
             }
         }
         log::info!(
-            "reconcile ({source}): {} relays pending, {now} synced now, {} after their backoff",
-            pending.len(),
-            pending.len() - now
+            "reconcile ({source}): {} relays pending, {now} synced now, {} after their backoff{}",
+            pending.len() - bad,
+            pending.len() - bad - now,
+            match bad {
+                0 => String::new(),
+                n => format!(", {n} malformed rows skipped"),
+            }
         );
     }
 

@@ -26,10 +26,12 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
-use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OpenFlags};
 
 pub use bus::{Bus, RecvError, Subscriber};
-pub use model::{activity_type, Activity, Relay, RelaySettings, RelayStatus, RELAY_RESOURCE};
+pub use model::{
+    activity_type, Activity, BadRow, Relay, RelaySettings, RelayStatus, RELAY_RESOURCE,
+};
 
 use model::{relay_select_list, ACTIVITY_SELECT_LIST, SETTINGS_COLUMNS};
 
@@ -67,6 +69,31 @@ pub struct Store {
 pub struct PendingRelay {
     pub id: String,
     pub sync_error: String,
+}
+
+impl PendingRelay {
+    fn from_row(row: &rusqlite::Row) -> Result<PendingRelay, BadRow> {
+        use rusqlite::types::ValueRef;
+        let rowid: i64 = row.get(0).unwrap_or(-1);
+        let bad = |error: String| BadRow {
+            table: "relay",
+            key: rowid,
+            error,
+        };
+        let text = |i: usize, name: &str| -> Result<String, BadRow> {
+            match row.get_ref(i) {
+                Ok(ValueRef::Text(t)) => String::from_utf8(t.to_vec())
+                    .map_err(|_| bad(format!("column {name} is not valid UTF-8"))),
+                Ok(ValueRef::Null) if name == "sync_error" => Ok(String::new()),
+                Ok(_) => Err(bad(format!("column {name} does not hold text"))),
+                Err(e) => Err(bad(format!("column {name}: {e}"))),
+            }
+        };
+        Ok(PendingRelay {
+            id: text(1, "id")?,
+            sync_error: text(2, "sync_error")?,
+        })
+    }
 }
 
 struct Db {
@@ -246,19 +273,19 @@ impl Query {
         })
     }
 
-    /// Relays with `synced = 0`, with their last sync error.
-    pub fn list_relays_pending_sync(&self) -> Result<Vec<PendingRelay>> {
+    /// Relays with `synced = 0`, with their last sync error. A row whose id or error cannot
+    /// be read is a [`BadRow`] in its place; the others are unaffected.
+    pub fn list_relays_pending_sync(&self) -> Result<Vec<Result<PendingRelay, BadRow>>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, sync_error FROM relay WHERE synced = 0 ORDER BY updated_at, id",
+                "SELECT rowid, id, sync_error FROM relay WHERE synced = 0 ORDER BY updated_at, id",
             )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(PendingRelay {
-                    id: r.get(0)?,
-                    sync_error: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let mut rows = stmt.query([])?;
+            let mut pending = Vec::new();
+            while let Some(row) = rows.next()? {
+                pending.push(PendingRelay::from_row(row));
+            }
+            Ok(pending)
         })
         .context("listing relays pending sync")
     }
@@ -275,7 +302,8 @@ impl Query {
             let mut rows = stmt.query([relay_id])?;
             let mut count = 0;
             while let Some(row) = rows.next()? {
-                if row.get_ref(0)?.as_str()? != activity_type::FAIL_RELAY_SYNC {
+                // An activity type that is not text is some other activity: it ends the run.
+                if row.get_ref(0)?.as_str().ok() != Some(activity_type::FAIL_RELAY_SYNC) {
                     break;
                 }
                 count += 1;
@@ -294,7 +322,11 @@ impl Query {
                  ORDER BY seq DESC LIMIT 1"
             );
             let mut stmt = conn.prepare_cached(&sql)?;
-            let newest = stmt.query_row([relay_id], Activity::from_row).optional()?;
+            let mut rows = stmt.query([relay_id])?;
+            let newest = match rows.next()? {
+                Some(row) => Some(Activity::from_row(row)?),
+                None => None,
+            };
             Ok(newest.filter(|a| a.activity_type == activity_type::FAIL_RELAY_SYNC))
         })
     }
@@ -312,15 +344,24 @@ impl Query {
         .with_context(|| format!("reading the sync history of relay {relay_id:?}"))
     }
 
-    /// Up to `limit` activities with `seq > after`, oldest first.
-    pub fn activities_after(&self, after: i64, limit: usize) -> Result<Vec<Activity>> {
+    /// Up to `limit` activities with `seq > after`, oldest first. A row that cannot be read
+    /// is a [`BadRow`] in its place, so a reader can move past it.
+    pub fn activities_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Result<Activity, BadRow>>> {
         self.read(|conn| {
             let sql = format!(
                 "SELECT {ACTIVITY_SELECT_LIST} FROM activity WHERE seq > ?1 ORDER BY seq LIMIT ?2"
             );
             let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![after, limit as i64], Activity::from_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let mut rows = stmt.query(params![after, limit as i64])?;
+            let mut activities = Vec::new();
+            while let Some(row) = rows.next()? {
+                activities.push(Activity::from_row(row));
+            }
+            Ok(activities)
         })
         .context("reading new activity")
     }

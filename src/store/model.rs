@@ -47,7 +47,10 @@ impl RelayStatus {
             "active" => Ok(RelayStatus::Active),
             "inactive" => Ok(RelayStatus::Inactive),
             "delinquent" => Ok(RelayStatus::Delinquent),
-            other => bail!("unknown status {other:?} (expected active, inactive or delinquent)"),
+            other => bail!(
+                "unknown status {} (expected active, inactive or delinquent)",
+                crate::quote::host_value(other)
+            ),
         }
     }
 
@@ -191,8 +194,8 @@ impl Relay {
     /// Reads a row selected with [`relay_select_list`]. Errors name the relay and the column.
     pub(crate) fn from_row(row: &Row) -> Result<Self> {
         let id = match row.get_ref(0)? {
-            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-            other => format!("{other:?}"),
+            ValueRef::Text(t) => crate::quote::host_value(&String::from_utf8_lossy(t)),
+            other => format!("<{}>", kind(other)),
         };
         let read = || -> Result<Relay> {
             let c = Columns { row, first: 0 };
@@ -206,7 +209,7 @@ impl Relay {
                 settings: RelaySettings::from_row(row, 6)?,
             })
         };
-        read().map_err(|e| anyhow!("relay {id:?} has a malformed row: {e}"))
+        read().map_err(|e| anyhow!("relay {id} has a malformed row: {e}"))
     }
 }
 
@@ -288,16 +291,56 @@ pub(crate) const ACTIVITY_SELECT_LIST: &str =
     "seq, id, tenant_pubkey, created_at, activity_type, resource_type, resource_id, detail";
 
 impl Activity {
-    pub(crate) fn from_row(row: &Row) -> rusqlite::Result<Self> {
-        Ok(Activity {
-            seq: row.get(0)?,
-            id: row.get(1)?,
-            tenant_pubkey: row.get(2)?,
-            created_at: row.get(3)?,
-            activity_type: row.get(4)?,
-            resource_type: row.get(5)?,
-            resource_id: row.get(6)?,
-            detail: row.get(7)?,
+    /// Reads a row selected with [`ACTIVITY_SELECT_LIST`]. A row the host wrote badly is a
+    /// [`BadRow`] naming its `seq` and the column.
+    pub(crate) fn from_row(row: &Row) -> Result<Self, BadRow> {
+        let seq: i64 = row.get(0).unwrap_or(-1);
+        let read = || -> Result<Activity> {
+            let c = Columns { row, first: 0 };
+            Ok(Activity {
+                seq: c.int(0)?,
+                id: c.text(1)?,
+                tenant_pubkey: c.text(2)?,
+                created_at: c.int(3)?,
+                activity_type: c.text(4)?,
+                resource_type: c.text(5)?,
+                resource_id: c.text(6)?,
+                detail: c.text(7)?,
+            })
+        };
+        read().map_err(|e| BadRow {
+            table: "activity",
+            key: seq,
+            error: format!("{e:#}"),
         })
     }
 }
+
+/// A row the host wrote that cannot be read. It is skipped, logged and counted; it never
+/// keeps another row from being read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    /// `relay` or `activity`.
+    pub table: &'static str,
+    /// The row's `rowid` (for `activity`, its `seq`).
+    pub key: i64,
+    /// What is wrong with it, naming the column.
+    pub error: String,
+}
+
+impl fmt::Display for BadRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = if self.table == "activity" {
+            "seq"
+        } else {
+            "rowid"
+        };
+        write!(
+            f,
+            "skipped the malformed {} row with {key} {}: {}",
+            self.table, self.key, self.error
+        )
+    }
+}
+
+impl std::error::Error for BadRow {}
