@@ -111,6 +111,14 @@ pub struct Env {
     pub zooid_timeout: Duration,
     /// A PEM bundle of extra trusted CA certificates for https to zooid.
     pub zooid_ca_file: Option<PathBuf>,
+    /// Allow `http://` to a zooid that is not on this machine (`ZOOID_ALLOW_PLAIN_HTTP`).
+    /// Every `POST` carries a relay secret and the S3 and LiveKit secrets, so cleartext is
+    /// refused unless this is set.
+    pub allow_plain_http: bool,
+    /// The proxy to reach zooid through (`ZOOID_PROXY`, e.g. `http://proxy:3128` or
+    /// `socks5://proxy:1080`). `HTTP_PROXY` and its kin are not read: a proxy sees every
+    /// request, so it is used only when named here.
+    pub zooid_proxy: Option<String>,
 }
 
 impl Env {
@@ -139,7 +147,7 @@ impl Env {
             bail!("ZOOID_TIMEOUT is malformed: it must be longer than zero");
         }
 
-        Ok(Env {
+        let env = Env {
             zooid_api_url,
             relay_domain,
             robot,
@@ -162,7 +170,39 @@ impl Env {
             retry,
             zooid_timeout,
             zooid_ca_file: get("ZOOID_CA_FILE").map(PathBuf::from),
-        })
+            allow_plain_http: flag(get, "ZOOID_ALLOW_PLAIN_HTTP")?,
+            zooid_proxy: get("ZOOID_PROXY"),
+        };
+        env.check_transport()?;
+        Ok(env)
+    }
+
+    /// Refuses settings that would send secrets where they should not go: `http://` to a
+    /// zooid that is not on this machine (unless [`allow_plain_http`](Self::allow_plain_http)),
+    /// and a CA bundle with `http://`, which would be silently ignored.
+    /// [`ZooidClient::new`](crate::ZooidClient::new) checks this too, so hosts that build
+    /// an `Env` in code are held to the same rule.
+    pub fn check_transport(&self) -> Result<()> {
+        let url = Url::parse(&self.zooid_api_url)
+            .map_err(|e| anyhow!("ZOOID_API_URL is not a usable URL: {e}"))?;
+        if url.scheme() != "http" {
+            return Ok(());
+        }
+        if self.zooid_ca_file.is_some() {
+            bail!(
+                "ZOOID_CA_FILE is set but ZOOID_API_URL is http://, where no certificate is \
+                 checked; use https:// or unset ZOOID_CA_FILE"
+            );
+        }
+        if !is_loopback(&url) && !self.allow_plain_http {
+            bail!(
+                "ZOOID_API_URL is http:// to {}, which is not this machine: every request \
+                 would carry relay, S3 and LiveKit secrets in cleartext. Use https://, or set \
+                 ZOOID_ALLOW_PLAIN_HTTP=1 if the network to zooid is private",
+                url.host_str().unwrap_or("?")
+            );
+        }
+        Ok(())
     }
 
     /// A minimal configuration for the given zooid and robot; everything else at its default.
@@ -179,6 +219,8 @@ impl Env {
             retry: RetryPolicy::default(),
             zooid_timeout: Duration::from_secs(5),
             zooid_ca_file: None,
+            allow_plain_http: false,
+            zooid_proxy: None,
         })
     }
 
@@ -217,6 +259,25 @@ fn duration(
     match get(name) {
         Some(v) => parse_duration(&v).with_context(|| format!("{name} is malformed")),
         None => Ok(default),
+    }
+}
+
+/// A yes/no setting: `1`, `true` or `yes` for yes; `0`, `false`, `no` or unset for no.
+fn flag(get: impl Fn(&str) -> Option<String>, name: &str) -> Result<bool> {
+    match get(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("0" | "false" | "no") => Ok(false),
+        Some("1" | "true" | "yes") => Ok(true),
+        Some(other) => bail!("{name} is malformed: expected 1 or 0, got {other:?}"),
+    }
+}
+
+/// Whether the URL's host is this machine: `localhost`, 127.0.0.0/8 or `::1`.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(nostr::types::url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(nostr::types::url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(nostr::types::url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 

@@ -109,8 +109,24 @@ impl fmt::Debug for ZooidClient {
 impl ZooidClient {
     /// A client for `env.zooid_api_url`, signing as `env.robot`, with `env.zooid_timeout`.
     /// With `env.zooid_ca_file`, https trusts exactly the certificates in that PEM bundle.
+    /// Refuses what [`Env::check_transport`] refuses. Goes through a proxy only when
+    /// `env.zooid_proxy` names one; the `HTTP_PROXY` family is ignored.
     pub fn new(env: &Env) -> Result<ZooidClient> {
+        env.check_transport()?;
+        let proxy = match &env.zooid_proxy {
+            Some(p) => Some(
+                // The value may hold a password: the error does not repeat it.
+                ureq::Proxy::new(p).map_err(|_| {
+                    anyhow!(
+                        "ZOOID_PROXY is malformed: expected a URL like http://proxy:3128 or \
+                         socks5://proxy:1080"
+                    )
+                })?,
+            ),
+            None => None,
+        };
         let mut config = ureq::Agent::config_builder()
+            .proxy(proxy)
             .timeout_global(Some(env.zooid_timeout))
             .http_status_as_error(false)
             .max_redirects(0)
