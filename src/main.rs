@@ -52,7 +52,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    zooid_sync::logging::init();
     match run(Cli::parse().command) {
         Ok(code) => code,
         Err(e) => {
