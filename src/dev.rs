@@ -31,11 +31,22 @@ struct SeedRelay {
 /// Runs the demonstration, narrating on standard output.
 pub fn run() -> Result<()> {
     let seed: Vec<SeedRelay> = serde_json::from_str(SEED).context("fixtures/dev-relays.json")?;
-    let dir = std::env::temp_dir().join(format!("zooid-sync-dev-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = private_temp_dir()?;
     let result = demonstrate(&seed, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// A fresh directory under the temporary directory, with a random name, that only this user
+/// can enter. Creating it fails rather than reuse one that exists, so nobody can prepare it.
+fn private_temp_dir() -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("zooid-sync-dev-{}", random_hex(8)));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
 }
 
 fn demonstrate(seed: &[SeedRelay], dir: &std::path::Path) -> Result<()> {

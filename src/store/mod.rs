@@ -124,6 +124,7 @@ impl Store {
     /// Opens the database at `path`, creating it and its tables if needed.
     pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
+        create_private(&path)?;
         let mut writer = open_connection(&path, options.busy_timeout)?;
         schema::migrate(&mut writer)
             .with_context(|| format!("cannot prepare the database {}", path.display()))?;
@@ -144,6 +145,29 @@ impl Store {
                 own_writes: Arc::new(OwnWrites::default()),
             },
         })
+    }
+}
+
+/// Creates the database file, if it does not exist yet, readable by its owner and (as the
+/// umask allows) its group, never by other users: it names every relay and its owner.
+/// SQLite gives the `-wal` and `-shm` files the same permissions. An existing file is left
+/// as the host made it.
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o660)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "cannot open the database {}: creating it failed",
+                path.display()
+            )
+        }),
     }
 }
 

@@ -53,7 +53,9 @@ const MIGRATIONS: &[&str] = &[
 /// The version a fully migrated database has.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Brings the database up to [`SCHEMA_VERSION`]. Refuses a database from a newer zooid-sync.
+/// Brings the database up to [`SCHEMA_VERSION`]. Refuses a database from a newer zooid-sync,
+/// and one whose version is negative (no migration would run, and it would be left without
+/// tables).
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -61,6 +63,12 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         bail!(
             "the database is at schema version {version}, newer than this zooid-sync \
              understands ({SCHEMA_VERSION}); upgrade zooid-sync"
+        );
+    }
+    if version < 0 {
+        bail!(
+            "the database has schema version {version} (PRAGMA user_version), which no \
+             zooid-sync ever wrote; refusing to touch it"
         );
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
