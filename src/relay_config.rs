@@ -104,12 +104,18 @@ pub struct S3<'a> {
     pub key_prefix: &'a str,
 }
 
-/// `{"enabled": false}`, or enabled with the LiveKit settings.
+/// Disabled: `{"enabled": false}` with empty `server_url`, `api_key` and `api_secret`.
+/// zooid's livekit section has no `enabled` flag and `PATCH` merges key by key, so only
+/// blanking the credentials turns LiveKit off at zooid and takes them away from it.
+/// Enabled: the LiveKit settings.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Livekit<'a> {
     Disabled {
         enabled: bool,
+        server_url: &'static str,
+        api_key: &'static str,
+        api_secret: &'static str,
     },
     Enabled {
         enabled: bool,
@@ -192,7 +198,12 @@ pub fn relay_body<'a>(
             })?,
         }
     } else {
-        Livekit::Disabled { enabled: false }
+        Livekit::Disabled {
+            enabled: false,
+            server_url: "",
+            api_key: "",
+            api_secret: "",
+        }
     };
 
     Ok(RelayBody {
