@@ -156,3 +156,19 @@ fn settle(query: &Query, timeout: Duration) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::private_temp_dir;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_temp_dir_is_fresh_and_private() {
+        let (a, b) = (private_temp_dir().unwrap(), private_temp_dir().unwrap());
+        assert_ne!(a, b);
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::remove_dir(&a).unwrap();
+        std::fs::remove_dir(&b).unwrap();
+    }
+}

@@ -261,8 +261,9 @@ impl ZooidClient {
         id: &str,
         body: &RelayBody,
     ) -> Result<Response, ZooidError> {
+        let path = relay_path(method, id, "")?;
         let json = serde_json::to_vec(body).expect("a relay body always serializes");
-        self.request(method, &format!("/relay/{id}"), Some(&json))
+        self.request(method, &path, Some(&json))
     }
 
     /// `GET /relay/{id}/members`: the relay's member pubkeys. An unknown relay is an error
@@ -272,7 +273,7 @@ impl ZooidClient {
         struct Members {
             members: Vec<String>,
         }
-        let path = format!("/relay/{id}/members");
+        let path = relay_path("GET", id, "/members")?;
         let response = self
             .request("GET", &path, None)
             .map_err(|e| match e.status() {
@@ -336,6 +337,17 @@ impl ureq::unversioned::resolver::Resolver for CachingResolver {
         });
         Ok(addrs)
     }
+}
+
+/// `/relay/{id}{rest}`, when `id` is one safe path segment (`a/b` would be two).
+fn relay_path(method: &'static str, id: &str, rest: &str) -> Result<String, ZooidError> {
+    if !is_safe_path_segment(id) {
+        return Err(ZooidError::UnsafePath {
+            method,
+            path: format!("/relay/{id}{rest}"),
+        });
+    }
+    Ok(format!("/relay/{id}{rest}"))
 }
 
 /// Whether `id` can stand alone as one segment of a URL path, unescaped.
