@@ -115,6 +115,9 @@ pub struct Env {
     /// Every `POST` carries a relay secret and the S3 and LiveKit secrets, so cleartext is
     /// refused unless this is set.
     pub allow_plain_http: bool,
+    /// The ceiling on requests to zooid per second, all of them together (`SYNC_MAX_RATE`);
+    /// `0` for none. Bursts of up to one second's worth pass at once.
+    pub sync_max_rate: f64,
     /// The proxy to reach zooid through (`ZOOID_PROXY`, e.g. `http://proxy:3128` or
     /// `socks5://proxy:1080`). `HTTP_PROXY` and its kin are not read: a proxy sees every
     /// request, so it is used only when named here.
@@ -171,6 +174,7 @@ impl Env {
             zooid_timeout,
             zooid_ca_file: get("ZOOID_CA_FILE").map(PathBuf::from),
             allow_plain_http: flag(get, "ZOOID_ALLOW_PLAIN_HTTP")?,
+            sync_max_rate: rate(get, "SYNC_MAX_RATE", DEFAULT_MAX_RATE)?,
             zooid_proxy: get("ZOOID_PROXY"),
         };
         env.check_transport()?;
@@ -220,6 +224,7 @@ impl Env {
             zooid_timeout: Duration::from_secs(5),
             zooid_ca_file: None,
             allow_plain_http: false,
+            sync_max_rate: DEFAULT_MAX_RATE,
             zooid_proxy: None,
         })
     }
@@ -259,6 +264,22 @@ fn duration(
     match get(name) {
         Some(v) => parse_duration(&v).with_context(|| format!("{name} is malformed")),
         None => Ok(default),
+    }
+}
+
+/// `SYNC_MAX_RATE`'s default: requests per second to zooid. See README for why.
+pub const DEFAULT_MAX_RATE: f64 = 100.0;
+
+/// A rate in requests per second: a number, at least 0.
+fn rate(get: impl Fn(&str) -> Option<String>, name: &str, default: f64) -> Result<f64> {
+    match get(name) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+            _ => bail!(
+                "{name} is malformed: expected requests per second (0 for no ceiling), got {v:?}"
+            ),
+        },
     }
 }
 

@@ -19,6 +19,7 @@ pub mod infra;
 pub mod logging;
 pub mod metrics;
 mod quote;
+mod rate;
 pub mod relay_config;
 pub mod secret;
 pub mod status;

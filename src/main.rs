@@ -97,6 +97,10 @@ fn run(command: Cmd) -> Result<ExitCode> {
                     println!("relay {id}: failed: {error}");
                     ExitCode::from(1)
                 }
+                SyncOutcome::Parked => {
+                    println!("relay {id}: waiting for zooid, which is unavailable");
+                    ExitCode::from(1)
+                }
                 SyncOutcome::Gone => {
                     println!("relay {id}: there is no such relay");
                     ExitCode::from(1)

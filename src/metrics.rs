@@ -28,6 +28,9 @@ pub struct Metrics {
     retries_scheduled: AtomicU64,
     given_up: AtomicU64,
     bad_relay_rows: AtomicU64,
+    breaker_opened: AtomicU64,
+    /// 1 while zooid answers, 0 while the breaker is open.
+    zooid_down: AtomicBool,
     bad_activity_rows: AtomicU64,
     in_flight: AtomicI64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -50,6 +53,20 @@ impl Metrics {
 
     pub(crate) fn gave_up(&self) {
         self.given_up.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The breaker opened: zooid is confirmed unavailable.
+    pub(crate) fn breaker_opened(&self) {
+        self.breaker_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_zooid_up(&self, up: bool) {
+        self.zooid_down.store(!up, Ordering::Relaxed);
+    }
+
+    /// Whether zooid answers, as far as the breaker knows.
+    pub fn zooid_up(&self) -> bool {
+        !self.zooid_down.load(Ordering::Relaxed)
     }
 
     /// Counts a host row that was skipped because it cannot be read.
@@ -113,6 +130,18 @@ impl Metrics {
             "counter",
             "Times a relay exhausted its retries.",
             &[(String::new(), get(&self.given_up).to_string())],
+        );
+        metric(
+            "zooid_sync_zooid_up",
+            "gauge",
+            "1 while zooid answers, 0 while the circuit breaker is open.",
+            &[(String::new(), (self.zooid_up() as u8).to_string())],
+        );
+        metric(
+            "zooid_sync_breaker_opened_total",
+            "counter",
+            "Times zooid was confirmed unavailable and relay syncs stopped.",
+            &[(String::new(), get(&self.breaker_opened).to_string())],
         );
         metric(
             "zooid_sync_bad_rows_total",

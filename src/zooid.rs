@@ -12,6 +12,7 @@
 //! be a safe URL path segment, so no relay id can lead a request elsewhere, whoever calls.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -19,7 +20,11 @@ use serde::Deserialize;
 
 use crate::env::{make_auth, Env, RobotKey};
 use crate::quote;
+use crate::rate::RateLimit;
 use crate::relay_config::RelayBody;
+
+/// The relay id of [`ZooidClient::probe`]'s request; no relay is expected to have it.
+pub const PROBE_ID: &str = "zooid-sync-probe";
 
 /// The most of a response body that zooid-sync reads.
 const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
@@ -41,6 +46,8 @@ pub enum ZooidError {
         status: u16,
         /// zooid's body, cut to 1 KiB.
         body: String,
+        /// What zooid's `Retry-After` header asked for (whole seconds), if it sent one.
+        retry_after: Option<Duration>,
     },
     /// No usable answer: connection refused or reset, timeout, malformed HTTP, TLS failure.
     Transport {
@@ -61,6 +68,30 @@ impl ZooidError {
             ZooidError::Transport { .. } | ZooidError::UnsafePath { .. } => None,
         }
     }
+
+    /// Whether this says that zooid itself is unavailable, rather than that it refused the
+    /// request: no usable answer at all (connection refused or reset, timeout, DNS or TLS
+    /// failure, malformed HTTP), or 429, 502, 503 or 504. Every other answer is zooid's
+    /// word about this request. A path refused before sending is neither: it is a refusal.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ZooidError::Transport { .. } => true,
+            ZooidError::Status { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            ZooidError::UnsafePath { .. } => false,
+        }
+    }
+
+    /// How long zooid asked to be left alone (`Retry-After` on a 429 or 503).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ZooidError::Status {
+                status: 429 | 503,
+                retry_after,
+                ..
+            } => *retry_after,
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for ZooidError {
@@ -71,6 +102,7 @@ impl fmt::Display for ZooidError {
                 path,
                 status,
                 body,
+                ..
             } => write!(f, "zooid answered {method} {path} with {status}: {body}"),
             ZooidError::Transport {
                 method,
@@ -95,6 +127,8 @@ pub struct ZooidClient {
     agent: ureq::Agent,
     base_url: String,
     robot: RobotKey,
+    /// Every request, from every clone of this client, takes a token here first.
+    rate: Arc<RateLimit>,
 }
 
 impl fmt::Debug for ZooidClient {
@@ -165,6 +199,7 @@ impl ZooidClient {
             agent,
             base_url: env.zooid_api_url.clone(),
             robot: env.robot.clone(),
+            rate: Arc::new(RateLimit::per_second(env.sync_max_rate)),
         })
     }
 
@@ -193,6 +228,7 @@ impl ZooidClient {
                 path: path.to_string(),
             });
         }
+        self.rate.acquire();
         let url = self.url(path);
         let auth =
             make_auth(&self.robot, method, &url, body).map_err(|e| transport(e.to_string()))?;
@@ -216,6 +252,12 @@ impl ZooidClient {
         };
         let mut response = sent.map_err(|e| transport(e.to_string()))?;
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         // Read at most MAX_RESPONSE_BYTES; a longer body is cut, not an error, so that a huge
         // error page still shows its beginning.
         let mut bytes = Vec::new();
@@ -241,6 +283,7 @@ impl ZooidClient {
                 path: path.to_string(),
                 status,
                 body: quote::remote(&text, quote::REMOTE_MAX),
+                retry_after,
             })
         }
     }
@@ -264,6 +307,16 @@ impl ZooidClient {
         let path = relay_path(method, id, "")?;
         let json = serde_json::to_vec(body).expect("a relay body always serializes");
         self.request(method, &path, Some(&json))
+    }
+
+    /// Asks whether zooid is there, with a signed request that depends on no relay:
+    /// `GET /relay/zooid-sync-probe/members`. Any answer that is not unavailability (404, the
+    /// usual one, included) means zooid is up; the error says why it is not.
+    pub fn probe(&self) -> Result<(), ZooidError> {
+        match self.request("GET", &format!("/relay/{PROBE_ID}/members"), None) {
+            Err(e) if e.is_unavailable() => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// `GET /relay/{id}/members`: the relay's member pubkeys. An unknown relay is an error

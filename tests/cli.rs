@@ -22,6 +22,7 @@ fn zooid_sync(fx: &FixtureZooid, db: &std::path::Path) -> Command {
         .env("DATABASE_PATH", db)
         .env("SYNC_RETRY_BASE", "50ms")
         .env("SYNC_RETRY_CAP", "200ms")
+        .env("SYNC_MAX_RATE", "0")
         .env("RUST_LOG", "debug");
     cmd
 }

@@ -25,6 +25,7 @@ fn daemon(zooid_url: &str, db: &std::path::Path) -> Child {
         .env("DATABASE_PATH", db)
         .env("SYNC_RETRY_BASE", "20ms")
         .env("SYNC_RETRY_CAP", "100ms")
+        .env("SYNC_MAX_RATE", "0")
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

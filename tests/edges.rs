@@ -33,6 +33,7 @@ fn zooid_sync(fx: &FixtureZooid, db: &std::path::Path) -> Command {
         .env("DATABASE_PATH", db)
         .env("SYNC_RETRY_BASE", "50ms")
         .env("SYNC_RETRY_CAP", "200ms")
+        .env("SYNC_MAX_RATE", "0")
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null());
     cmd
@@ -156,6 +157,15 @@ fn fds(pid: u32) -> usize {
         .count()
 }
 
+/// The process's open sockets.
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
 fn proc_status(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -223,18 +233,20 @@ fn listen_closes_every_connection_it_served() {
     let (_dir, db) = temp_db();
     let daemon = Daemon::start(&fx, &db);
     let pid = daemon.pid();
-    let (fds_before, threads_before) = (fds(pid), threads(pid));
+    let (fds_before, sockets_before, threads_before) = (fds(pid), sockets(pid), threads(pid));
     for _ in 0..100 {
         probe_like_curl(daemon.addr);
     }
     expect_within(WAIT, "every probe's socket closed", || {
-        fds(pid) <= fds_before && close_wait(daemon.addr.port()) == 0
+        sockets(pid) <= sockets_before && close_wait(daemon.addr.port()) == 0
     });
     expect_within(WAIT, "every connection thread gone", || {
         threads(pid) <= threads_before
     });
     println!(
-        "100 probes: fds {fds_before} -> {}, threads {threads_before} -> {}, CLOSE_WAIT {}",
+        "100 probes: sockets {sockets_before} -> {}, fds {fds_before} -> {}, threads \
+         {threads_before} -> {}, CLOSE_WAIT {}",
+        sockets(pid),
         fds(pid),
         threads(pid),
         close_wait(daemon.addr.port())
@@ -249,6 +261,7 @@ fn listen_closes_connections_beyond_its_cap_at_once() {
     let pid = daemon.pid();
     let cap = Limits::public().max_connections;
     let (fds_before, threads_before, rss_before) = (fds(pid), threads(pid), rss_kib(pid));
+    let sockets_before = sockets(pid);
     // 300 clients that start a request and never finish it.
     let mut clients: Vec<TcpStream> = (0..300)
         .map(|_| {
@@ -282,8 +295,8 @@ fn listen_closes_connections_beyond_its_cap_at_once() {
     assert!(max_fds <= fds_before + 3 * cap, "{max_fds}");
     assert!(rss_during < rss_before + 16 * 1024, "{rss_during} KiB");
     drop(clients);
-    expect_within(WAIT, "fds and threads back where they were", || {
-        fds(pid) <= fds_before && threads(pid) <= threads_before
+    expect_within(WAIT, "sockets and threads back where they were", || {
+        sockets(pid) <= sockets_before && threads(pid) <= threads_before
     });
     assert_eq!(
         http_get(daemon.addr, "/healthz").map(|(s, _)| s),
@@ -326,7 +339,7 @@ fn listen_refuses_a_body_before_reading_it() {
     let (_dir, db) = temp_db();
     let daemon = Daemon::start(&fx, &db);
     let pid = daemon.pid();
-    let (fds_before, rss_before) = (fds(pid), rss_kib(pid));
+    let (sockets_before, rss_before) = (sockets(pid), rss_kib(pid));
     // 200 clients that declare 1 MiB and send one byte, all open at once.
     let mut clients: Vec<TcpStream> = (0..200)
         .map(|_| {
@@ -344,7 +357,9 @@ fn listen_refuses_a_body_before_reading_it() {
     println!("200 declared 1 MiB bodies: RSS {rss_before} -> {rss_after} KiB");
     assert!(rss_after < rss_before + 8 * 1024, "{rss_after} KiB");
     drop(clients);
-    expect_within(WAIT, "fds back where they were", || fds(pid) <= fds_before);
+    expect_within(WAIT, "sockets back where they were", || {
+        sockets(pid) <= sockets_before
+    });
     let mut s = TcpStream::connect(daemon.addr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
         .unwrap();

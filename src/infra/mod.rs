@@ -14,11 +14,15 @@
 //!    work and scheduled retries are dropped (they are pending in the database and the next
 //!    start's reconcile finds them), and `start` returns.
 //!
+//! When zooid is unavailable the [`breaker`] stops relay syncs and probes zooid; when zooid
+//! answers again it tells the dispatcher, which reconciles (`"zooid answers again"`).
+//!
 //! The dispatcher never talks to zooid; it reads the database only to count a relay's trailing
 //! failures and to list pending relays. The pool threads do the syncs; the timer thread only
 //! keeps time. Outcomes come back to the dispatcher the same way as every other activity: on
 //! the bus.
 
+pub mod breaker;
 pub mod pool;
 pub mod retry;
 pub mod sync;
@@ -33,7 +37,9 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::env::Env;
 use crate::metrics::Metrics;
-use crate::store::{activity_type, Activity, Command, Query, RecvError, RELAY_RESOURCE};
+use crate::store::{
+    activity_type, Activity, Command, Query, RecvError, RELAY_RESOURCE, ZOOID_UNAVAILABLE,
+};
 use pool::Pool;
 use retry::{random_unit, RetryDecision};
 use sync::Syncer;
@@ -156,7 +162,10 @@ impl Infra {
             drop(command);
             weak
         };
-        let syncer = Syncer::new(query.clone(), command, &env)?.with_metrics(metrics.clone());
+        let syncer = Syncer::with_metrics(query.clone(), command, &env, metrics.clone())?;
+        let breaker = syncer.breaker().clone();
+        let prober = breaker::spawn_prober(breaker.clone(), syncer.client().clone())
+            .context("cannot start the prober thread")?;
 
         let (timer_tx, timer_rx) = crossbeam_channel::unbounded();
         let (due_tx, due_rx) = crossbeam_channel::unbounded();
@@ -203,6 +212,7 @@ impl Infra {
                         dispatcher.pool.submit(&id);
                     }
                 },
+                recv(breaker.back()) -> _ => dispatcher.reconcile("zooid answers again"),
                 recv(stop) -> _ => {
                     log::info!("stop requested; finishing the syncs in flight");
                     break;
@@ -210,6 +220,8 @@ impl Infra {
             }
         }
 
+        breaker.stop();
+        let _ = prober.join();
         pool.stop();
         drop(retries);
         drop(due_rx);
@@ -250,13 +262,19 @@ impl Dispatcher<'_> {
         }
         let id = &activity.resource_id;
         if activity.activity_type == activity_type::FAIL_RELAY_SYNC {
-            self.schedule_relay_sync_retry(id, "failure");
+            // A relay that failed because zooid is unavailable waits for the breaker, which
+            // hands every such relay back when zooid answers again.
+            if !activity.detail.starts_with(ZOOID_UNAVAILABLE) {
+                self.schedule_relay_sync_retry(id, "failure");
+            }
         } else {
             self.pool.submit(id);
         }
     }
 
-    /// Syncs every pending relay now, or at its backoff if its last attempt failed.
+    /// Syncs every pending relay now, or at its backoff if zooid refused its last attempt.
+    /// A relay that waits because zooid was unavailable is synced now: if zooid still is,
+    /// the breaker parks it again without a request.
     fn reconcile(&self, source: &str) {
         let pending = match self.query.list_relays_pending_sync() {
             Ok(pending) => pending,
@@ -277,7 +295,7 @@ impl Dispatcher<'_> {
                     continue;
                 }
             };
-            if relay.sync_error.is_empty() {
+            if relay.sync_error.is_empty() || relay.sync_error.starts_with(ZOOID_UNAVAILABLE) {
                 now += 1;
                 self.pool.submit(&relay.id);
             } else {

@@ -170,7 +170,7 @@ fn work(
                 SyncOutcome::NotRecorded(_) => {
                     retries.schedule(&id, retry_later);
                 }
-                SyncOutcome::Failed(_) | SyncOutcome::Gone => {}
+                SyncOutcome::Failed(_) | SyncOutcome::Parked | SyncOutcome::Gone => {}
             }
             let again = shared.in_flight.lock().unwrap().finish(&id);
             if !again || shared.stopping.load(Ordering::Acquire) {

@@ -11,22 +11,62 @@
 //! `PATCH` → `404` (zooid lost the relay) creates it again with `POST` and a new secret. When
 //! the fallback fails too, the original error is the one reported, so a schema or host conflict
 //! stays a failure.
+//!
+//! Errors stay typed ([`SyncError`]) until the outcome is recorded, because what comes next
+//! depends on the kind: a failure that says zooid is unavailable goes to the [`Breaker`] for a
+//! verdict, and is recorded as `zooid is unavailable` (never counted toward giving up) when
+//! zooid is confirmed down. While the breaker is open no request is sent: the relay is
+//! *parked*, with one record per outage saying so.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 
+use super::breaker::{Breaker, Verdict};
 use crate::env::Env;
 use crate::metrics::Metrics;
 use crate::quote;
-use crate::relay_config::relay_body;
+use crate::relay_config::{relay_body, InvalidRelay};
 use crate::secret::Secret;
-use crate::store::{Command, Query, Relay};
+use crate::status::format_unix;
+use crate::store::{Command, Query, Relay, ZOOID_UNAVAILABLE};
 use crate::zooid::{ZooidClient, ZooidError};
 
+/// Why a sync failed, kept typed until the outcome is recorded.
+#[derive(Debug, Clone)]
+pub enum SyncError {
+    /// The relay's row, or its sync history, cannot be read.
+    Unreadable(String),
+    /// The relay cannot be sent as it is; nothing was sent.
+    Invalid(InvalidRelay),
+    /// zooid refused the relay, or failed for it alone while it answered otherwise.
+    Refused(ZooidError),
+    /// zooid is unavailable (confirmed by a probe, or the breaker was already open). Never
+    /// counts toward giving up.
+    ZooidUnavailable(String),
+}
+
+impl SyncError {
+    /// Whether this failure counts toward giving up on the relay.
+    pub fn counts(&self) -> bool {
+        !matches!(self, SyncError::ZooidUnavailable(_))
+    }
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncError::Unreadable(e) => f.write_str(e),
+            SyncError::Invalid(e) => write!(f, "{e}"),
+            SyncError::Refused(e) => write!(f, "{e}"),
+            SyncError::ZooidUnavailable(e) => write!(f, "{ZOOID_UNAVAILABLE}: {e}"),
+        }
+    }
+}
+
 /// How a sync ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum SyncOutcome {
     /// zooid accepted the relay; the outcome is recorded.
     Synced {
@@ -36,7 +76,10 @@ pub enum SyncOutcome {
         marked: bool,
     },
     /// The sync failed; the error is recorded as `fail_relay_sync`.
-    Failed(String),
+    Failed(SyncError),
+    /// zooid is unavailable and the relay was told so earlier in this outage: nothing was
+    /// sent or recorded. It is synced when zooid answers again.
+    Parked,
     /// The relay no longer exists; nothing was sent or recorded.
     Gone,
     /// The outcome could not be written to the database (it stays pending there).
@@ -51,6 +94,7 @@ pub struct Syncer {
     client: ZooidClient,
     env: Env,
     metrics: Arc<Metrics>,
+    breaker: Arc<Breaker>,
 }
 
 /// A successful exchange with zooid.
@@ -60,20 +104,37 @@ struct Done {
 }
 
 impl Syncer {
+    /// A syncer with counters of its own (for `zooid-sync sync`).
     pub fn new(query: Query, command: Command, env: &Env) -> Result<Syncer> {
+        Syncer::with_metrics(query, command, env, Arc::default())
+    }
+
+    /// A syncer that counts outcomes, requests and outages in `metrics`.
+    pub fn with_metrics(
+        query: Query,
+        command: Command,
+        env: &Env,
+        metrics: Arc<Metrics>,
+    ) -> Result<Syncer> {
+        let breaker = Breaker::new(&env.retry, &query, command.clone(), metrics.clone());
         Ok(Syncer {
             client: ZooidClient::new(env)?,
             query,
             command,
             env: env.clone(),
-            metrics: Arc::default(),
+            metrics,
+            breaker: Arc::new(breaker),
         })
     }
 
-    /// Counts outcomes and requests in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Syncer {
-        self.metrics = metrics;
-        self
+    /// The circuit breaker this syncer reports to.
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// The client every request of this syncer goes through (and its rate limit).
+    pub fn client(&self) -> &ZooidClient {
+        &self.client
     }
 
     /// Reads relay `id` afresh and syncs it; a relay that is gone is skipped.
@@ -84,7 +145,9 @@ impl Syncer {
                 log::debug!("relay {id}: gone, nothing to sync");
                 SyncOutcome::Gone
             }
-            Err(e) => self.record_failure(id, &format!("{e:#}"), Instant::now()),
+            Err(e) => {
+                self.record_failure(id, SyncError::Unreadable(format!("{e:#}")), Instant::now())
+            }
         }
     }
 
@@ -95,56 +158,97 @@ impl Syncer {
 
     /// `ever_completed`: whether the relay ever completed a sync, when already known.
     fn sync(&self, relay: &Relay, ever_completed: Option<bool>) -> SyncOutcome {
+        if let Some((since, last_error)) = self.breaker.outage() {
+            return self.park(&relay.id, since, &last_error);
+        }
         let started = Instant::now();
         match self.try_sync_relay(relay, ever_completed) {
             Ok(done) => {
-                let ms = started.elapsed().as_millis();
-                match self.command.complete_relay_sync(&relay.id, relay.revision) {
-                    Ok(marked) => {
-                        self.metrics.synced();
-                        log::info!(
-                            "relay {}: {} {} in {ms} ms (revision {}{})",
-                            relay.id,
-                            done.method,
-                            done.status,
-                            relay.revision,
-                            if marked {
-                                ""
-                            } else {
-                                ", changed meanwhile: stays pending"
-                            }
-                        );
-                        SyncOutcome::Synced {
-                            method: done.method,
-                            status: done.status,
-                            marked,
-                        }
+                self.breaker.answered();
+                self.record_success(relay, done, started)
+            }
+            Err(SyncError::Refused(e)) if e.is_unavailable() => {
+                match self.breaker.verdict(&self.client, started, &e) {
+                    Verdict::ZooidUp => {
+                        self.record_failure(&relay.id, SyncError::Refused(e), started)
                     }
-                    Err(e) => {
-                        log::error!(
-                            "relay {}: zooid accepted {} but recording it failed: {e:#}",
-                            relay.id,
-                            done.method
-                        );
-                        SyncOutcome::NotRecorded(format!("{e:#}"))
+                    Verdict::ZooidDown => {
+                        self.breaker.tell(&relay.id);
+                        let error = SyncError::ZooidUnavailable(e.to_string());
+                        self.record_failure(&relay.id, error, started)
                     }
                 }
             }
-            Err(error) => self.record_failure(&relay.id, &error, started),
+            Err(error) => {
+                if matches!(error, SyncError::Refused(_)) {
+                    self.breaker.answered();
+                }
+                self.record_failure(&relay.id, error, started)
+            }
         }
     }
 
-    fn record_failure(&self, id: &str, error: &str, started: Instant) -> SyncOutcome {
+    /// The breaker is open: nothing is sent. The relay is told once per outage.
+    fn park(&self, id: &str, since: i64, last_error: &str) -> SyncOutcome {
+        if !self.breaker.tell(id) {
+            log::debug!("relay {id}: waiting for zooid");
+            return SyncOutcome::Parked;
+        }
+        let error = SyncError::ZooidUnavailable(format!(
+            "since {} ({last_error}); the relay is synced when zooid answers again",
+            format_unix(since)
+        ));
+        self.record_failure(id, error, Instant::now())
+    }
+
+    fn record_success(&self, relay: &Relay, done: Done, started: Instant) -> SyncOutcome {
+        let ms = started.elapsed().as_millis();
+        match self.command.complete_relay_sync(&relay.id, relay.revision) {
+            Ok(marked) => {
+                self.metrics.synced();
+                log::info!(
+                    "relay {}: {} {} in {ms} ms (revision {}{})",
+                    relay.id,
+                    done.method,
+                    done.status,
+                    relay.revision,
+                    if marked {
+                        ""
+                    } else {
+                        ", changed meanwhile: stays pending"
+                    }
+                );
+                SyncOutcome::Synced {
+                    method: done.method,
+                    status: done.status,
+                    marked,
+                }
+            }
+            Err(e) => {
+                log::error!(
+                    "relay {}: zooid accepted {} but recording it failed: {e:#}",
+                    relay.id,
+                    done.method
+                );
+                SyncOutcome::NotRecorded(format!("{e:#}"))
+            }
+        }
+    }
+
+    fn record_failure(&self, id: &str, error: SyncError, started: Instant) -> SyncOutcome {
         // The error may quote zooid and the host; both were cleaned where quoted, and this
         // bounds what is logged and stored whatever composed it.
-        let error = &quote::remote(error, 2 * quote::REMOTE_MAX);
+        let text = quote::remote(&error.to_string(), 2 * quote::REMOTE_MAX);
         self.metrics.failed();
-        log::warn!(
-            "relay {id}: sync failed after {} ms: {error}",
-            started.elapsed().as_millis()
-        );
-        match self.command.fail_relay_sync(id, error) {
-            Ok(()) => SyncOutcome::Failed(error.to_string()),
+        let ms = started.elapsed().as_millis();
+        if error.counts() {
+            log::warn!("relay {id}: sync failed after {ms} ms: {text}");
+        } else {
+            // The breaker logs the outage once; one line per relay would drown it.
+            log::debug!("relay {id}: {text}");
+        }
+        match self.command.fail_relay_sync(id, &text) {
+            Ok(()) => SyncOutcome::Failed(error),
             Err(e) => {
                 log::error!("relay {id}: recording the failed sync failed: {e:#}");
                 SyncOutcome::NotRecorded(format!("{e:#}"))
@@ -152,22 +256,25 @@ impl Syncer {
         }
     }
 
-    /// Sends the relay to zooid: create or update, with healing. The error is the text to
-    /// record.
-    fn try_sync_relay(&self, relay: &Relay, ever_completed: Option<bool>) -> Result<Done, String> {
+    /// Sends the relay to zooid: create or update, with healing.
+    fn try_sync_relay(
+        &self,
+        relay: &Relay,
+        ever_completed: Option<bool>,
+    ) -> Result<Done, SyncError> {
         let ever_completed = match ever_completed {
             Some(known) => known,
             None if relay.synced => true,
             None => self
                 .query
                 .has_completed_sync(&relay.id)
-                .map_err(|e| format!("{e:#}"))?,
+                .map_err(|e| SyncError::Unreadable(format!("{e:#}")))?,
         };
         let is_new = !relay.synced && !ever_completed;
         // Only a POST carries it; generated now so that the body below can borrow it.
         let secret = Secret::generate(32);
         // Builds and validates the body before anything is sent.
-        let mut body = relay_body(relay, &self.env, None).map_err(|e| e.to_string())?;
+        let mut body = relay_body(relay, &self.env, None).map_err(SyncError::Invalid)?;
         let mut send = |method: &'static str| -> Result<Done, ZooidError> {
             body.secret = (method == "POST").then_some(&secret);
             let _request = self.metrics.request();
@@ -201,9 +308,9 @@ impl Syncer {
                     log::warn!("relay {}: healed: {why}", relay.id);
                     Ok(done)
                 }
-                Err(_) => Err(original.to_string()),
+                Err(_) => Err(SyncError::Refused(original)),
             },
-            other => other.map_err(|e| e.to_string()),
+            other => other.map_err(SyncError::Refused),
         }
     }
 

@@ -31,6 +31,7 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags};
 pub use bus::{Bus, RecvError, Subscriber};
 pub use model::{
     activity_type, Activity, BadRow, Relay, RelaySettings, RelayStatus, RELAY_RESOURCE,
+    ZOOID_UNAVAILABLE,
 };
 
 use model::{relay_select_list, ACTIVITY_SELECT_LIST, SETTINGS_COLUMNS};
@@ -315,11 +316,12 @@ impl Query {
     }
 
     /// How many `fail_relay_sync` activities the relay has had since its last other activity:
-    /// the number of the attempt that just failed.
+    /// the number of the attempt that just failed. Failures because zooid was unavailable
+    /// ([`ZOOID_UNAVAILABLE`]) are passed over: they neither count nor end the run.
     pub fn count_trailing_sync_failures(&self, relay_id: &str) -> Result<u32> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT activity_type FROM activity
+                "SELECT activity_type, detail FROM activity
                  WHERE resource_type = 'relay' AND resource_id = ?1
                  ORDER BY seq DESC",
             )?;
@@ -330,7 +332,10 @@ impl Query {
                 if row.get_ref(0)?.as_str().ok() != Some(activity_type::FAIL_RELAY_SYNC) {
                     break;
                 }
-                count += 1;
+                let detail = row.get_ref(1)?.as_str().unwrap_or("");
+                if !detail.starts_with(ZOOID_UNAVAILABLE) {
+                    count += 1;
+                }
             }
             Ok(count)
         })
@@ -399,6 +404,21 @@ impl Query {
                 })? as u64,
             )
         })
+    }
+
+    /// The zooid outage in progress, as the breaker recorded it: since when (unix seconds)
+    /// and the last error. `None` while zooid answers.
+    pub fn zooid_outage(&self) -> Result<Option<(i64, String)>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT since, last_error FROM zooid_outage WHERE id = 1")?;
+            let mut rows = stmt.query([])?;
+            match rows.next()? {
+                Some(row) => Ok(Some((row.get(0)?, row.get(1)?))),
+                None => Ok(None),
+            }
+        })
+        .context("reading the recorded zooid outage")
     }
 
     /// The newest activity's `seq`, 0 when there is none.
@@ -552,6 +572,37 @@ impl Command {
             error: error.to_string(),
         })?;
         Ok(())
+    }
+
+    /// Records that zooid has been unavailable since `since` (unix seconds), or updates the
+    /// last error of the outage already recorded (keeping its start).
+    pub fn record_zooid_outage(&self, since: i64, last_error: &str) -> Result<()> {
+        self.write_state(
+            "INSERT INTO zooid_outage (id, since, last_error) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET last_error = excluded.last_error",
+            params![since, last_error],
+        )
+        .context("recording the zooid outage")
+    }
+
+    /// Records that zooid answers again.
+    pub fn clear_zooid_outage(&self) -> Result<()> {
+        self.write_state("DELETE FROM zooid_outage", [])
+            .context("clearing the zooid outage")
+    }
+
+    /// One statement on zooid-sync's own state, which announces nothing on the bus: run on
+    /// the writer connection in its own transaction, between group commits.
+    fn write_state(&self, sql: &str, params: impl rusqlite::Params) -> Result<()> {
+        let conn = self.db.writer.lock().unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        match conn.execute(sql, params) {
+            Ok(_) => Ok(conn.execute_batch("COMMIT")?),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e.into())
+            }
+        }
     }
 
     /// Host side: adds a relay (pending, revision 1) and its `create_relay` activity.

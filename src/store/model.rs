@@ -20,6 +20,10 @@ pub mod activity_type {
     pub const FAIL_RELAY_SYNC: &str = "fail_relay_sync";
 }
 
+/// How the `detail` of a `fail_relay_sync` begins when the relay failed because zooid was
+/// unavailable, not because zooid refused it. Such failures never count toward giving up.
+pub const ZOOID_UNAVAILABLE: &str = "zooid is unavailable";
+
 /// The `resource_type` of activities about relays.
 pub const RELAY_RESOURCE: &str = "relay";
 

@@ -48,6 +48,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX IF NOT EXISTS activity_resource
         ON activity (resource_type, resource_id, seq DESC);",
+    // 2: zooid-sync's own record of a zooid outage (one row while zooid is unavailable).
+    "CREATE TABLE IF NOT EXISTS zooid_outage (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        since      INTEGER NOT NULL,
+        last_error TEXT NOT NULL DEFAULT ''
+    );",
 ];
 
 /// The version a fully migrated database has.

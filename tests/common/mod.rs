@@ -40,6 +40,7 @@ pub fn env_for(zooid_url: &str, db: &std::path::Path) -> Env {
         jitter: false,
     };
     env.zooid_timeout = Duration::from_secs(2);
+    env.sync_max_rate = 0.0; // tests that measure the ceiling set their own
     env
 }
 
