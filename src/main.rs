@@ -117,9 +117,17 @@ fn run(command: Cmd) -> Result<ExitCode> {
             let path = var("DATABASE_PATH").unwrap_or_else(|| "zooid-sync.db".into());
             let store = open_existing(std::path::Path::new(&path))?;
             let rows = status::report(&store.query, var("RELAY_DOMAIN").as_deref(), &retry)?;
+            let zooid = status::zooid_line(&store.query)?;
             if json {
+                // Standard output stays one JSON document; the outage goes beside it.
+                if let Some(line) = zooid {
+                    eprintln!("{line}");
+                }
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
+                if let Some(line) = zooid {
+                    println!("{line}");
+                }
                 print!("{}", status::render_table(&rows));
             }
             Ok(ExitCode::SUCCESS)

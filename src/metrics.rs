@@ -255,6 +255,8 @@ impl PendingCount {
 
 /// Serves `/healthz` and `/metrics` on `addr`, within `limits` ([`Limits::public`] for the
 /// daemon). `alive` is cleared when the worker stops. Only `GET` without a body is served.
+/// `/healthz` is 200 while the worker runs and the database answers, whether zooid is up or
+/// not (its state is in the body), and 503 otherwise.
 pub fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
@@ -273,14 +275,20 @@ pub fn serve(
             body,
         };
         match (req.method.as_str(), req.path()) {
-            ("GET", "/healthz") => {
-                let database = query.last_activity_seq();
-                match (alive.load(Ordering::Acquire), database) {
-                    (true, Ok(_)) => text(200, "ok\n".into()),
-                    (false, _) => text(503, "the worker has stopped\n".into()),
-                    (true, Err(e)) => text(503, format!("the database does not answer: {e:#}\n")),
-                }
-            }
+            ("GET", "/healthz") => match (alive.load(Ordering::Acquire), query.zooid_outage()) {
+                // zooid being down is zooid's trouble, not the worker's: still 200, so that
+                // a supervisor does not restart a worker that is doing the right thing.
+                (true, Ok(None)) => text(200, "ok\nzooid: up\n".into()),
+                (true, Ok(Some((since, error)))) => text(
+                    200,
+                    format!(
+                        "ok\nzooid: unavailable since {} ({error}); relay syncs wait for it\n",
+                        crate::status::format_unix(since)
+                    ),
+                ),
+                (false, _) => text(503, "the worker has stopped\n".into()),
+                (true, Err(e)) => text(503, format!("the database does not answer: {e:#}\n")),
+            },
             ("GET", "/metrics") => text(200, metrics.render(pending.get())),
             (_, "/healthz" | "/metrics") => text(405, "only GET is served here\n".into()),
             _ => text(404, "not found: try /healthz or /metrics\n".into()),

@@ -94,6 +94,20 @@ pub fn report(
     Ok(out)
 }
 
+/// While the breaker is open: `zooid unreachable since <time> (<last error>); N relays
+/// waiting`, for the first line of `zooid-sync status`.
+pub fn zooid_line(query: &Query) -> Result<Option<String>> {
+    let Some((since, error)) = query.zooid_outage()? else {
+        return Ok(None);
+    };
+    let waiting = query.count_pending()?;
+    Ok(Some(format!(
+        "zooid unreachable since {} ({}); {waiting} relays waiting",
+        format_unix(since),
+        quote::remote(&error, quote::REMOTE_MAX)
+    )))
+}
+
 /// The report as an aligned text table; long errors are shortened to keep one line a relay.
 pub fn render_table(rows: &[RelayReport]) -> String {
     let header = [

@@ -122,7 +122,7 @@ fn run_syncs_rows_written_by_another_process_and_exits_0_on_sigterm() {
         .into_body()
         .read_to_string()
         .unwrap();
-    assert_eq!(health, "ok\n");
+    assert_eq!(health, "ok\nzooid: up\n");
     let metrics = ureq::get(&format!("http://{listen}/metrics"))
         .call()
         .unwrap()

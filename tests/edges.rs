@@ -142,8 +142,8 @@ fn probe_like_curl(addr: SocketAddr) {
         .unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 1024];
-    // The answer is small: read until its body ("ok\n") has arrived, then hang up.
-    while !seen.ends_with(b"ok\n") {
+    // The answer is small: read until its body ("ok\nzooid: up\n") has arrived, then hang up.
+    while !seen.ends_with(b"zooid: up\n") {
         let n = s.read(&mut buf).unwrap();
         assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);

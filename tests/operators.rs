@@ -90,7 +90,10 @@ fn health_and_metrics_follow_the_worker() {
         7.0
     );
 
-    assert_eq!(get(server.addr(), "/healthz"), (200, "ok\n".into()));
+    assert_eq!(
+        get(server.addr(), "/healthz"),
+        (200, "ok\nzooid: up\n".into())
+    );
     assert_eq!(get(server.addr(), "/nope").0, 404);
     worker.shutdown().unwrap();
     let (status, body) = get(server.addr(), "/healthz");

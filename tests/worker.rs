@@ -315,11 +315,9 @@ fn failures_are_recorded_and_retried_with_doubling_capped_backoff_then_given_up(
         );
     }
     // Given up: no sixth request.
-    assert!(!h
-        .fx
-        .wait_for_requests(Duration::from_millis(600), |rs| {
-            rs.iter().filter(|r| r.relay_id() == Some("alpha")).count() > 5
-        }));
+    assert!(!h.fx.wait_for_requests(Duration::from_millis(600), |rs| {
+        rs.iter().filter(|r| r.relay_id() == Some("alpha")).count() > 5
+    }));
 
     // A manual sync (what `zooid-sync sync alpha` does) brings it back once zooid recovers.
     h.fx.clear_faults();
