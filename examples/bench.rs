@@ -183,7 +183,7 @@ fn raw_limit(n: usize, workers: usize) -> anyhow::Result<(f64, Duration, Duratio
     let mut requests = Vec::with_capacity(n);
     for i in 0..n {
         let relay = store.query.get_relay(&format!("r{i:06}"))?.unwrap();
-        let secret = Secret::new(random_hex(32));
+        let secret = Secret::generate(32);
         let body = serde_json::to_vec(&relay_body(&relay, &s.env, Some(&secret))?)?;
         let url = format!("{}/relay/{}", s.env.zooid_api_url, relay.id);
         let auth = make_auth(&s.env.robot, "POST", &url, Some(&body))?;
@@ -319,7 +319,7 @@ fn cost_breakdown(n: usize) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut bodies = Vec::with_capacity(n);
     for r in &relays {
-        let secret = Secret::new(random_hex(32));
+        let secret = Secret::generate(32);
         bodies.push(serde_json::to_vec(&relay_body(r, &s.env, Some(&secret))?)?);
     }
     let json = t.elapsed();
@@ -397,6 +397,8 @@ fn daemon(binary: &Path, s: &Setup, extra: &[(&str, &str)]) -> anyhow::Result<st
         .env("ROBOT_SECRET", s.env.robot.to_secret().expose())
         .env("DATABASE_PATH", &s.db)
         .env("RUST_LOG", "warn")
+        // The worker as it is, not the ceiling (SYNC_MAX_RATE is 100/s by default).
+        .env("SYNC_MAX_RATE", "0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     for (k, v) in extra {

@@ -12,7 +12,7 @@
 //! ([`Secret::generate`]) only the newest [`RECENT_GENERATED`], since an echo quotes the
 //! request it answers.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::sync::{LazyLock, Mutex};
 
@@ -26,7 +26,7 @@ const MIN_REDACTED_LEN: usize = 6;
 /// Every secret this process knows, for [`redact`].
 #[derive(Default)]
 struct Known {
-    configured: Vec<String>,
+    configured: HashSet<String>,
     generated: VecDeque<String>,
 }
 
@@ -38,8 +38,8 @@ pub(crate) fn remember(value: &str) {
         return;
     }
     let mut known = KNOWN.lock().unwrap();
-    if !known.configured.iter().any(|k| k == value) {
-        known.configured.push(value.to_string());
+    if !known.configured.contains(value) {
+        known.configured.insert(value.to_string());
     }
 }
 
@@ -60,7 +60,9 @@ pub fn redact(text: &str) -> String {
 pub struct Secret(String);
 
 impl Secret {
-    /// Wraps a configured secret value, and remembers it for [`redact`].
+    /// Wraps a configured secret value (a key from the environment, say), and remembers it
+    /// for [`redact`] for the life of the process. Secrets made per request use
+    /// [`Secret::generate`].
     pub fn new(value: impl Into<String>) -> Self {
         let value = value.into();
         remember(&value);
