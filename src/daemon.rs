@@ -1,9 +1,12 @@
 //! `zooid-sync run`: the daemon's lifecycle, so that `main` only parses and wires signals.
 //!
-//! Order matters. The feed reads its cursor first, then the worker subscribes to the bus and
-//! reconciles: whatever the host writes after the cursor is either published by the feed
-//! after the subscription, or already visible to the reconcile. Nothing falls between.
+//! Order matters. The lease comes first: a standby reads nothing and sends nothing. Then the
+//! feed reads its cursor, then the worker subscribes to the bus and reconciles: whatever the
+//! host writes after the cursor is either published by the feed after the subscription, or
+//! already visible to the reconcile. Nothing falls between.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -12,6 +15,7 @@ use crossbeam_channel::{select, Receiver};
 use crate::env::Env;
 use crate::feed::Feed;
 use crate::infra::Infra;
+use crate::lease::{Holder, Lease};
 use crate::metrics;
 use crate::store::Store;
 use crate::zooid::ZooidClient;
@@ -34,26 +38,22 @@ impl Default for DaemonOptions {
     }
 }
 
-/// Runs until `stop` receives (or disconnects), then lets the syncs in flight finish.
+/// Runs until `stop` receives (or disconnects), then lets the syncs in flight finish. While
+/// another process holds the database's lease it stands by (sending nothing, answering
+/// `/healthz` with `standby`) and takes over when that process stops or dies.
 pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()> {
     ZooidClient::new(env)?; // a bad CA bundle is an error now, not in the worker thread
     let store = Store::open(&env.database_path)?;
     let infra = Infra::new(store.query.clone(), store.command.clone(), env);
     let metrics = infra.metrics();
-    let feed = Feed::start(
-        store.query.clone(),
-        store.command.clone(),
-        options.feed_interval,
-        metrics.clone(),
-    )?;
-    let worker = infra.spawn()?;
+    let alive = Arc::new(AtomicBool::new(true));
     let _endpoint = match &options.listen {
         Some(addr) => {
             let server = metrics::serve(
                 addr,
-                metrics,
+                metrics.clone(),
                 store.query.clone(),
-                worker.alive(),
+                alive.clone(),
                 metrics::Limits::public(),
             )?;
             log::info!("serving /healthz and /metrics on {}", server.addr());
@@ -61,11 +61,26 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
         }
         None => None,
     };
+    let database = env.database_path.display();
+    let standing_by = |holder: &Holder| {
+        log::info!("standing by: {holder} syncs {database}; taking over when it stops")
+    };
+    let Some(lease) = Lease::wait(&env.database_path, &stop, standing_by)? else {
+        return Ok(()); // stopped while standing by
+    };
+    let feed = Feed::start(
+        store.query.clone(),
+        store.command.clone(),
+        options.feed_interval,
+        metrics,
+    )?;
+    let worker = infra.with_lease(lease).spawn()?;
     drop(store);
     select! {
         recv(stop) -> _ => {}
         recv(worker.finished()) -> _ => {}
     }
+    alive.store(false, Ordering::Release);
     feed.stop();
     worker.shutdown()
 }

@@ -16,6 +16,7 @@ pub mod feed;
 pub mod fixture;
 mod http_server;
 pub mod infra;
+pub mod lease;
 pub mod logging;
 pub mod metrics;
 mod quote;

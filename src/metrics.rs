@@ -29,6 +29,8 @@ pub struct Metrics {
     given_up: AtomicU64,
     bad_relay_rows: AtomicU64,
     breaker_opened: AtomicU64,
+    /// Whether this process holds the database's lease and syncs (a standby does not).
+    active: AtomicBool,
     /// 1 while zooid answers, 0 while the breaker is open.
     zooid_down: AtomicBool,
     bad_activity_rows: AtomicU64,
@@ -53,6 +55,15 @@ impl Metrics {
 
     pub(crate) fn gave_up(&self) {
         self.given_up.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Relaxed);
+    }
+
+    /// Whether this process holds the database's lease and syncs.
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
     }
 
     /// The breaker opened: zooid is confirmed unavailable.
@@ -130,6 +141,12 @@ impl Metrics {
             "counter",
             "Times a relay exhausted its retries.",
             &[(String::new(), get(&self.given_up).to_string())],
+        );
+        metric(
+            "zooid_sync_active",
+            "gauge",
+            "1 while this process holds the database's lease and syncs, 0 while it stands by.",
+            &[(String::new(), (self.active() as u8).to_string())],
         );
         metric(
             "zooid_sync_zooid_up",
@@ -275,6 +292,10 @@ pub fn serve(
             body,
         };
         match (req.method.as_str(), req.path()) {
+            ("GET", "/healthz") if alive.load(Ordering::Acquire) && !metrics.active() => text(
+                200,
+                "standby\nanother process holds the database's lease\n".into(),
+            ),
             ("GET", "/healthz") => match (alive.load(Ordering::Acquire), query.zooid_outage()) {
                 // zooid being down is zooid's trouble, not the worker's: still 200, so that
                 // a supervisor does not restart a worker that is doing the right thing.

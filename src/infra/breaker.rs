@@ -202,34 +202,12 @@ impl std::fmt::Debug for Breaker {
 }
 
 impl Breaker {
-    /// A breaker probing on `policy`'s backoff, recording outages through `command`. Open
-    /// from the start if the database records an outage (a restart during one).
-    pub fn new(
-        policy: &RetryPolicy,
-        query: &Query,
-        command: Command,
-        metrics: Arc<Metrics>,
-    ) -> Breaker {
-        let mut circuit = Circuit::new(policy);
-        match query.zooid_outage() {
-            Ok(Some((since, last_error))) => {
-                log::warn!(
-                    "zooid has been unavailable since {} ({last_error}); probing it before \
-                     any relay is sent",
-                    crate::status::format_unix(since)
-                );
-                circuit.open(Instant::now(), since, last_error, None);
-                if let Some(outage) = &mut circuit.outage {
-                    outage.next_probe = Instant::now();
-                }
-            }
-            Ok(None) => {}
-            Err(e) => log::error!("cannot read the recorded zooid outage: {e:#}"),
-        }
-        metrics.set_zooid_up(!circuit.is_open());
+    /// A closed breaker probing on `policy`'s backoff, recording outages through `command`.
+    pub fn new(policy: &RetryPolicy, command: Command, metrics: Arc<Metrics>) -> Breaker {
+        metrics.set_zooid_up(true);
         let (back, back_rx) = crossbeam_channel::unbounded();
         Breaker {
-            circuit: Mutex::new(circuit),
+            circuit: Mutex::new(Circuit::new(policy)),
             changed: Condvar::new(),
             verdict: Mutex::new(()),
             stopping: AtomicBool::new(false),
@@ -237,6 +215,30 @@ impl Breaker {
             metrics,
             back,
             back_rx,
+        }
+    }
+
+    /// Opens the breaker if the database records an outage: a worker restarted during one
+    /// probes zooid before it sends any relay. Only a worker with a prober calls this.
+    pub fn resume_recorded_outage(&self, query: &Query) {
+        match query.zooid_outage() {
+            Ok(Some((since, last_error))) => {
+                log::warn!(
+                    "zooid has been unavailable since {} ({last_error}); probing it before \
+                     any relay is sent",
+                    crate::status::format_unix(since)
+                );
+                let mut circuit = self.circuit.lock().unwrap();
+                let now = Instant::now();
+                circuit.open(now, since, last_error, None);
+                if let Some(outage) = &mut circuit.outage {
+                    outage.next_probe = now;
+                }
+                self.metrics.set_zooid_up(false);
+                self.changed.notify_all();
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("cannot read the recorded zooid outage: {e:#}"),
         }
     }
 

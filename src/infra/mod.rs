@@ -2,6 +2,8 @@
 //!
 //! `Infra::start` runs the dispatcher on the calling thread:
 //!
+//! 0. take the database's lease ([`crate::lease`]); while another process holds it, stand by
+//!    and send nothing;
 //! 1. subscribe to the bus (`command.notify`), start the timer thread and the pool;
 //! 2. reconcile (`"startup"`): every pending relay is synced now if its last attempt did not
 //!    fail, or gets a retry at its backoff if it did;
@@ -36,6 +38,7 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::env::Env;
+use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::store::{
     activity_type, Activity, Command, Query, RecvError, RELAY_RESOURCE, ZOOID_UNAVAILABLE,
@@ -51,6 +54,8 @@ pub struct Infra {
     query: Query,
     command: Command,
     metrics: Arc<Metrics>,
+    /// The database's lease, when the caller took it already.
+    lease: Option<Lease>,
 }
 
 /// A running [`Infra`] on its own thread.
@@ -99,7 +104,15 @@ impl Infra {
             query,
             command,
             metrics: Arc::default(),
+            lease: None,
         }
+    }
+
+    /// A worker that runs under a lease its caller already holds, instead of taking it
+    /// (see [`crate::lease`]).
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     /// The worker's counters (see [`crate::metrics`]).
@@ -113,7 +126,8 @@ impl Infra {
     }
 
     /// Runs the worker on its own thread; see [`InfraHandle`]. Returns once the worker is
-    /// listening and its startup reconcile has been handed out.
+    /// listening and its startup reconcile has been handed out, or once it stands by because
+    /// another process holds the database's lease (it takes over when that one stops).
     pub fn spawn(self) -> Result<InfraHandle> {
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let (ended, finished) = crossbeam_channel::bounded::<()>(0);
@@ -147,14 +161,35 @@ impl Infra {
         self.run(crossbeam_channel::never(), None)
     }
 
-    /// The dispatcher. `ready` is told once the startup reconcile has handed out its work.
+    /// The dispatcher. `ready` is told once the startup reconcile has handed out its work, or
+    /// once the worker stands by.
     fn run(self, stop: Receiver<()>, ready: Option<Sender<()>>) -> Result<()> {
         let Infra {
             env,
             query,
             command,
             metrics,
+            lease,
         } = self;
+        let lease = match lease {
+            Some(lease) => lease,
+            None => {
+                let standing_by = |holder: &crate::lease::Holder| {
+                    log::info!(
+                        "standing by: {holder} syncs {}; taking over when it stops",
+                        query.path().display()
+                    );
+                    if let Some(ready) = &ready {
+                        let _ = ready.send(());
+                    }
+                };
+                match Lease::wait(query.path(), &stop, standing_by)? {
+                    Some(lease) => lease,
+                    None => return Ok(()), // stopped while standing by
+                }
+            }
+        };
+        metrics.set_active(true);
         let activities = command.notify.subscribe_to(is_dispatched);
         // From here on the worker's own handle must not keep the bus open.
         let command = {
@@ -164,6 +199,7 @@ impl Infra {
         };
         let syncer = Syncer::with_metrics(query.clone(), command, &env, metrics.clone())?;
         let breaker = syncer.breaker().clone();
+        breaker.resume_recorded_outage(&query);
         let prober = breaker::spawn_prober(breaker.clone(), syncer.client().clone())
             .context("cannot start the prober thread")?;
 
@@ -223,6 +259,8 @@ impl Infra {
         breaker.stop();
         let _ = prober.join();
         pool.stop();
+        metrics.set_active(false);
+        drop(lease);
         drop(retries);
         drop(due_rx);
         let _ = timer.join();

@@ -116,7 +116,7 @@ impl Syncer {
         env: &Env,
         metrics: Arc<Metrics>,
     ) -> Result<Syncer> {
-        let breaker = Breaker::new(&env.retry, &query, command.clone(), metrics.clone());
+        let breaker = Breaker::new(&env.retry, command.clone(), metrics.clone());
         Ok(Syncer {
             client: ZooidClient::new(env)?,
             query,
