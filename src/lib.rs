@@ -18,6 +18,7 @@ mod http_server;
 pub mod infra;
 pub mod lease;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 mod quote;
 mod rate;

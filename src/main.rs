@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use zooid_sync::daemon::{self, DaemonOptions};
 use zooid_sync::env::{parse_duration, retry_policy_from_vars};
-use zooid_sync::infra::sync::{SyncOutcome, Syncer};
+use zooid_sync::manual::{self, Selection};
 use zooid_sync::{dev, status, Env, Store};
 
 /// Keeps a fleet of hosted Nostr relays configured on zooid.
@@ -31,10 +31,19 @@ enum Cmd {
         #[arg(long)]
         listen: Option<String>,
     },
-    /// Sync one relay now, in the foreground. Exit status 0: synced; 1: failed.
+    /// Sync relays now. Through the running daemon when there is one (never beside its own
+    /// sync of the same relay); otherwise here. Exit status 0: synced; 1: failed; 2: bad
+    /// configuration or unknown relay.
     Sync {
-        /// The relay's id.
-        id: String,
+        /// The relays' ids.
+        #[arg(required_unless_present_any = ["failed", "all"])]
+        ids: Vec<String>,
+        /// Every unsynced relay whose last sync failed (waiting on its backoff or given up).
+        #[arg(long, conflicts_with_all = ["ids", "all"])]
+        failed: bool,
+        /// Every relay: a full re-push, paced by the workers and SYNC_MAX_RATE.
+        #[arg(long, conflicts_with_all = ["ids", "failed"])]
+        all: bool,
     },
     /// Show every relay: host, status, synced, attempts, next retry, last error.
     Status {
@@ -77,39 +86,38 @@ fn run(command: Cmd) -> Result<ExitCode> {
             daemon::run(&env, &options, stop)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Sync { id } => {
+        Cmd::Sync { ids, failed, all } => {
             let env = Env::from_env()?;
             let store = open_existing(&env.database_path)?;
-            let syncer = Syncer::new(store.query, store.command, &env)?;
-            Ok(match syncer.sync_relay_by_id(&id) {
-                SyncOutcome::Synced {
-                    method,
-                    status,
-                    marked,
-                } => {
-                    println!("relay {id}: synced ({method} {status})");
-                    if !marked {
-                        println!("relay {id}: it changed meanwhile and is still pending");
+            let selection = match (failed, all) {
+                (true, _) => Selection::Failed,
+                (_, true) => Selection::All,
+                _ => Selection::Ids(ids),
+            };
+            let report = manual::run(&env, &store, &selection)?;
+            match &selection {
+                Selection::Ids(_) => {
+                    for a in &report.answers {
+                        match a.outcome.as_str() {
+                            "synced" => println!("relay {}: synced ({})", a.relay, a.detail),
+                            outcome => println!("relay {}: {outcome}: {}", a.relay, a.detail),
+                        }
                     }
-                    ExitCode::SUCCESS
                 }
-                SyncOutcome::Failed(error) => {
-                    println!("relay {id}: failed: {error}");
-                    ExitCode::from(1)
+                _ => {
+                    let failures: Vec<_> = report.failures().collect();
+                    println!(
+                        "{} relays: {} synced, {} failed",
+                        report.answers.len(),
+                        report.answers.len() - failures.len(),
+                        failures.len()
+                    );
+                    for a in failures {
+                        println!("  {}: {}: {}", a.relay, a.outcome, a.detail);
+                    }
                 }
-                SyncOutcome::Parked => {
-                    println!("relay {id}: waiting for zooid, which is unavailable");
-                    ExitCode::from(1)
-                }
-                SyncOutcome::Gone => {
-                    println!("relay {id}: there is no such relay");
-                    ExitCode::from(1)
-                }
-                SyncOutcome::NotRecorded(error) => {
-                    println!("relay {id}: the outcome could not be recorded: {error}");
-                    ExitCode::from(1)
-                }
-            })
+            }
+            Ok(ExitCode::from(report.exit_code(&selection)))
         }
         Cmd::Status { json } => {
             let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());

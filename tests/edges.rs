@@ -290,7 +290,8 @@ fn listen_closes_connections_beyond_its_cap_at_once() {
         "300 half-sent requests: threads {threads_before} -> at most {max_threads}, fds \
          {fds_before} -> at most {max_fds}, RSS {rss_before} -> {rss_during} KiB"
     );
-    assert!(max_threads <= threads_before + cap as u64, "{max_threads}");
+    // A connection thread that has just unregistered may not have exited yet: a little slack.
+    assert!(max_threads <= threads_before + cap as u64 + 4, "{max_threads}");
     // Each served connection holds its socket and two handles on it.
     assert!(max_fds <= fds_before + 3 * cap, "{max_fds}");
     assert!(rss_during < rss_before + 16 * 1024, "{rss_during} KiB");

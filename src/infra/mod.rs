@@ -19,6 +19,9 @@
 //! When zooid is unavailable the [`breaker`] stops relay syncs and probes zooid; when zooid
 //! answers again it tells the dispatcher, which reconciles (`"zooid answers again"`).
 //!
+//! Every [`REQUEST_POLL`] it also looks for manual sync requests that `zooid-sync sync` left in
+//! the database, and hands them to the pool like any other sync.
+//!
 //! The dispatcher never talks to zooid; it reads the database only to count a relay's trailing
 //! failures and to list pending relays. The pool threads do the syncs; the timer thread only
 //! keeps time. Outcomes come back to the dispatcher the same way as every other activity: on
@@ -226,8 +229,11 @@ impl Infra {
         if let Some(ready) = ready {
             let _ = ready.send(());
         }
+        let requests = crossbeam_channel::tick(REQUEST_POLL);
+        let mut last_request = 0;
         loop {
             select! {
+                recv(requests) -> _ => dispatcher.take_sync_requests(&mut last_request),
                 recv(activities.receiver()) -> message => match message {
                     Ok(activity) => {
                         if let Err(RecvError::Lagged(n)) = activities.take_lag() {
@@ -293,7 +299,26 @@ fn is_dispatched(activity: &Activity) -> bool {
         )
 }
 
+/// How often the worker looks for manual sync requests (`zooid-sync sync`) in the database.
+pub const REQUEST_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl Dispatcher<'_> {
+    /// Hands manual sync requests after `last` to the pool, and moves `last` past them. A
+    /// request is answered by the relay's next sync that starts after it, never by one that
+    /// runs beside another.
+    fn take_sync_requests(&self, last: &mut i64) {
+        match self.query.unanswered_sync_requests(*last) {
+            Ok(requests) => {
+                for (request, relay) in requests {
+                    log::info!("relay {relay}: manual sync requested ({request})");
+                    *last = request;
+                    self.pool.submit_request(&relay, request);
+                }
+            }
+            Err(e) => log::error!("{e:#}"),
+        }
+    }
+
     fn handle_activity(&self, activity: &Activity) {
         if !is_dispatched(activity) {
             return;

@@ -23,10 +23,12 @@ enum State {
     Running { dirty: bool },
 }
 
-/// Which relays are queued or running, and which changed while running.
+/// Which relays are queued or running, which changed while running, and which manual sync
+/// requests wait for each relay's next sync.
 #[derive(Debug, Default)]
 pub struct InFlight {
     relays: HashMap<String, State>,
+    requests: HashMap<String, Vec<i64>>,
 }
 
 impl InFlight {
@@ -43,6 +45,21 @@ impl InFlight {
                 false
             }
         }
+    }
+
+    /// Manual sync request `request` wants a sync of `id` that starts after now. Answers
+    /// whether a job must be queued for it.
+    pub fn request_answer(&mut self, id: &str, request: i64) -> bool {
+        self.requests
+            .entry(id.to_string())
+            .or_default()
+            .push(request);
+        self.request(id)
+    }
+
+    /// The requests that the sync of `id` starting now answers.
+    pub fn take_requests(&mut self, id: &str) -> Vec<i64> {
+        self.requests.remove(id).unwrap_or_default()
     }
 
     /// A worker starts syncing `id`.
@@ -65,9 +82,11 @@ impl InFlight {
         }
     }
 
-    /// Forgets `id` without syncing it (at shutdown).
+    /// Forgets `id` without syncing it (at shutdown). Its requests stay unanswered in the
+    /// database, for the next worker.
     pub fn abandon(&mut self, id: &str) {
         self.relays.remove(id);
+        self.requests.remove(id);
     }
 
     /// How many relays are queued or running.
@@ -137,6 +156,22 @@ impl Pool {
         }
     }
 
+    /// Asks for a sync of relay `id` that answers manual request `request` (see
+    /// [`InFlight::request_answer`]).
+    pub fn submit_request(&self, id: &str, request: i64) {
+        let queue = self
+            .shared
+            .in_flight
+            .lock()
+            .unwrap()
+            .request_answer(id, request);
+        if queue {
+            if let Some(jobs) = &self.jobs {
+                let _ = jobs.send(id.to_string());
+            }
+        }
+    }
+
     /// Stops taking jobs, lets running syncs finish, and waits for the threads. Queued jobs
     /// are dropped: they are still pending in the database for the next start.
     pub fn stop(mut self) {
@@ -162,7 +197,11 @@ fn work(
         }
         shared.in_flight.lock().unwrap().start(&id);
         loop {
+            let answering = shared.in_flight.lock().unwrap().take_requests(&id);
             let outcome = syncer.sync_relay_by_id(&id);
+            for request in answering {
+                syncer.answer(request, &outcome);
+            }
             match outcome {
                 SyncOutcome::Synced { .. } => {
                     retries.cancel(&id);
@@ -208,6 +247,19 @@ mod tests {
         assert!(f.finish("a"), "changed while running: sync again");
         assert!(!f.finish("a"));
         assert!(f.request("a"), "idle again: a new job");
+    }
+
+    #[test]
+    fn a_request_is_answered_by_a_sync_that_starts_after_it() {
+        let mut f = InFlight::default();
+        assert!(f.request("a"));
+        f.start("a");
+        assert!(f.take_requests("a").is_empty());
+        // Asked for while a sync runs: that sync does not answer it; the next one does.
+        assert!(!f.request_answer("a", 7));
+        assert!(f.finish("a"), "synced again");
+        assert_eq!(f.take_requests("a"), vec![7]);
+        assert!(!f.finish("a"));
     }
 
     #[test]

@@ -86,6 +86,37 @@ pub enum SyncOutcome {
     NotRecorded(String),
 }
 
+impl SyncOutcome {
+    /// The answer to a manual sync request: `synced`, `failed`, `invalid` (the relay cannot
+    /// be sent as it is) or `unknown` (there is no such relay), and a line saying more.
+    pub fn answer(&self) -> (&'static str, String) {
+        match self {
+            SyncOutcome::Synced {
+                method,
+                status,
+                marked,
+            } => (
+                "synced",
+                match marked {
+                    true => format!("{method} {status}"),
+                    false => {
+                        format!("{method} {status}; it changed meanwhile and is still pending")
+                    }
+                },
+            ),
+            SyncOutcome::Failed(e @ (SyncError::Invalid(_) | SyncError::Unreadable(_))) => {
+                ("invalid", e.to_string())
+            }
+            SyncOutcome::Failed(e) => ("failed", e.to_string()),
+            SyncOutcome::Parked => ("failed", format!("{ZOOID_UNAVAILABLE}; it waits for zooid")),
+            SyncOutcome::Gone => ("unknown", "there is no such relay".into()),
+            SyncOutcome::NotRecorded(e) => {
+                ("failed", format!("the outcome could not be recorded: {e}"))
+            }
+        }
+    }
+}
+
 /// Syncs relays to zooid and records the outcomes.
 #[derive(Debug, Clone)]
 pub struct Syncer {
@@ -311,6 +342,15 @@ impl Syncer {
                 Err(_) => Err(SyncError::Refused(original)),
             },
             other => other.map_err(SyncError::Refused),
+        }
+    }
+
+    /// Records `outcome` as the answer to manual sync request `request`.
+    pub fn answer(&self, request: i64, outcome: &SyncOutcome) {
+        let (kind, detail) = outcome.answer();
+        let detail = quote::remote(&detail, 2 * quote::REMOTE_MAX);
+        if let Err(e) = self.command.answer_sync_request(request, kind, &detail) {
+            log::error!("manual sync request {request}: {e:#}");
         }
     }
 

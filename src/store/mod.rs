@@ -65,6 +65,16 @@ pub struct Store {
     pub command: Command,
 }
 
+/// The answer to a manual sync request (`zooid-sync sync`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncAnswer {
+    pub request: i64,
+    pub relay: String,
+    /// `synced`, `failed`, `invalid` (the relay cannot be sent as it is) or `unknown`.
+    pub outcome: String,
+    pub detail: String,
+}
+
 /// A relay waiting for a sync (`synced = 0`), with the error of its last failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingRelay {
@@ -421,6 +431,77 @@ impl Query {
         .context("reading the recorded zooid outage")
     }
 
+    /// Manual sync requests after `after` that no worker answered yet: (request, relay id).
+    pub fn unanswered_sync_requests(&self, after: i64) -> Result<Vec<(i64, String)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, relay_id FROM sync_request
+                 WHERE id > ?1 AND outcome IS NULL ORDER BY id",
+            )?;
+            let rows = stmt.query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .context("reading manual sync requests")
+    }
+
+    /// How many of the manual sync requests `first..=last` are answered, and how many of
+    /// those synced.
+    pub fn count_sync_answers(&self, first: i64, last: i64) -> Result<(u64, u64)> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT COUNT(outcome), COALESCE(SUM(outcome = 'synced'), 0) FROM sync_request
+                 WHERE id BETWEEN ?1 AND ?2",
+            )?;
+            Ok(stmt.query_row([first, last], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?)
+        })
+        .context("counting the answers to manual sync requests")
+    }
+
+    /// The answers to the manual sync requests `first..=last` so far: (request, relay id,
+    /// outcome, detail).
+    pub fn sync_answers(&self, first: i64, last: i64) -> Result<Vec<SyncAnswer>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, relay_id, outcome, detail FROM sync_request
+                 WHERE id BETWEEN ?1 AND ?2 AND outcome IS NOT NULL ORDER BY id",
+            )?;
+            let rows = stmt.query_map([first, last], |r| {
+                Ok(SyncAnswer {
+                    request: r.get(0)?,
+                    relay: r.get(1)?,
+                    outcome: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .context("reading the answers to manual sync requests")
+    }
+
+    /// Ids of relays waiting for a sync whose last attempt failed (waiting on their backoff or
+    /// given up), or of every relay when `all`. Ids that are not text are left out.
+    pub fn relay_ids(&self, only_failed: bool) -> Result<Vec<String>> {
+        self.read(|conn| {
+            let sql = if only_failed {
+                "SELECT id FROM relay WHERE synced = 0 AND sync_error != '' ORDER BY id"
+            } else {
+                "SELECT id FROM relay ORDER BY id"
+            };
+            let mut stmt = conn.prepare_cached(sql)?;
+            let mut rows = stmt.query([])?;
+            let mut ids = Vec::new();
+            while let Some(row) = rows.next()? {
+                if let Ok(id) = row.get::<_, String>(0) {
+                    ids.push(id);
+                }
+            }
+            Ok(ids)
+        })
+        .context("listing relays")
+    }
+
     /// The newest activity's `seq`, 0 when there is none.
     pub fn last_activity_seq(&self) -> Result<i64> {
         self.read(|conn| {
@@ -589,6 +670,46 @@ impl Command {
     pub fn clear_zooid_outage(&self) -> Result<()> {
         self.write_state("DELETE FROM zooid_outage", [])
             .context("clearing the zooid outage")
+    }
+
+    /// Hands manual syncs of `relay_ids` to the worker holding the lease; answers the request
+    /// ids, in order.
+    pub fn request_syncs(&self, relay_ids: &[String]) -> Result<Vec<i64>> {
+        let conn = self.db.writer.lock().unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let insert = || -> rusqlite::Result<Vec<i64>> {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO sync_request (relay_id, requested_at) VALUES (?1, ?2)",
+            )?;
+            let now = now_unix();
+            relay_ids
+                .iter()
+                .map(|relay| {
+                    stmt.execute(params![relay, now])?;
+                    Ok(conn.last_insert_rowid())
+                })
+                .collect()
+        };
+        match insert() {
+            Ok(ids) => {
+                conn.execute_batch("COMMIT")?;
+                Ok(ids)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e).context("handing manual syncs to the worker")
+            }
+        }
+    }
+
+    /// Answers a manual sync request: `outcome` is `synced`, `failed`, `invalid` or
+    /// `unknown`.
+    pub fn answer_sync_request(&self, request: i64, outcome: &str, detail: &str) -> Result<()> {
+        self.write_state(
+            "UPDATE sync_request SET outcome = ?2, detail = ?3 WHERE id = ?1",
+            params![request, outcome, detail],
+        )
+        .context("answering a manual sync request")
     }
 
     /// One statement on zooid-sync's own state, which announces nothing on the bus: run on

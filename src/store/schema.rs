@@ -54,6 +54,14 @@ const MIGRATIONS: &[&str] = &[
         since      INTEGER NOT NULL,
         last_error TEXT NOT NULL DEFAULT ''
     );",
+    // 3: manual syncs handed to the worker that holds the lease (`zooid-sync sync`).
+    "CREATE TABLE IF NOT EXISTS sync_request (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        relay_id     TEXT NOT NULL,
+        requested_at INTEGER NOT NULL,
+        outcome      TEXT,
+        detail       TEXT NOT NULL DEFAULT ''
+    );",
 ];
 
 /// The version a fully migrated database has.

@@ -1,0 +1,223 @@
+//! `zooid-sync sync`: manual syncs of some relays, of every relay whose last sync failed
+//! (`--failed`), or of every relay (`--all`).
+//!
+//! A manual sync never runs beside the worker's own. When a worker holds the database's lease
+//! (a daemon, or a host that links the library), the syncs are handed to it through the
+//! database (`sync_request`), and this waits for its answers: the worker syncs each relay like
+//! any other, after whatever sync of it is in flight, paced by its pool and the rate limit.
+//! When no worker holds the lease, this takes it for its duration and syncs in the foreground
+//! with `SYNC_WORKERS` threads; and if the worker stops while this waits, it takes over what
+//! is left. Either way a manual sync is an ordinary sync: a relay that gave up starts afresh.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::env::Env;
+use crate::infra::sync::Syncer;
+use crate::lease::Lease;
+use crate::store::{Store, SyncAnswer};
+
+/// Which relays to sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// These relays.
+    Ids(Vec<String>),
+    /// Every unsynced relay whose last attempt failed: waiting on its backoff or given up.
+    Failed,
+    /// Every relay: a full re-push (after zooid is restored from a backup, say).
+    All,
+}
+
+/// How the manual syncs went, one answer per relay, in the order asked.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub answers: Vec<SyncAnswer>,
+}
+
+impl Report {
+    /// The relays that did not sync.
+    pub fn failures(&self) -> impl Iterator<Item = &SyncAnswer> {
+        self.answers.iter().filter(|a| a.outcome != "synced")
+    }
+
+    /// The exit status: 0 all synced; 2 when a relay named on the command line is unknown or
+    /// cannot be sent as it is (bad configuration); 1 when any other failed.
+    pub fn exit_code(&self, selection: &Selection) -> u8 {
+        let bad_config = |a: &&SyncAnswer| a.outcome == "invalid" || a.outcome == "unknown";
+        match self.failures().next() {
+            None => 0,
+            Some(_)
+                if matches!(selection, Selection::Ids(_))
+                    && self.failures().any(|a| bad_config(&a)) =>
+            {
+                2
+            }
+            Some(_) => 1,
+        }
+    }
+}
+
+/// How often the answers are looked for while a worker syncs.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Runs the manual syncs of `selection` on `store`; shows a progress line on standard error
+/// when it is a terminal.
+pub fn run(env: &Env, store: &Store, selection: &Selection) -> Result<Report> {
+    let ids = match selection {
+        Selection::Ids(ids) => ids.clone(),
+        Selection::Failed => store.query.relay_ids(true)?,
+        Selection::All => store.query.relay_ids(false)?,
+    };
+    if ids.is_empty() {
+        return Ok(Report::default());
+    }
+    let mut progress = Progress::new(ids.len());
+    match Lease::try_acquire(&env.database_path)? {
+        Ok(lease) => {
+            let answers = in_foreground(env, store, &ids, &mut progress)?;
+            drop(lease);
+            progress.end();
+            Ok(Report { answers })
+        }
+        Err(holder) => {
+            log::info!(
+                "handing {} manual syncs to the worker of {holder}",
+                ids.len()
+            );
+            let answers = through_worker(env, store, &ids, &mut progress)?;
+            progress.end();
+            Ok(Report { answers })
+        }
+    }
+}
+
+/// Hands the syncs to the worker holding the lease and waits for its answers; takes over
+/// what is left if the worker stops first.
+fn through_worker(
+    env: &Env,
+    store: &Store,
+    ids: &[String],
+    progress: &mut Progress,
+) -> Result<Vec<SyncAnswer>> {
+    let requests = store.command.request_syncs(ids)?;
+    let (first, last) = (requests[0], requests[requests.len() - 1]);
+    if last - first + 1 != requests.len() as i64 {
+        bail!("the manual sync requests were not numbered in one run");
+    }
+    loop {
+        let (answered, synced) = store.query.count_sync_answers(first, last)?;
+        progress.show(answered as usize, synced as usize);
+        if answered as usize == requests.len() {
+            return store.query.sync_answers(first, last);
+        }
+        if let Ok(lease) = Lease::try_acquire(&env.database_path)? {
+            // The worker stopped: what it did not answer, this does.
+            let answered: HashSet<i64> = store
+                .query
+                .sync_answers(first, last)?
+                .iter()
+                .map(|a| a.request)
+                .collect();
+            let left: Vec<(i64, String)> = requests
+                .iter()
+                .copied()
+                .zip(ids.iter().cloned())
+                .filter(|(request, _)| !answered.contains(request))
+                .collect();
+            log::info!(
+                "the worker stopped; syncing the {} relays left here",
+                left.len()
+            );
+            let left_ids: Vec<String> = left.iter().map(|(_, id)| id.clone()).collect();
+            let answers = in_foreground(env, store, &left_ids, progress)?;
+            for ((request, _), answer) in left.iter().zip(&answers) {
+                store
+                    .command
+                    .answer_sync_request(*request, &answer.outcome, &answer.detail)?;
+            }
+            drop(lease);
+            return store.query.sync_answers(first, last);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Syncs `ids` here, with `SYNC_WORKERS` threads, while this process holds the lease.
+fn in_foreground(
+    env: &Env,
+    store: &Store,
+    ids: &[String],
+    progress: &mut Progress,
+) -> Result<Vec<SyncAnswer>> {
+    let syncer = Syncer::new(store.query.clone(), store.command.clone(), env)?;
+    let (jobs, queue) = crossbeam_channel::unbounded::<(usize, String)>();
+    for job in ids.iter().cloned().enumerate() {
+        let _ = jobs.send(job);
+    }
+    drop(jobs);
+    let (done, answers) = crossbeam_channel::unbounded::<(usize, SyncAnswer)>();
+    std::thread::scope(|scope| {
+        for _ in 0..env.sync_workers.clamp(1, ids.len()) {
+            let (queue, done, syncer) = (queue.clone(), done.clone(), &syncer);
+            scope.spawn(move || {
+                for (n, relay) in queue {
+                    let (outcome, detail) = syncer.sync_relay_by_id(&relay).answer();
+                    let answer = SyncAnswer {
+                        request: 0,
+                        relay,
+                        outcome: outcome.to_string(),
+                        detail,
+                    };
+                    let _ = done.send((n, answer));
+                }
+            });
+        }
+        drop(done);
+        let mut collected: Vec<Option<SyncAnswer>> = vec![None; ids.len()];
+        let (mut count, mut synced) = (0, 0);
+        for (n, answer) in answers {
+            count += 1;
+            synced += usize::from(answer.outcome == "synced");
+            progress.show(count, synced);
+            collected[n] = Some(answer);
+        }
+        Ok(collected.into_iter().flatten().collect())
+    })
+}
+
+/// The progress line, `done/total  synced N  failed M`, on standard error when it is a
+/// terminal; nothing otherwise.
+struct Progress {
+    total: usize,
+    on_terminal: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            on_terminal: std::io::stderr().is_terminal() && total > 1,
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, done: usize, synced: usize) {
+        if !self.on_terminal {
+            return;
+        }
+        let failed = done - synced;
+        eprint!("\r{done}/{}  synced {synced}  failed {failed}", self.total);
+        let _ = std::io::stderr().flush();
+        self.shown = true;
+    }
+
+    fn end(&mut self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
