@@ -493,18 +493,28 @@ fn proc_cpu(pid: u32) -> Duration {
 fn footprint(binary: &Path, n: usize) -> anyhow::Result<()> {
     let s = setup(n, true, 4)?;
     let child = daemon(binary, &s, &[])?;
-    let pid = child.id();
     std::thread::sleep(Duration::from_secs(2)); // startup reconcile over 10 000 synced relays
+                                                // A second daemon on the same database stands by while the first holds the lease.
+    let standby = daemon(binary, &s, &[])?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (pid, standby_pid) = (child.id(), standby.id());
     let rss = proc_status(pid, "VmRSS");
-    let cpu_before = proc_cpu(pid);
+    let standby_rss = proc_status(standby_pid, "VmRSS");
+    let (cpu_before, standby_before) = (proc_cpu(pid), proc_cpu(standby_pid));
     std::thread::sleep(Duration::from_secs(10));
     let cpu_idle = proc_cpu(pid) - cpu_before;
+    let standby_idle = proc_cpu(standby_pid) - standby_before;
     let hwm = proc_status(pid, "VmHWM");
+    stop(standby);
     stop(child);
     println!(
         "idle RSS {rss} (peak {hwm}); CPU over 10 s idle: {:.1} ms; binary {} KiB stripped",
         cpu_idle.as_secs_f64() * 1e3,
         std::fs::metadata(binary)?.len() / 1024
+    );
+    println!(
+        "standby beside it: RSS {standby_rss}; CPU over 10 s: {:.1} ms",
+        standby_idle.as_secs_f64() * 1e3
     );
     Ok(())
 }

@@ -86,8 +86,10 @@ impl Daemon {
             }
         });
         let daemon = Daemon { child, addr, log };
-        expect_within(WAIT, "the daemon to answer /healthz", || {
-            http_get(daemon.addr, "/healthz").is_some_and(|(s, _)| s == 200)
+        // 200 comes as soon as it listens; "ok" once it holds the lease and syncs.
+        expect_within(WAIT, "the daemon to answer /healthz with ok", || {
+            http_get(daemon.addr, "/healthz")
+                .is_some_and(|(s, body)| s == 200 && body.starts_with("ok"))
         });
         daemon
     }
@@ -291,7 +293,10 @@ fn listen_closes_connections_beyond_its_cap_at_once() {
          {fds_before} -> at most {max_fds}, RSS {rss_before} -> {rss_during} KiB"
     );
     // A connection thread that has just unregistered may not have exited yet: a little slack.
-    assert!(max_threads <= threads_before + cap as u64 + 4, "{max_threads}");
+    assert!(
+        max_threads <= threads_before + cap as u64 + 4,
+        "{max_threads}"
+    );
     // Each served connection holds its socket and two handles on it.
     assert!(max_fds <= fds_before + 3 * cap, "{max_fds}");
     assert!(rss_during < rss_before + 16 * 1024, "{rss_during} KiB");

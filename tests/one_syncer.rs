@@ -1,0 +1,391 @@
+//! One syncer per database, tried as operators do it: manual syncs while the daemon runs and
+//! the host changes the same relays, two daemons on one database, a SIGKILLed daemon with a
+//! standby beside it, and `sync --failed` after an outage. Real processes, a real SQLite
+//! file, the fixture zooid answering after random delays.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rusqlite::{params, Connection};
+use zooid_sync::fixture::{Fault, FixtureZooid};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn zooid_sync(fx: &FixtureZooid, db: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zooid-sync"));
+    cmd.env_clear()
+        .env("ZOOID_API_URL", fx.url())
+        .env("RELAY_DOMAIN", "relays.example.com")
+        .env("ROBOT_SECRET", ROBOT_SECRET)
+        .env("DATABASE_PATH", db)
+        .env("SYNC_RETRY_BASE", "50ms")
+        .env("SYNC_RETRY_CAP", "200ms")
+        .env("SYNC_MAX_RATE", "0")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn daemon(fx: &FixtureZooid, db: &std::path::Path, listen: Option<u16>) -> Child {
+    let mut cmd = zooid_sync(fx, db);
+    cmd.args(["run", "--feed-interval", "10ms"]);
+    if let Some(port) = listen {
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn output(mut cmd: Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn health(port: u16) -> Option<String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let mut r = agent
+        .get(&format!("http://127.0.0.1:{port}/healthz"))
+        .call()
+        .ok()?;
+    r.body_mut().read_to_string().ok()
+}
+
+/// What a host does to change a relay: one transaction, row and activity.
+fn host_renames(conn: &Connection, id: &str, name: &str) {
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn.execute(
+        "UPDATE relay SET info_name = ?2, synced = 0, revision = revision + 1 WHERE id = ?1",
+        params![id, name],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
+         VALUES (?1, ?2, 0, 'update_relay', 'relay', ?3)",
+        params![format!("rename-{id}-{name}"), OWNER, id],
+    )
+    .unwrap();
+    conn.execute_batch("COMMIT").unwrap();
+}
+
+fn host_connection(db: &std::path::Path) -> Connection {
+    let conn = Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn
+}
+
+/// Every relay the database marks synced has its latest name at zooid.
+fn assert_no_lost_update(fx: &FixtureZooid, db: &std::path::Path, ids: &[String]) {
+    let conn = host_connection(db);
+    for id in ids {
+        let (name, synced): (String, i64) = conn
+            .query_row(
+                "SELECT info_name, synced FROM relay WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(synced, 1, "{id} converged");
+        assert_eq!(
+            fx.relay(id).unwrap()["info"]["name"],
+            name,
+            "{id} is marked synced but zooid has an older name"
+        );
+        assert!(
+            fx.max_in_flight(id) <= 1,
+            "zooid saw {} requests for {id} at once",
+            fx.max_in_flight(id)
+        );
+    }
+}
+
+/// Renames relays at random until `stop`, as a busy host would; answers how many.
+fn busy_host(db: std::path::PathBuf, ids: Vec<String>, stop: Arc<AtomicBool>) -> usize {
+    let conn = host_connection(&db);
+    let mut n = 0;
+    while !stop.load(Ordering::Acquire) {
+        let id = &ids[n * 7 % ids.len()];
+        host_renames(&conn, id, &format!("v{n}"));
+        n += 1;
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    n
+}
+
+fn setup(fx: &FixtureZooid, db: &std::path::Path, n: usize) -> Vec<String> {
+    let store = open_store(db);
+    let ids: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+    for id in &ids {
+        store.command.create_relay(id, &settings(id)).unwrap();
+    }
+    // zooid is busy: every answer takes tens to hundreds of milliseconds.
+    fx.inject(
+        "*",
+        Fault::DelayBetween(Duration::from_millis(10), Duration::from_millis(260)),
+    );
+    ids
+}
+
+fn wait_all_synced(db: &std::path::Path, ids: &[String]) {
+    let conn = host_connection(db);
+    expect_within(WAIT, "every relay synced", || {
+        ids.iter().all(|id| {
+            conn.query_row("SELECT synced FROM relay WHERE id = ?1", [id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+                == 1
+        })
+    });
+}
+
+#[test]
+fn manual_syncs_beside_the_daemon_never_overlap_it_or_lose_an_update() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let ids = setup(&fx, &db, 8);
+    let mut run = daemon(&fx, &db, None);
+    wait_all_synced(&db, &ids);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let host = {
+        let (db, ids, stop) = (db.clone(), ids.clone(), stop.clone());
+        std::thread::spawn(move || busy_host(db, ids, stop))
+    };
+    // The operator runs `sync` on the very relays the host is changing, from two shells.
+    let operators: Vec<_> = (0..2)
+        .map(|k| {
+            let (fx_url, db, ids) = (fx.url(), db.clone(), ids.clone());
+            std::thread::spawn(move || {
+                let mut codes = Vec::new();
+                for round in 0..6 {
+                    let id = &ids[(round * 3 + k) % ids.len()];
+                    let out = Command::new(env!("CARGO_BIN_EXE_zooid-sync"))
+                        .env_clear()
+                        .env("ZOOID_API_URL", &fx_url)
+                        .env("RELAY_DOMAIN", "relays.example.com")
+                        .env("ROBOT_SECRET", ROBOT_SECRET)
+                        .env("DATABASE_PATH", &db)
+                        .env("SYNC_MAX_RATE", "0")
+                        .args(["sync", id])
+                        .stdin(Stdio::null())
+                        .output()
+                        .unwrap();
+                    codes.push(out.status.code());
+                }
+                codes
+            })
+        })
+        .collect();
+    let codes: Vec<Option<i32>> = operators
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    stop.store(true, Ordering::Release);
+    let renames = host.join().unwrap();
+    wait_all_synced(&db, &ids);
+    terminate(&mut run);
+    println!(
+        "{renames} host renames, {} manual syncs (exit codes {codes:?}), {} requests at zooid",
+        codes.len(),
+        fx.requests().len()
+    );
+    assert!(codes.iter().all(|c| *c == Some(0)), "{codes:?}");
+    assert_no_lost_update(&fx, &db, &ids);
+}
+
+#[test]
+fn two_daemons_on_one_database_never_overlap_or_lose_an_update() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let ids = setup(&fx, &db, 8);
+    let (first_port, second_port) = (free_port(), free_port());
+    let mut first = daemon(&fx, &db, Some(first_port));
+    expect_within(WAIT, "the first daemon active", || {
+        health(first_port).is_some_and(|h| h.starts_with("ok"))
+    });
+    let mut second = daemon(&fx, &db, Some(second_port));
+    expect_within(WAIT, "the second daemon standing by", || {
+        health(second_port).is_some_and(|h| h.starts_with("standby"))
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let host = {
+        let (db, ids, stop) = (db.clone(), ids.clone(), stop.clone());
+        std::thread::spawn(move || busy_host(db, ids, stop))
+    };
+    // A deploy: the old daemon stops while the host keeps changing relays.
+    expect_within(WAIT, "some renames synced", || fx.requests().len() > 20);
+    terminate(&mut first);
+    expect_within(WAIT, "the second daemon took over", || {
+        health(second_port).is_some_and(|h| h.starts_with("ok"))
+    });
+    expect_within(WAIT, "more renames synced", || fx.requests().len() > 40);
+    stop.store(true, Ordering::Release);
+    let renames = host.join().unwrap();
+    wait_all_synced(&db, &ids);
+    terminate(&mut second);
+    println!(
+        "two daemons: {renames} host renames, {} requests at zooid",
+        fx.requests().len()
+    );
+    assert_no_lost_update(&fx, &db, &ids);
+}
+
+#[test]
+fn a_standby_takes_over_within_3_s_of_a_sigkill() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    store
+        .command
+        .create_relay("alpha", &settings("alpha"))
+        .unwrap();
+    let (first_port, second_port) = (free_port(), free_port());
+    let mut first = daemon(&fx, &db, Some(first_port));
+    expect_within(WAIT, "the first daemon active", || {
+        health(first_port).is_some_and(|h| h.starts_with("ok"))
+    });
+    let mut second = daemon(&fx, &db, Some(second_port));
+    expect_within(WAIT, "the second daemon standing by", || {
+        health(second_port).is_some_and(|h| h.starts_with("standby"))
+    });
+    expect_within(WAIT, "alpha synced", || fx.relay("alpha").is_some());
+    assert_eq!(
+        fx.requests().len(),
+        1,
+        "the standby sent nothing: {:?}",
+        fx.requests()
+    );
+
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let changed = Instant::now();
+    host_renames(&host_connection(&db), "alpha", "After the crash");
+    expect_within(Duration::from_secs(3), "the change at zooid", || {
+        fx.relay("alpha")
+            .is_some_and(|r| r["info"]["name"] == "After the crash")
+    });
+    println!(
+        "SIGKILL of the active daemon: the change reached zooid {:?} later",
+        changed.elapsed()
+    );
+    terminate(&mut second);
+}
+
+#[test]
+fn sync_failed_after_an_outage_recovers_and_names_what_still_fails() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    let ids: Vec<String> = (0..12).map(|i| format!("o{i}")).collect();
+    for id in &ids {
+        store.command.create_relay(id, &settings(id)).unwrap();
+    }
+    store
+        .command
+        .create_relay("fine", &settings("fine"))
+        .unwrap();
+    // zooid refused every relay: they all failed (and, with the daemon, would give up).
+    fx.inject(
+        "*",
+        Fault::Status {
+            status: 500,
+            body: r#"{"error":"restoring from backup"}"#.into(),
+        },
+    );
+    let out = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["sync", "--all"]);
+        c
+    });
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("13 relays: 0 synced, 13 failed"));
+
+    // zooid is back, except for one relay it still refuses.
+    fx.clear_faults();
+    fx.inject(
+        "o3",
+        Fault::Status {
+            status: 400,
+            body: r#"{"error":"schema already used"}"#.into(),
+        },
+    );
+    let mut run = daemon(&fx, &db, None);
+    let out = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["sync", "--failed"]);
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("1 failed") && text.contains("o3: failed"),
+        "{text}"
+    );
+    terminate(&mut run);
+
+    fx.clear_faults();
+    let out = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["sync", "--failed"]);
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("synced, 0 failed"), "{text}");
+    for id in ids.iter().chain(["fine".to_string()].iter()) {
+        assert!(store.query.get_relay(id).unwrap().unwrap().synced, "{id}");
+    }
+}
+
+#[test]
+fn sync_of_an_unknown_relay_exits_2_with_or_without_a_daemon() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    open_store(&db);
+    let out = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["sync", "nobody"]);
+        c
+    });
+    assert_eq!(out.status.code(), Some(2));
+    let mut run = daemon(&fx, &db, None);
+    let out = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["sync", "nobody"]);
+        c
+    });
+    terminate(&mut run);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("relay nobody: unknown"));
+}
+
+/// SIGTERM, as systemd stops it, and wait.
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
