@@ -1,4 +1,4 @@
-//! The fixture zooid keeps zooid's contract (`reference/zooid-api.md`), so that the worker's
+//! The fixture zooid keeps zooid's contract (`docs/zooid-api.md`), so that the worker's
 //! tests can trust it: NIP-98 checks, routes and status codes, merge, validation, uniqueness,
 //! body limit, members, and the faults it injects.
 
