@@ -2,8 +2,8 @@
 //!
 //! [`relay_body`] first checks everything zooid would refuse (and a few things that would make
 //! a broken relay), so that a bad row fails its sync with an error naming the field and no
-//! request is sent at all. Then it builds the body field by field as `docs/zooid-api.md` specifies; the
-//! golden copies under `fixtures/bodies/` pin it down.
+//! request is sent at all. Then it builds the body field by field as `docs/zooid-api.md`
+//! specifies; the golden copies under `fixtures/bodies/` pin it down.
 //!
 //! A `secret` is included only when creating a relay: it is the relay's own Nostr identity,
 //! generated fresh for each `POST` and never stored, so an update never rotates it.
