@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
-use zooid_sync::env::make_auth;
 use zooid_sync::fixture::FixtureZooid;
 use zooid_sync::infra::timer::TimerWheel;
+use zooid_sync::nip98::make_auth;
 use zooid_sync::relay_config::relay_body;
 use zooid_sync::secret::{random_hex, Secret};
 use zooid_sync::store::StoreOptions;

@@ -1,4 +1,4 @@
-//! Configuration, read once from the environment, and the robot's NIP-98 signature.
+//! Configuration, read once from the environment.
 //!
 //! [`Env`] is built by [`Env::from_env`] (or [`Env::from_vars`] with any lookup function, which
 //! is what the tests use). Every variable is checked up front: a missing or malformed required
@@ -6,72 +6,17 @@
 //! line instead of failing on the first sync. Secrets are held as [`Secret`] or [`RobotKey`],
 //! whose `Debug` never shows them.
 //!
-//! [`Env::make_auth`] builds the `Authorization: Nostr <base64>` header value that zooid checks
-//! on every request (NIP-98): a fresh kind-27235 event bound to the URL, the method and, when
-//! there is a body, its SHA-256.
+//! [`Env::make_auth`] is the seed's name for [`crate::nip98::make_auth`].
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use base64::Engine;
-use bitcoin_hashes::sha256;
-use nostr::key::{Keys, PublicKey};
 use nostr::types::Url;
-use secp256k1::{Secp256k1, SignOnly};
-use std::sync::Arc;
 
 use crate::infra::retry::RetryPolicy;
+pub use crate::nip98::RobotKey;
 use crate::secret::Secret;
-
-/// The robot's Nostr key pair. `Debug` shows only the public key.
-#[derive(Clone)]
-pub struct RobotKey(Arc<Robot>);
-
-struct Robot {
-    keys: Keys,
-    /// The public key as hex, as every signed event carries it.
-    pubkey_hex: String,
-    secp: Secp256k1<SignOnly>,
-}
-
-impl RobotKey {
-    /// Parses a secret key given as 64 hex characters or as `nsec1…`.
-    /// The error never repeats the input.
-    pub fn parse(secret: &str) -> Result<Self> {
-        let keys = Keys::parse(secret.trim()).map_err(|_| {
-            anyhow!("not a valid Nostr secret key (expected 64 hex characters or nsec1...)")
-        })?;
-        // Every spelling of the key, so that none of them survives in text quoted from outside.
-        crate::secret::remember(secret.trim());
-        crate::secret::remember(&keys.secret_key().to_secret_hex());
-        let Ok(nsec) = nostr::nips::nip19::ToBech32::to_bech32(keys.secret_key());
-        crate::secret::remember(&nsec);
-        Ok(RobotKey(Arc::new(Robot {
-            pubkey_hex: keys.public_key().to_hex(),
-            keys,
-            secp: Secp256k1::signing_only(),
-        })))
-    }
-
-    /// The robot's public key; zooid's `API_WHITELIST` must contain it.
-    pub fn public_key(&self) -> PublicKey {
-        self.0.keys.public_key()
-    }
-
-    /// The secret key as hex, wrapped so that it does not print; for handing the key to
-    /// another process of zooid-sync.
-    pub fn to_secret(&self) -> Secret {
-        Secret::new(self.0.keys.secret_key().to_secret_hex())
-    }
-}
-
-impl fmt::Debug for RobotKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RobotKey({})", self.0.pubkey_hex)
-    }
-}
 
 /// S3 settings for relays with blossom enabled. Each is optional here; a relay that enables
 /// blossom while one is missing fails its sync with an error naming the variable.
@@ -235,7 +180,7 @@ impl Env {
     /// SHA-256 of `body`) whenever there is a body; `created_at` is now, so every request gets
     /// a fresh one.
     pub fn make_auth(&self, method: &str, url: &str, body: Option<&[u8]>) -> Result<String> {
-        make_auth(&self.robot, method, url, body)
+        crate::nip98::make_auth(&self.robot, method, url, body)
     }
 }
 
@@ -311,47 +256,6 @@ fn whole_number(get: impl Fn(&str) -> Option<String>, name: &str, default: u32) 
         None => Ok(default),
     }
 }
-
-/// See [`Env::make_auth`].
-///
-/// The event is built and signed here rather than through nostr's event builder, which
-/// verifies every signature it makes; that verification doubled the cost of each request.
-/// The tests check the result with nostr's own NIP-98 verifier.
-pub fn make_auth(robot: &RobotKey, method: &str, url: &str, body: Option<&[u8]>) -> Result<String> {
-    let method = match method {
-        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" => method,
-        other => bail!("NIP-98 cannot sign HTTP method {other}"),
-    };
-    let url = Url::parse(url).with_context(|| format!("cannot sign request: bad URL {url:?}"))?;
-    let mut tags = vec![["u", url.as_str()], ["method", method]];
-    let payload = body.map(|b| crate::secret::hex(sha256::Hash::hash(b).as_byte_array()));
-    if let Some(payload) = &payload {
-        tags.push(["payload", payload]);
-    }
-    let robot = &robot.0;
-    let created_at = crate::store::now_unix();
-    // NIP-01: the id is the SHA-256 of [0, pubkey, created_at, kind, tags, content].
-    let canonical =
-        serde_json::to_vec(&(0, &robot.pubkey_hex, created_at, HTTP_AUTH_KIND, &tags, ""))?;
-    let id = sha256::Hash::hash(&canonical).to_byte_array();
-    let mut aux = [0u8; 32];
-    getrandom::fill(&mut aux).map_err(|e| anyhow!("no randomness for signing: {e}"))?;
-    let sig = robot.keys.sign_schnorr_with_aux_rand(&robot.secp, id, &aux);
-    let event = serde_json::json!({
-        "id": crate::secret::hex(&id),
-        "pubkey": robot.pubkey_hex,
-        "created_at": created_at,
-        "kind": HTTP_AUTH_KIND,
-        "tags": tags,
-        "content": "",
-        "sig": sig.to_hex(),
-    });
-    let encoded = base64::engine::general_purpose::STANDARD.encode(event.to_string());
-    Ok(format!("Nostr {encoded}"))
-}
-
-/// NIP-98's event kind.
-const HTTP_AUTH_KIND: u16 = 27235;
 
 fn parse_api_url(value: &str) -> Result<String> {
     let url = Url::parse(value.trim()).map_err(|e| anyhow!("{e} in {value:?}"))?;
@@ -474,16 +378,6 @@ mod tests {
     }
 
     #[test]
-    fn nsec_and_hex_are_the_same_key() {
-        let hex = RobotKey::parse(KEY).unwrap();
-        let nsec = nostr::nips::nip19::ToBech32::to_bech32(hex.0.keys.secret_key()).unwrap();
-        assert_eq!(
-            RobotKey::parse(&nsec).unwrap().public_key(),
-            hex.public_key()
-        );
-    }
-
-    #[test]
     fn debug_never_shows_secrets() {
         let mut pairs = base();
         pairs.push(("BLOSSOM_S3_SECRET_KEY", "s3-very-secret"));
@@ -493,7 +387,8 @@ mod tests {
         for secret in [KEY, "s3-very-secret", "lk-very-secret"] {
             assert!(!shown.contains(secret), "{shown}");
         }
-        let nsec = nostr::nips::nip19::ToBech32::to_bech32(env.robot.0.keys.secret_key()).unwrap();
+        let keys = nostr::key::Keys::parse(KEY).unwrap();
+        let nsec = nostr::nips::nip19::ToBech32::to_bech32(keys.secret_key()).unwrap();
         assert!(!shown.contains(&nsec));
     }
 
@@ -506,42 +401,5 @@ mod tests {
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("5 s").is_err());
-    }
-
-    use nostr::nips::nip98::HttpMethod;
-
-    #[test]
-    fn auth_header_is_signed_and_bound_to_request() {
-        let env = Env::from_vars(vars(&base())).unwrap();
-        let url = "http://127.0.0.1:3334/relay/alpha";
-        let body = br#"{"host":"a"}"#;
-        let header = env.make_auth("POST", url, Some(body)).unwrap();
-        let now = nostr::types::Timestamp::now();
-        let pk = nostr::nips::nip98::verify_auth_header(
-            &header,
-            &Url::parse(url).unwrap(),
-            HttpMethod::POST,
-            now,
-            Some(body),
-        )
-        .unwrap();
-        assert_eq!(pk, env.robot.public_key());
-        // Bound to the method and the body.
-        let wrong_method = nostr::nips::nip98::verify_auth_header(
-            &header,
-            &Url::parse(url).unwrap(),
-            HttpMethod::PATCH,
-            now,
-            Some(body),
-        );
-        assert!(wrong_method.is_err());
-        let wrong_body = nostr::nips::nip98::verify_auth_header(
-            &header,
-            &Url::parse(url).unwrap(),
-            HttpMethod::POST,
-            now,
-            Some(b"{}"),
-        );
-        assert!(wrong_body.is_err());
     }
 }

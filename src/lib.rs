@@ -20,6 +20,7 @@ pub mod lease;
 pub mod logging;
 pub mod manual;
 pub mod metrics;
+pub mod nip98;
 mod quote;
 mod rate;
 pub mod relay_config;

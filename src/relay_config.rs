@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use crate::env::Env;
 use crate::quote;
@@ -135,12 +135,6 @@ pub struct Roles {
 pub struct Role {
     pub can_invite: bool,
     pub can_manage: bool,
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.expose())
-    }
 }
 
 /// Builds the body for `relay`. `secret` is `Some` for a create (`POST`), `None` for an update.

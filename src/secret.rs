@@ -99,6 +99,14 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A secret serializes as its value: it is how a request body carries it to zooid. Only the
+/// request body serializes secrets.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.expose())
+    }
+}
+
 /// Fills a fresh string of `bytes` random bytes, hex encoded, from the operating system.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];

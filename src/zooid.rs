@@ -2,7 +2,7 @@
 //!
 //! One [`ZooidClient`] holds one `ureq::Agent`, shared by every worker thread, so connections to
 //! zooid are kept alive and reused. Every request is signed with NIP-98 (see
-//! [`crate::env::make_auth`]) and bounded by one overall timeout (5 s by default). Redirects are
+//! [`crate::nip98::make_auth`]) and bounded by one overall timeout (5 s by default). Redirects are
 //! not followed: zooid never sends one, and a signed request must not wander to another URL.
 //!
 //! [`ZooidClient::request`] answers the response on 2xx and a [`ZooidError`] otherwise; the
@@ -18,7 +18,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
 
-use crate::env::{make_auth, Env, RobotKey};
+use crate::env::Env;
+use crate::nip98::{make_auth, RobotKey};
 use crate::quote;
 use crate::rate::RateLimit;
 use crate::relay_config::RelayBody;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use base64::Engine;
 use common::*;
 use serde_json::{json, Value};
-use zooid_sync::env::make_auth;
 use zooid_sync::fixture::{Fault, FixtureOptions, FixtureZooid};
+use zooid_sync::nip98::make_auth;
 use zooid_sync::RobotKey;
 
 fn agent() -> ureq::Agent {

@@ -396,12 +396,14 @@ fn a_catch_up_never_exceeds_the_rate_ceiling() {
          {busiest}, busiest after the first second {busiest_after_burst}",
         starts.len()
     );
+    // A little slack for the time between a request leaving and the fixture stamping it.
+    let slack = rate * 0.02 + 2.0;
     assert!(
-        busiest as f64 <= 2.0 * rate + 1.0,
+        busiest as f64 <= 2.0 * rate + slack,
         "{busiest} in one second"
     );
     assert!(
-        busiest_after_burst as f64 <= rate + 2.0,
+        busiest_after_burst as f64 <= rate + slack,
         "{busiest_after_burst} in one second"
     );
 }

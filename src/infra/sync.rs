@@ -353,9 +353,4 @@ impl Syncer {
             log::error!("manual sync request {request}: {e:#}");
         }
     }
-
-    /// `GET /relay/{id}/members` from zooid.
-    pub fn list_relay_members(&self, id: &str) -> Result<Vec<String>> {
-        self.client.list_relay_members(id)
-    }
 }
