@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
+use zooid_sync::bench_support::TimerWheel;
 use zooid_sync::fixture::FixtureZooid;
-use zooid_sync::infra::timer::TimerWheel;
 use zooid_sync::nip98::make_auth;
-use zooid_sync::relay_config::relay_body;
-use zooid_sync::secret::{random_hex, Secret};
-use zooid_sync::store::StoreOptions;
+use zooid_sync::relay_body;
+use zooid_sync::Secret;
+use zooid_sync::StoreOptions;
 use zooid_sync::{Env, Infra, RobotKey, Store};
 
 /// Counts the bytes the process holds, for bytes per timer entry.
@@ -134,7 +134,7 @@ struct Setup {
 
 /// A fixture zooid and a database of `n` relays (`synced` as given).
 fn setup(n: usize, synced: bool, workers: usize) -> anyhow::Result<Setup> {
-    let robot = RobotKey::parse(&random_hex(32))?;
+    let robot = RobotKey::parse(Secret::generate(32).expose())?;
     let zooid = FixtureZooid::start(&[robot.public_key().to_hex()])?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("bench.db");
@@ -471,7 +471,7 @@ fn feed_latency(binary: &Path, samples: usize) -> anyhow::Result<()> {
 
 /// A random pause of up to 25 ms.
 fn jitter_us() -> u64 {
-    u64::from_str_radix(&random_hex(2), 16).unwrap_or(0) * 25_000 / 65_536
+    u64::from_str_radix(&Secret::generate(2).expose()[..4], 16).unwrap_or(0) * 25_000 / 65_536
 }
 
 fn proc_status(pid: u32, key: &str) -> String {

@@ -10,11 +10,11 @@
 use std::time::{Duration, Instant};
 
 use zooid_sync::fixture::FixtureZooid;
-use zooid_sync::secret::random_hex;
+use zooid_sync::Secret;
 use zooid_sync::{Env, Infra, RelaySettings, RelayStatus, RobotKey, Store};
 
 fn main() -> anyhow::Result<()> {
-    let robot = RobotKey::parse(&random_hex(32))?;
+    let robot = RobotKey::parse(Secret::generate(32).expose())?;
     let zooid = FixtureZooid::start(&[robot.public_key().to_hex()])?;
     let dir = std::env::temp_dir().join(format!("zooid-sync-example-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

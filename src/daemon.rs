@@ -12,11 +12,11 @@ use std::time::Duration;
 use anyhow::Result;
 use crossbeam_channel::{select, Receiver};
 
+use crate::endpoint;
 use crate::env::Env;
 use crate::feed::Feed;
 use crate::infra::Infra;
 use crate::lease::{Holder, Lease};
-use crate::metrics;
 use crate::store::Store;
 use crate::zooid::ZooidClient;
 
@@ -49,12 +49,12 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
     let alive = Arc::new(AtomicBool::new(true));
     let _endpoint = match &options.listen {
         Some(addr) => {
-            let server = metrics::serve(
+            let server = endpoint::serve(
                 addr,
                 metrics.clone(),
                 store.query.clone(),
                 alive.clone(),
-                metrics::Limits::public(),
+                endpoint::Limits::public(),
             )?;
             log::info!("serving /healthz and /metrics on {}", server.addr());
             Some(server)

@@ -6,33 +6,70 @@
 //! fails, and records every outcome back in the database.
 //!
 //! Everything runs on plain threads with blocking I/O; there is no async runtime, so a
-//! non-async host program can link this library directly. See `ARCHITECTURE.md` for the code
-//! map and [`Infra`] for the worker.
+//! non-async host program can link this library directly. What a host needs is re-exported
+//! here: [`Store`] (with [`Query`] and [`Command`]) over the database, [`Env`] for the
+//! settings, [`Infra`] for the worker, [`ZooidClient`] for zooid itself. Build with
+//! `default-features = false` to leave out the binary's modules and dependencies (feature
+//! `cli`) and the fixture zooid (feature `fixture`). `ARCHITECTURE.md` has the code map.
 
-pub mod daemon;
-pub mod dev;
-pub mod env;
-pub mod feed;
-pub mod fixture;
-mod http_server;
-pub mod infra;
-pub mod lease;
-pub mod logging;
-pub mod manual;
+mod env;
+mod infra;
+mod lease;
 pub mod metrics;
 pub mod nip98;
 mod quote;
 mod rate;
-pub mod relay_config;
-pub mod secret;
-pub mod status;
-pub mod store;
-pub mod zooid;
+mod relay_config;
+mod secret;
+mod store;
+mod zooid;
 
-pub use env::{Env, RobotKey};
+#[cfg(any(feature = "cli", feature = "fixture"))]
+mod http_server;
+
+#[cfg(feature = "fixture")]
+pub mod fixture;
+
+#[cfg(feature = "cli")]
+pub mod daemon;
+#[cfg(feature = "cli")]
+pub mod dev;
+#[cfg(feature = "cli")]
+pub mod endpoint;
+#[cfg(feature = "cli")]
+pub mod feed;
+#[cfg(feature = "cli")]
+pub mod logging;
+#[cfg(feature = "cli")]
+pub mod manual;
+#[cfg(feature = "cli")]
+pub mod status;
+
+pub use env::{BlossomS3, Env, Livekit, DEFAULT_MAX_RATE};
+pub use infra::retry::RetryPolicy;
 pub use infra::{Infra, InfraHandle};
-pub use store::{Activity, Command, Query, Relay, RelaySettings, RelayStatus, Store};
-pub use zooid::ZooidClient;
+pub use lease::{Holder, Lease};
+pub use metrics::Metrics;
+pub use nip98::RobotKey;
+pub use relay_config::{relay_body, InvalidRelay, RelayBody};
+pub use secret::Secret;
+pub use store::{
+    activity_type, Activity, BadRow, Bus, Command, PendingRelay, Query, RecvError, Relay,
+    RelaySettings, RelayStatus, Store, StoreOptions, Subscriber, SyncAnswer, RELAY_RESOURCE,
+    SCHEMA_VERSION, ZOOID_UNAVAILABLE,
+};
+pub use zooid::{Response, ZooidClient, ZooidError, PROBE_ID};
+
+/// What the binary parses beside [`Env`].
+#[cfg(feature = "cli")]
+pub use env::{parse_duration, retry_policy_from_vars};
+
+/// Pieces the benchmark (`examples/bench.rs`) times on their own. Not for hosts.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::infra::timer::TimerWheel;
+}
 
 /// The README's Rust examples, compiled as doc tests so they stay true.
 #[doc = include_str!("../README.md")]

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use zooid_sync::daemon::{self, DaemonOptions};
-use zooid_sync::env::{parse_duration, retry_policy_from_vars};
 use zooid_sync::manual::{self, Selection};
 use zooid_sync::{dev, status, Env, Store};
+use zooid_sync::{parse_duration, retry_policy_from_vars};
 
 /// Keeps a fleet of hosted Nostr relays configured on zooid.
 ///

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::infra::retry::RetryPolicy;
 use crate::quote;
-use crate::store::{now_unix, Query};
+use crate::store::{format_unix, now_unix, Query};
 
 /// One relay's line in the status report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -156,37 +156,4 @@ pub fn render_table(rows: &[RelayReport]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn format_unix(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days to a civil date (Howard Hinnant's algorithm), proleptic Gregorian calendar.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::format_unix;
-
-    #[test]
-    fn unix_times_read_as_utc() {
-        assert_eq!(format_unix(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_unix(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(format_unix(1_795_745_139), "2026-11-27 02:05:39 UTC");
-    }
 }

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rusqlite::{params, Connection};
+use zooid_sync::endpoint::{self, Limits};
 use zooid_sync::fixture::{Fault, FixtureZooid};
-use zooid_sync::metrics::{self, Limits};
-use zooid_sync::zooid::ZooidError;
+use zooid_sync::ZooidError;
 use zooid_sync::{Infra, Store, ZooidClient};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -436,7 +436,8 @@ fn listen_deadline_closes_a_trickling_or_idle_client() {
         ..Limits::public()
     };
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let server = metrics::serve("127.0.0.1:0", Arc::default(), store.query, alive, limits).unwrap();
+    let server =
+        endpoint::serve("127.0.0.1:0", Arc::default(), store.query, alive, limits).unwrap();
 
     // One byte every 20 ms keeps a per-read timeout from ever firing; a deadline does not
     // care.

@@ -10,8 +10,8 @@ use base64::Engine;
 use common::*;
 use rusqlite::{params, Connection};
 use zooid_sync::fixture::{Fault, FixtureZooid};
-use zooid_sync::infra::retry::RetryPolicy;
-use zooid_sync::infra::sync::{SyncOutcome, Syncer};
+use zooid_sync::manual::{self, Selection};
+use zooid_sync::RetryPolicy;
 use zooid_sync::{status, Env, Infra, InfraHandle, Store};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -133,11 +133,9 @@ fn a_relay_that_gave_up_is_visible_in_status_and_recovers_with_sync() {
     assert_eq!(report[0].next_retry, "gave up");
     assert_eq!(report[0].attempts, 3);
     rig.fx.clear_faults();
-    let syncer = Syncer::new(rig.store.query.clone(), rig.store.command.clone(), &rig.env).unwrap();
-    assert!(matches!(
-        syncer.sync_relay_by_id("stuck"),
-        SyncOutcome::Synced { .. }
-    ));
+    let stuck = Selection::Ids(vec!["stuck".into()]);
+    let report = manual::run(&rig.env, &rig.store, &stuck).unwrap();
+    assert_eq!(report.answers[0].outcome, "synced", "{report:?}");
     let report = status::report(&rig.store.query, None, &rig.env.retry).unwrap();
     assert!(report[0].synced && report[0].next_retry.is_empty());
     worker.shutdown().unwrap();
@@ -254,7 +252,7 @@ fn outcomes_that_cannot_be_written_are_retried_until_the_database_takes_them() {
     let env = env_for(&fx.url(), &path);
     let store = Store::open_with(
         &path,
-        zooid_sync::store::StoreOptions {
+        zooid_sync::StoreOptions {
             busy_timeout: Duration::from_millis(50),
             ..Default::default()
         },
@@ -462,8 +460,7 @@ fn every_request_carries_a_fresh_signature_bound_to_it() {
         assert_eq!(event["kind"], 27235);
         assert_eq!(tag("u").unwrap(), format!("{}{}", rig.fx.url(), r.path));
         assert_eq!(tag("method").unwrap(), r.method);
-        let hash =
-            zooid_sync::secret::hex(bitcoin_hashes::sha256::Hash::hash(&r.body).as_byte_array());
+        let hash = hex(bitcoin_hashes::sha256::Hash::hash(&r.body).as_byte_array());
         assert_eq!(tag("payload").unwrap(), hash);
         let age = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -472,4 +469,8 @@ fn every_request_carries_a_fresh_signature_bound_to_it() {
             - event["created_at"].as_i64().unwrap();
         assert!((0..60).contains(&age), "created_at is {age} s old");
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -65,7 +65,7 @@ fn every_activity_reaches_the_bus_exactly_once() {
 }
 
 /// No activity arrives within a short while (the feed's interval is 5 ms).
-fn subscriber_is_idle(s: &zooid_sync::store::Subscriber) -> bool {
+fn subscriber_is_idle(s: &zooid_sync::Subscriber) -> bool {
     match s.recv_deadline(Instant::now() + Duration::from_millis(100)) {
         Ok(None) => true,
         Ok(Some(a)) => panic!("published twice or late: {a:?}"),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use zooid_sync::fixture::Fault;
-use zooid_sync::{metrics, Infra, Store};
+use zooid_sync::{endpoint, Infra, Store};
 
 fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -45,12 +45,12 @@ fn health_and_metrics_follow_the_worker() {
     let infra = Infra::new(query.clone(), command.clone(), &env);
     let m = infra.metrics();
     let worker = infra.spawn().unwrap();
-    let server = metrics::serve(
+    let server = endpoint::serve(
         "127.0.0.1:0",
         m,
         query.clone(),
         worker.alive(),
-        metrics::Limits::public(),
+        endpoint::Limits::public(),
     )
     .unwrap();
 
@@ -105,12 +105,12 @@ fn health_is_503_when_the_worker_is_gone() {
     let (_dir, db) = temp_db();
     let store = Store::open(&db).unwrap();
     let alive = Arc::new(AtomicBool::new(false));
-    let server = metrics::serve(
+    let server = endpoint::serve(
         "127.0.0.1:0",
         Arc::default(),
         store.query,
         alive,
-        metrics::Limits::public(),
+        endpoint::Limits::public(),
     )
     .unwrap();
     let (status, body) = get(server.addr(), "/healthz");
@@ -123,12 +123,12 @@ fn an_address_in_use_is_a_named_error() {
     let store = Store::open(&db).unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let err = metrics::serve(
+    let err = endpoint::serve(
         &addr,
         Arc::default(),
         store.query,
         Arc::default(),
-        metrics::Limits::public(),
+        endpoint::Limits::public(),
     )
     .err()
     .expect("the port is taken");

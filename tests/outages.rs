@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use rusqlite::Connection;
 use zooid_sync::fixture::{Fault, FixtureZooid, RecordedRequest};
-use zooid_sync::infra::retry::RetryPolicy;
-use zooid_sync::zooid::PROBE_ID;
+use zooid_sync::RetryPolicy;
+use zooid_sync::PROBE_ID;
 use zooid_sync::{Env, Infra, Store};
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use zooid_sync::relay_config::relay_body;
-use zooid_sync::secret::Secret;
+use zooid_sync::relay_body;
+use zooid_sync::Secret;
 use zooid_sync::{Relay, RelaySettings, RelayStatus};
 
 fn relay(id: &str, settings: RelaySettings) -> Relay {
@@ -46,7 +46,7 @@ fn body_json(relay: &Relay, secret: Option<&Secret>) -> Value {
 }
 
 fn fresh_secret() -> Secret {
-    Secret::new(zooid_sync::secret::random_hex(32))
+    Secret::generate(32)
 }
 
 #[test]

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use rusqlite::Connection;
-use zooid_sync::store::{activity_type, PendingRelay, RecvError, StoreOptions};
 use zooid_sync::Store;
+use zooid_sync::{activity_type, PendingRelay, RecvError, StoreOptions};
 
 fn schema_of(conn: &Connection) -> Vec<(String, String, String)> {
     let mut stmt = conn
@@ -44,7 +44,7 @@ fn migrations_match_the_published_schema() {
     let version: i64 = migrated
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, zooid_sync::store::schema::SCHEMA_VERSION);
+    assert_eq!(version, zooid_sync::SCHEMA_VERSION);
     let mode: String = migrated
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();

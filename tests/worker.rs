@@ -11,8 +11,8 @@ use common::*;
 use rusqlite::Connection;
 use serde_json::Value;
 use zooid_sync::fixture::{Fault, FixtureZooid, RecordedRequest};
-use zooid_sync::infra::sync::{SyncOutcome, Syncer};
-use zooid_sync::store::{Activity, StoreOptions};
+use zooid_sync::manual::{self, Selection};
+use zooid_sync::{Activity, StoreOptions};
 use zooid_sync::{Env, Infra, InfraHandle, Store};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -240,11 +240,10 @@ fn the_body_sent_is_the_relay_body_with_every_section() {
     h.wait_synced("beta");
     let sent = h.fx.requests_for("beta")[0].json.clone().unwrap();
     let relay = h.relay("beta");
-    let secret = zooid_sync::secret::Secret::new(secret_of(&h.fx.requests_for("beta")[0]).unwrap());
-    let expected = serde_json::to_value(
-        zooid_sync::relay_config::relay_body(&relay, &h.env, Some(&secret)).unwrap(),
-    )
-    .unwrap();
+    let secret = zooid_sync::Secret::new(secret_of(&h.fx.requests_for("beta")[0]).unwrap());
+    let expected =
+        serde_json::to_value(zooid_sync::relay_body(&relay, &h.env, Some(&secret)).unwrap())
+            .unwrap();
     assert_eq!(sent, expected);
     assert_eq!(sent["blossom"]["s3"]["key_prefix"], "beta");
     assert_eq!(sent["livekit"]["server_url"], "wss://livekit.example.com");
@@ -321,15 +320,10 @@ fn failures_are_recorded_and_retried_with_doubling_capped_backoff_then_given_up(
 
     // A manual sync (what `zooid-sync sync alpha` does) brings it back once zooid recovers.
     h.fx.clear_faults();
-    let syncer = Syncer::new(h.store.query.clone(), h.store.command.clone(), &h.env).unwrap();
-    assert!(matches!(
-        syncer.sync_relay_by_id("alpha"),
-        SyncOutcome::Synced {
-            method: "POST",
-            status: 201,
-            marked: true
-        }
-    ));
+    let alpha = Selection::Ids(vec!["alpha".into()]);
+    let report = manual::run(&h.env, &h.store, &alpha).unwrap();
+    assert_eq!(report.answers[0].outcome, "synced", "{report:?}");
+    assert_eq!(report.answers[0].detail, "POST 201");
     assert_eq!(h.failures("alpha"), 0);
     assert!(h.relay("alpha").sync_error.is_empty());
 }
@@ -438,22 +432,23 @@ fn a_burst_costs_at_most_two_requests_and_never_two_in_flight() {
 fn an_update_during_a_sync_survives_a_crash_after_the_stale_completion() {
     let mut h = Harness::new();
     h.create("alpha");
-    let read = h.relay("alpha");
-    // A sync of revision 1 is in flight (slow zooid) when the host changes the relay.
+    // A manual sync of revision 1 is in flight (slow zooid) when the host changes the relay.
     h.fx.inject_times("alpha", Fault::Delay(Duration::from_millis(200)), 1);
-    let syncer = Syncer::new(h.store.query.clone(), h.store.command.clone(), &h.env).unwrap();
-    let in_flight = std::thread::spawn(move || syncer.sync_relay(&read));
+    let env = h.env.clone();
+    let in_flight = std::thread::spawn(move || {
+        let store = zooid_sync::Store::open(&env.database_path).unwrap();
+        manual::run(&env, &store, &Selection::Ids(vec!["alpha".into()])).unwrap()
+    });
     expect_within(WAIT, "a request in flight", || {
         h.fx.max_in_flight("alpha") == 1
     });
     let mut s = settings("alpha");
     s.info_name = "Newer".into();
     h.store.command.update_relay("alpha", &s).unwrap();
-    let outcome = in_flight.join().unwrap();
-    assert!(
-        matches!(outcome, SyncOutcome::Synced { marked: false, .. }),
-        "{outcome:?}"
-    );
+    let report = in_flight.join().unwrap();
+    let answer = &report.answers[0];
+    assert_eq!(answer.outcome, "synced", "{answer:?}");
+    assert!(answer.detail.contains("still pending"), "{answer:?}");
     assert!(!h.relay("alpha").synced, "revision 2 was never sent");
     // The process "dies" here: nothing re-syncs. The next start finds the relay pending.
     h.start();
@@ -471,10 +466,9 @@ fn post_409_heals_to_patch_and_patch_404_heals_to_post() {
     // zooid already has alpha (a create whose success was never recorded).
     h.create("alpha");
     let old_secret = "b".repeat(63) + "1";
-    let mut existing = serde_json::to_value(
-        zooid_sync::relay_config::relay_body(&h.relay("alpha"), &h.env, None).unwrap(),
-    )
-    .unwrap();
+    let mut existing =
+        serde_json::to_value(zooid_sync::relay_body(&h.relay("alpha"), &h.env, None).unwrap())
+            .unwrap();
     existing["secret"] = Value::String(old_secret.clone());
     h.fx.put_relay("alpha", existing);
     h.start();
@@ -507,7 +501,7 @@ fn post_409_heals_to_patch_and_patch_404_heals_to_post() {
 fn a_schema_conflict_stays_a_failure_with_the_original_error() {
     let mut h = Harness::new();
     let mut taken = serde_json::to_value(
-        zooid_sync::relay_config::relay_body(
+        zooid_sync::relay_body(
             &zooid_sync::Relay {
                 id: "other".into(),
                 settings: settings("alpha"),

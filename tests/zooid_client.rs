@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use zooid_sync::fixture::Fault;
-use zooid_sync::relay_config::relay_body;
-use zooid_sync::secret::{random_hex, Secret};
-use zooid_sync::zooid::ZooidError;
+use zooid_sync::relay_body;
+use zooid_sync::Secret;
+use zooid_sync::ZooidError;
 use zooid_sync::{Relay, ZooidClient};
 
 fn relay(id: &str) -> Relay {
@@ -40,7 +40,7 @@ fn setup() -> (
 fn create_then_patch_reaches_zooid_signed() {
     let (fx, env, client) = setup();
     let r = relay("alpha");
-    let secret = Secret::new(random_hex(32));
+    let secret = Secret::generate(32);
     let created = client
         .create_relay("alpha", &relay_body(&r, &env, Some(&secret)).unwrap())
         .unwrap();
@@ -97,7 +97,7 @@ fn members_are_listed_and_an_unknown_relay_says_so() {
     client
         .create_relay(
             "alpha",
-            &relay_body(&relay("alpha"), &env, Some(&Secret::new(random_hex(32)))).unwrap(),
+            &relay_body(&relay("alpha"), &env, Some(&Secret::generate(32))).unwrap(),
         )
         .unwrap();
     fx.set_members("alpha", &[OWNER]);
@@ -214,7 +214,7 @@ fn https_works_with_a_configured_ca_bundle_and_refuses_an_unknown_issuer() {
 
     env.zooid_ca_file = Some(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls/ca.pem").into());
     let client = ZooidClient::new(&env).unwrap();
-    let secret = Secret::new(random_hex(32));
+    let secret = Secret::generate(32);
     let created = client
         .create_relay(
             "alpha",

@@ -226,7 +226,7 @@ impl Breaker {
                 log::warn!(
                     "zooid has been unavailable since {} ({last_error}); probing it before \
                      any relay is sent",
-                    crate::status::format_unix(since)
+                    crate::store::format_unix(since)
                 );
                 let mut circuit = self.circuit.lock().unwrap();
                 let now = Instant::now();
@@ -245,10 +245,6 @@ impl Breaker {
     /// Receives once each time zooid answers again after an outage.
     pub fn back(&self) -> &Receiver<()> {
         &self.back_rx
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.circuit.lock().unwrap().is_open()
     }
 
     /// zooid answered a request.

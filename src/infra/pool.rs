@@ -90,10 +90,12 @@ impl InFlight {
     }
 
     /// How many relays are queued or running.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.relays.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.relays.is_empty()
     }

@@ -29,8 +29,7 @@ use crate::metrics::Metrics;
 use crate::quote;
 use crate::relay_config::{relay_body, InvalidRelay};
 use crate::secret::Secret;
-use crate::status::format_unix;
-use crate::store::{Command, Query, Relay, ZOOID_UNAVAILABLE};
+use crate::store::{format_unix, Command, Query, Relay, ZOOID_UNAVAILABLE};
 use crate::zooid::{ZooidClient, ZooidError};
 
 /// Why a sync failed, kept typed until the outcome is recorded.
@@ -136,6 +135,7 @@ struct Done {
 
 impl Syncer {
     /// A syncer with counters of its own (for `zooid-sync sync`).
+    #[cfg(feature = "cli")]
     pub fn new(query: Query, command: Command, env: &Env) -> Result<Syncer> {
         Syncer::with_metrics(query, command, env, Arc::default())
     }
@@ -180,11 +180,6 @@ impl Syncer {
                 self.record_failure(id, SyncError::Unreadable(format!("{e:#}")), Instant::now())
             }
         }
-    }
-
-    /// Syncs `relay` and records the outcome.
-    pub fn sync_relay(&self, relay: &Relay) -> SyncOutcome {
-        self.sync(relay, None)
     }
 
     /// `ever_completed`: whether the relay ever completed a sync, when already known.

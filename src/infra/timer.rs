@@ -64,10 +64,12 @@ impl TimerWheel {
     }
 
     /// How many entries are scheduled.
+    #[cfg(any(test, feature = "cli"))]
     pub fn len(&self) -> usize {
         self.index.len()
     }
 
+    #[cfg(any(test, feature = "cli"))]
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }

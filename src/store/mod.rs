@@ -19,6 +19,8 @@ mod bus;
 mod model;
 pub mod schema;
 
+pub use schema::SCHEMA_VERSION;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -212,6 +214,27 @@ pub(crate) fn now_unix() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub(crate) fn format_unix(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days to a civil date (Howard Hinnant's algorithm), proleptic Gregorian calendar.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// The reading half of the store. Cheap to clone; usable from any thread.
@@ -905,11 +928,13 @@ impl Command {
     /// From now on, remember which activities this process writes, so that a feed tailing
     /// the table can skip them ([`take_own_write`](Self::take_own_write)): they were
     /// published already.
+    #[cfg(feature = "cli")]
     pub(crate) fn track_own_writes(&self) {
         self.own_writes.tracking.store(true, Ordering::Release);
     }
 
     /// Whether this process wrote (and so already published) activity `seq`; forgets it.
+    #[cfg(feature = "cli")]
     pub(crate) fn take_own_write(&self, seq: i64) -> bool {
         self.own_writes.seqs.lock().unwrap().remove(&seq)
     }
@@ -945,4 +970,16 @@ fn insert_activity(
         resource_id: relay_id.to_string(),
         detail: detail.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_unix;
+
+    #[test]
+    fn unix_times_read_as_utc() {
+        assert_eq!(format_unix(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_unix(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_unix(1_795_745_139), "2026-11-27 02:05:39 UTC");
+    }
 }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use zooid_sync::fixture::FixtureZooid;
-use zooid_sync::infra::retry::RetryPolicy;
+use zooid_sync::RetryPolicy;
 use zooid_sync::{Env, RelaySettings, RelayStatus, RobotKey, Store};
 
 pub const ROBOT_SECRET: &str = "5c0c523f52a5b6fad39ed2403092df8cebc36318b39383bca6c00808626fab3a";
@@ -29,10 +29,10 @@ pub fn env_for(zooid_url: &str, db: &std::path::Path) -> Env {
     env.blossom.region = Some("eu-west-1".into());
     env.blossom.bucket = Some("media".into());
     env.blossom.access_key = Some("AKIATEST".into());
-    env.blossom.secret_key = Some(zooid_sync::secret::Secret::new("s3-secret-value"));
+    env.blossom.secret_key = Some(zooid_sync::Secret::new("s3-secret-value"));
     env.livekit.url = Some("wss://livekit.example.com".into());
     env.livekit.api_key = Some("lk-key".into());
-    env.livekit.api_secret = Some(zooid_sync::secret::Secret::new("lk-secret-value"));
+    env.livekit.api_secret = Some(zooid_sync::Secret::new("lk-secret-value"));
     env.retry = RetryPolicy {
         base: Duration::from_millis(40),
         cap: Duration::from_millis(200),

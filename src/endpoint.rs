@@ -1,0 +1,110 @@
+//! The `/healthz` and `/metrics` endpoint of `zooid-sync run --listen`.
+//!
+//! `/healthz` is 200 while the worker runs and the database answers (`ok` and zooid's state,
+//! or `standby` while another process holds the lease), 503 otherwise; `/metrics` is
+//! [`Metrics::render`]. It runs on [`HttpServer`] within [`Limits`]: anyone who can reach the
+//! port can connect, so connections, time, head size and database reads are all bounded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+pub use crate::http_server::Limits;
+use crate::http_server::{HttpRequest, HttpServer, Reply};
+use crate::metrics::Metrics;
+use crate::store::Query;
+
+/// The running `/healthz` and `/metrics` endpoint. Stops when dropped.
+pub struct MetricsServer {
+    server: HttpServer,
+}
+
+impl MetricsServer {
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr()
+    }
+
+    /// How many connections it has open now.
+    pub fn open_connections(&self) -> usize {
+        self.server.open_connections()
+    }
+}
+
+/// How long a count of pending relays is reused. Counting reads the whole relay table, and
+/// scrapers may be many.
+const PENDING_TTL: Duration = Duration::from_secs(1);
+
+/// The number of pending relays, counted at most once per [`PENDING_TTL`] however many
+/// scrapers ask at once: the first counts while holding the lock, the others wait for it and
+/// share its answer. So `/metrics` costs the same for one scraper or a hundred.
+struct PendingCount {
+    query: Query,
+    last: Mutex<Option<(Instant, Option<u64>)>>,
+}
+
+impl PendingCount {
+    fn get(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap();
+        if let Some((at, count)) = *last {
+            if at.elapsed() < PENDING_TTL {
+                return count;
+            }
+        }
+        let count = self.query.count_pending().ok();
+        *last = Some((Instant::now(), count));
+        count
+    }
+}
+
+/// Serves `/healthz` and `/metrics` on `addr`, within `limits` ([`Limits::public`] for the
+/// daemon). `alive` is cleared when the worker stops. Only `GET` without a body is served.
+/// `/healthz` is 200 while the worker runs and the database answers, whether zooid is up or
+/// not (its state is in the body), and 503 otherwise.
+pub fn serve(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    query: Query,
+    alive: Arc<AtomicBool>,
+    limits: Limits,
+) -> Result<MetricsServer> {
+    let pending = PendingCount {
+        query: query.clone(),
+        last: Mutex::new(None),
+    };
+    let handler = move |req: &HttpRequest| {
+        let text = |status: u16, body: String| Reply::Body {
+            status,
+            content_type: "text/plain; version=0.0.4",
+            body,
+        };
+        match (req.method.as_str(), req.path()) {
+            ("GET", "/healthz") if alive.load(Ordering::Acquire) && !metrics.active() => text(
+                200,
+                "standby\nanother process holds the database's lease\n".into(),
+            ),
+            ("GET", "/healthz") => match (alive.load(Ordering::Acquire), query.zooid_outage()) {
+                // zooid being down is zooid's trouble, not the worker's: still 200, so that
+                // a supervisor does not restart a worker that is doing the right thing.
+                (true, Ok(None)) => text(200, "ok\nzooid: up\n".into()),
+                (true, Ok(Some((since, error)))) => text(
+                    200,
+                    format!(
+                        "ok\nzooid: unavailable since {} ({error}); relay syncs wait for it\n",
+                        crate::store::format_unix(since)
+                    ),
+                ),
+                (false, _) => text(503, "the worker has stopped\n".into()),
+                (true, Err(e)) => text(503, format!("the database does not answer: {e:#}\n")),
+            },
+            ("GET", "/metrics") => text(200, metrics.render(pending.get())),
+            (_, "/healthz" | "/metrics") => text(405, "only GET is served here\n".into()),
+            _ => text(404, "not found: try /healthz or /metrics\n".into()),
+        }
+    };
+    let server = HttpServer::start("zooid-sync-http", addr, handler, None, limits)
+        .with_context(|| format!("--listen: cannot listen on {addr}"))?;
+    Ok(MetricsServer { server })
+}
