@@ -192,7 +192,6 @@ impl Infra {
                 }
             }
         };
-        metrics.set_active(true);
         let activities = command.notify.subscribe_to(is_dispatched);
         // From here on the worker's own handle must not keep the bus open.
         let command = {
@@ -226,6 +225,7 @@ impl Infra {
         );
 
         dispatcher.reconcile("startup");
+        metrics.set_active(true);
         if let Some(ready) = ready {
             let _ = ready.send(());
         }

@@ -4,12 +4,10 @@
 //! nothing; and the rate toward zooid never exceeds `SYNC_MAX_RATE`. Long outages are
 //! compressed into milliseconds of backoff.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rusqlite::Connection;
 use zooid_sync::fixture::{Fault, FixtureZooid, RecordedRequest};
 use zooid_sync::RetryPolicy;

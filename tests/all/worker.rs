@@ -3,11 +3,9 @@
 //! deadlines; the few "nothing more happens" checks wait a bounded time for something that
 //! must not come.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rusqlite::Connection;
 use serde_json::Value;
 use zooid_sync::fixture::{Fault, FixtureZooid, RecordedRequest};

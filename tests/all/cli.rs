@@ -2,12 +2,10 @@
 //! stops cleanly on SIGTERM; `sync`, `status`, `members` and `dev` do what they say; a missing
 //! setting stops it with a line naming the variable.
 
-mod common;
-
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rusqlite::{params, Connection};
 use zooid_sync::fixture::{Fault, FixtureZooid};
 

@@ -4,9 +4,7 @@
 //! Run with `UPDATE_GOLDEN=1` to rewrite the golden files after an intended change, then read
 //! the diff.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use zooid_sync::relay_body;
 use zooid_sync::Secret;

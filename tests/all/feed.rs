@@ -1,12 +1,10 @@
 //! The feed publishes activity written by other connections, and each activity reaches the
 //! bus exactly once, whichever process wrote it.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rusqlite::{params, Connection};
 use zooid_sync::feed::Feed;
 

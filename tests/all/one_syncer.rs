@@ -3,14 +3,12 @@
 //! standby beside it, and `sync --failed` after an outage. Real processes, a real SQLite
 //! file, the fixture zooid answering after random delays.
 
-mod common;
-
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rusqlite::{params, Connection};
 use zooid_sync::fixture::{Fault, FixtureZooid};
 

@@ -3,13 +3,11 @@
 //! In the end every relay is at its latest revision at zooid and marked synced, and no
 //! outcome was recorded for a request that never completed.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rusqlite::{params, Connection};
 
 const RELAYS: usize = 1000;

@@ -1,13 +1,11 @@
 //! What an operator sees: `/healthz` and `/metrics` while the worker runs, against the
 //! fixture zooid over HTTP.
 
-mod common;
-
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use zooid_sync::fixture::Fault;
 use zooid_sync::{endpoint, Infra, Store};
 

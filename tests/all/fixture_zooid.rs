@@ -2,12 +2,10 @@
 //! tests can trust it: NIP-98 checks, routes and status codes, merge, validation, uniqueness,
 //! body limit, members, and the faults it injects.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use serde_json::{json, Value};
 use zooid_sync::fixture::{Fault, FixtureOptions, FixtureZooid};
 use zooid_sync::nip98::make_auth;

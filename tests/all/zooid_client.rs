@@ -1,11 +1,9 @@
 //! ZooidClient against the fixture zooid over HTTP: signed create, patch and members; errors
 //! that carry method, path, status and at most 1 KiB of body; timeouts and broken answers.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use zooid_sync::fixture::Fault;
 use zooid_sync::relay_body;
 use zooid_sync::Secret;

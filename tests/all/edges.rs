@@ -4,15 +4,13 @@
 //! quote secrets or terminal escapes, huge host values, unsafe settings, unsafe ids, files.
 //! Each test prints the figures it measured (`cargo test --test edges -- --nocapture`).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rusqlite::{params, Connection};
 use zooid_sync::endpoint::{self, Limits};
 use zooid_sync::fixture::{Fault, FixtureZooid};

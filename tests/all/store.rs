@@ -1,9 +1,7 @@
 //! The store against a real SQLite file: schema, queries, writes, the revision guard, the bus,
 //! malformed rows, and use from several threads.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rusqlite::Connection;
 use zooid_sync::Store;
 use zooid_sync::{activity_type, PendingRelay, RecvError, StoreOptions};
@@ -36,7 +34,7 @@ fn migrations_match_the_published_schema() {
 
     let published = Connection::open_in_memory().unwrap();
     published
-        .execute_batch(include_str!("../fixtures/schema.sql"))
+        .execute_batch(include_str!("../../fixtures/schema.sql"))
         .unwrap();
     assert_eq!(schema_of(&migrated), schema_of(&published));
     assert!(!schema_of(&migrated).is_empty());

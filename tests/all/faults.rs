@@ -2,12 +2,10 @@
 //! requests that stay fresh. Each test is bounded by deadlines; every relay must converge and
 //! nothing may be lost.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use rusqlite::{params, Connection};
 use zooid_sync::fixture::{Fault, FixtureZooid};
 use zooid_sync::manual::{self, Selection};

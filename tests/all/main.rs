@@ -1,0 +1,22 @@
+//! The integration tests, as one test binary (each file a module): every test links the
+//! bundled SQLite, rustls and nostr once instead of once per file.
+//!
+//! They run the real worker, and the binary as a process, against the fixture zooid over real
+//! HTTP on 127.0.0.1 and real SQLite files. `faults`, `crash`, `edges`, `outages` and
+//! `one_syncer` are the fault suite.
+
+mod common;
+
+mod cli;
+mod crash;
+mod edges;
+mod faults;
+mod feed;
+mod fixture_zooid;
+mod one_syncer;
+mod operators;
+mod outages;
+mod relay_body;
+mod store;
+mod worker;
+mod zooid_client;
