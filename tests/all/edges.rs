@@ -2,7 +2,7 @@
 //! at zooid-sync. The `--listen` endpoint under floods and slow clients (measured on the real
 //! binary: file descriptors, threads, RSS), host rows that cannot be read, zooid answers that
 //! quote secrets or terminal escapes, huge host values, unsafe settings, unsafe ids, files.
-//! Each test prints the figures it measured (`cargo test --test edges -- --nocapture`).
+//! Each test prints the figures it measured (`cargo test --test all edges -- --nocapture`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
