@@ -159,7 +159,9 @@ impl Infra {
     }
 
     /// Runs the worker on the calling thread until the bus closes (every strong
-    /// [`Command`] handle dropped; the worker's own does not count).
+    /// [`Command`] handle dropped; the worker's own does not count). While another process
+    /// holds the database's lease it stands by first, and nothing but that process ending
+    /// ends the wait: a host that must be able to stop a standby uses [`Infra::spawn`].
     pub fn start(self) -> Result<()> {
         self.run(crossbeam_channel::never(), None)
     }
