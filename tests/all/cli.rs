@@ -2,47 +2,14 @@
 //! stops cleanly on SIGTERM; `sync`, `status`, `members` and `dev` do what they say; a missing
 //! setting stops it with a line naming the variable.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
-use rusqlite::{params, Connection};
-use zooid_sync::fixture::{Fault, FixtureZooid};
+use rusqlite::Connection;
+use zooid_sync::fixture::Fault;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn zooid_sync(fx: &FixtureZooid, db: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zooid-sync"));
-    cmd.env_clear()
-        .env("ZOOID_API_URL", fx.url())
-        .env("RELAY_DOMAIN", "relays.example.com")
-        .env("ROBOT_SECRET", ROBOT_SECRET)
-        .env("DATABASE_PATH", db)
-        .env("SYNC_RETRY_BASE", "50ms")
-        .env("SYNC_RETRY_CAP", "200ms")
-        .env("SYNC_MAX_RATE", "0")
-        .env("RUST_LOG", "debug");
-    cmd
-}
-
-/// What a host in another language does: one transaction, relay row plus activity.
-fn host_creates(conn: &Connection, id: &str) {
-    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    conn.execute(
-        "INSERT INTO relay (id, tenant_pubkey, schema, subdomain, status, info_name, groups_enabled,
-                            synced, revision, created_at, updated_at)
-         VALUES (?1, ?2, ?1, ?1, 'active', 'Made elsewhere', 1, 0, 1, 0, 0)",
-        params![id, OWNER],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
-         VALUES (?1, ?2, 0, 'create_relay', 'relay', ?3)",
-        params![format!("host-{id}"), OWNER, id],
-    )
-    .unwrap();
-    conn.execute_batch("COMMIT").unwrap();
-}
 
 fn synced(conn: &Connection, id: &str) -> bool {
     conn.query_row("SELECT synced FROM relay WHERE id = ?1", [id], |r| {
@@ -59,10 +26,6 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         status.is_some()
     });
     status.unwrap()
-}
-
-fn output(mut cmd: Command) -> Output {
-    cmd.stdin(Stdio::null()).output().unwrap()
 }
 
 #[test]

@@ -2,7 +2,10 @@
 //! trusts, sample relays, and waiting on a condition with a deadline.
 #![allow(dead_code)]
 
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection};
 
 use zooid_sync::fixture::FixtureZooid;
 use zooid_sync::RetryPolicy;
@@ -100,4 +103,72 @@ pub fn expect_within(timeout: Duration, what: &str, condition: impl FnMut() -> b
         wait_until(timeout, condition),
         "timed out after {timeout:?} waiting for {what}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary, as a process.
+
+/// `zooid-sync` with a clean environment aimed at `fx` and `db`: millisecond retries, no rate
+/// ceiling, `RUST_LOG=debug`, no standard input. Callers add or override what they need.
+pub fn zooid_sync(fx: &FixtureZooid, db: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zooid-sync"));
+    cmd.env_clear()
+        .env("ZOOID_API_URL", fx.url())
+        .env("RELAY_DOMAIN", "relays.example.com")
+        .env("ROBOT_SECRET", ROBOT_SECRET)
+        .env("DATABASE_PATH", db)
+        .env("SYNC_RETRY_BASE", "50ms")
+        .env("SYNC_RETRY_CAP", "200ms")
+        .env("SYNC_MAX_RATE", "0")
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` to the end and answers what it printed and how it exited.
+pub fn output(mut cmd: Command) -> Output {
+    cmd.output().unwrap()
+}
+
+/// `zooid-sync run` in the background (feed every 10 ms), optionally with `--listen` on
+/// `port`; its output is dropped.
+pub fn daemon(fx: &FixtureZooid, db: &std::path::Path, listen: Option<u16>) -> Child {
+    let mut cmd = zooid_sync(fx, db);
+    cmd.env("RUST_LOG", "info")
+        .args(["run", "--feed-interval", "10ms"]);
+    if let Some(port) = listen {
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, as systemd stops it, and wait for the exit.
+pub fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// What a host in another language does to create a relay: one transaction, the relay row
+/// (pending, revision 1) and its `create_relay` activity.
+pub fn host_creates(conn: &Connection, id: &str) {
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn.execute(
+        "INSERT INTO relay (id, tenant_pubkey, schema, subdomain, status, info_name, groups_enabled,
+                            synced, revision, created_at, updated_at)
+         VALUES (?1, ?2, ?1, ?1, 'active', 'Made elsewhere', 1, 0, 1, 0, 0)",
+        params![id, OWNER],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
+         VALUES (?1, ?2, 0, 'create_relay', 'relay', ?3)",
+        params![format!("host-{id}"), OWNER, id],
+    )
+    .unwrap();
+    conn.execute_batch("COMMIT").unwrap();
 }

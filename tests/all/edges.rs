@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,25 +21,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------------
 // The binary, and what /proc says about it.
-
-fn zooid_sync(fx: &FixtureZooid, db: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zooid-sync"));
-    cmd.env_clear()
-        .env("ZOOID_API_URL", fx.url())
-        .env("RELAY_DOMAIN", "relays.example.com")
-        .env("ROBOT_SECRET", ROBOT_SECRET)
-        .env("DATABASE_PATH", db)
-        .env("SYNC_RETRY_BASE", "50ms")
-        .env("SYNC_RETRY_CAP", "200ms")
-        .env("SYNC_MAX_RATE", "0")
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn output(mut cmd: Command) -> Output {
-    cmd.output().unwrap()
-}
 
 /// `zooid-sync run --listen` as a process, its log collected as it goes.
 struct Daemon {
@@ -470,23 +451,6 @@ fn listen_deadline_closes_a_trickling_or_idle_client() {
 
 // ---------------------------------------------------------------------------------------------
 // Host rows that cannot be read.
-
-/// What a host in another language does to create a relay: row plus activity.
-fn host_creates(conn: &Connection, id: &str) {
-    conn.execute(
-        "INSERT INTO relay (id, tenant_pubkey, schema, subdomain, status, synced, revision,
-                            created_at, updated_at)
-         VALUES (?1, ?2, ?1, ?1, 'active', 0, 1, 0, 0)",
-        params![id, OWNER],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
-         VALUES (?1, ?2, 0, 'create_relay', 'relay', ?3)",
-        params![format!("host-{id}"), OWNER, id],
-    )
-    .unwrap();
-}
 
 #[test]
 fn an_activity_row_with_a_text_created_at_is_skipped_and_the_feed_goes_on() {

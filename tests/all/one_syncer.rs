@@ -3,7 +3,6 @@
 //! standby beside it, and `sync --failed` after an outage. Real processes, a real SQLite
 //! file, the fixture zooid answering after random delays.
 
-use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,37 +12,6 @@ use rusqlite::{params, Connection};
 use zooid_sync::fixture::{Fault, FixtureZooid};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn zooid_sync(fx: &FixtureZooid, db: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zooid-sync"));
-    cmd.env_clear()
-        .env("ZOOID_API_URL", fx.url())
-        .env("RELAY_DOMAIN", "relays.example.com")
-        .env("ROBOT_SECRET", ROBOT_SECRET)
-        .env("DATABASE_PATH", db)
-        .env("SYNC_RETRY_BASE", "50ms")
-        .env("SYNC_RETRY_CAP", "200ms")
-        .env("SYNC_MAX_RATE", "0")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn daemon(fx: &FixtureZooid, db: &std::path::Path, listen: Option<u16>) -> Child {
-    let mut cmd = zooid_sync(fx, db);
-    cmd.args(["run", "--feed-interval", "10ms"]);
-    if let Some(port) = listen {
-        cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
-    }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn output(mut cmd: Command) -> Output {
-    cmd.output().unwrap()
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -167,34 +135,31 @@ fn manual_syncs_beside_the_daemon_never_overlap_it_or_lose_an_update() {
         std::thread::spawn(move || busy_host(db, ids, stop))
     };
     // The operator runs `sync` on the very relays the host is changing, from two shells.
-    let operators: Vec<_> = (0..2)
-        .map(|k| {
-            let (fx_url, db, ids) = (fx.url(), db.clone(), ids.clone());
-            std::thread::spawn(move || {
-                let mut codes = Vec::new();
-                for round in 0..6 {
-                    let id = &ids[(round * 3 + k) % ids.len()];
-                    let out = Command::new(env!("CARGO_BIN_EXE_zooid-sync"))
-                        .env_clear()
-                        .env("ZOOID_API_URL", &fx_url)
-                        .env("RELAY_DOMAIN", "relays.example.com")
-                        .env("ROBOT_SECRET", ROBOT_SECRET)
-                        .env("DATABASE_PATH", &db)
-                        .env("SYNC_MAX_RATE", "0")
-                        .args(["sync", id])
-                        .stdin(Stdio::null())
-                        .output()
-                        .unwrap();
-                    codes.push(out.status.code());
-                }
-                codes
+    let codes: Vec<Option<i32>> = std::thread::scope(|scope| {
+        let operators: Vec<_> = (0..2)
+            .map(|k| {
+                let (fx, db, ids) = (&fx, &db, &ids);
+                scope.spawn(move || {
+                    (0..6)
+                        .map(|round| {
+                            let id = &ids[(round * 3 + k) % ids.len()];
+                            output({
+                                let mut c = zooid_sync(fx, db);
+                                c.args(["sync", id]);
+                                c
+                            })
+                            .status
+                            .code()
+                        })
+                        .collect::<Vec<_>>()
+                })
             })
-        })
-        .collect();
-    let codes: Vec<Option<i32>> = operators
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+            .collect();
+        operators
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
     stop.store(true, Ordering::Release);
     let renames = host.join().unwrap();
     wait_all_synced(&db, &ids);
@@ -378,12 +343,4 @@ fn sync_of_an_unknown_relay_exits_2_with_or_without_a_daemon() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("relay nobody: unknown"));
-}
-
-/// SIGTERM, as systemd stops it, and wait.
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
 }

@@ -4,12 +4,12 @@
 //! nothing; and the rate toward zooid never exceeds `SYNC_MAX_RATE`. Long outages are
 //! compressed into milliseconds of backoff.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use rusqlite::Connection;
-use zooid_sync::fixture::{Fault, FixtureZooid, RecordedRequest};
+use zooid_sync::fixture::{Fault, RecordedRequest};
 use zooid_sync::RetryPolicy;
 use zooid_sync::PROBE_ID;
 use zooid_sync::{Env, Infra, Store};
@@ -266,25 +266,6 @@ fn a_flapping_zooid_converges_and_opens_the_breaker_a_bounded_number_of_times() 
     }
 }
 
-fn daemon(fx: &FixtureZooid, db: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_zooid-sync"))
-        .env_clear()
-        .env("ZOOID_API_URL", fx.url())
-        .env("RELAY_DOMAIN", "relays.example.com")
-        .env("ROBOT_SECRET", ROBOT_SECRET)
-        .env("DATABASE_PATH", db)
-        .env("SYNC_RETRY_BASE", "50ms")
-        .env("SYNC_RETRY_CAP", "200ms")
-        .env("SYNC_MAX_RATE", "0")
-        .env("RUST_LOG", "info")
-        .args(["run", "--feed-interval", "10ms"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn sigkill_during_an_outage_loses_nothing_and_the_restart_resumes_probing() {
     let fx = fixture();
@@ -297,7 +278,7 @@ fn sigkill_during_an_outage_loses_nothing_and_the_restart_resumes_probing() {
         }
     }
     fx.inject("*", down());
-    let mut first = daemon(&fx, &db);
+    let mut first = daemon(&fx, &db, None);
     let query = open_store(&db).query;
     expect_within(WAIT, "the outage recorded", || {
         query.zooid_outage().unwrap().is_some()
@@ -322,7 +303,7 @@ fn sigkill_during_an_outage_loses_nothing_and_the_restart_resumes_probing() {
     first.wait().unwrap();
     let before_restart = fx.requests().len();
 
-    let mut second = daemon(&fx, &db);
+    let mut second = daemon(&fx, &db, None);
     expect_within(WAIT, "the restarted daemon to probe", || {
         probes(&fx.requests()[before_restart..]).len() >= 3
     });
@@ -339,18 +320,10 @@ fn sigkill_during_an_outage_loses_nothing_and_the_restart_resumes_probing() {
     expect_within(WAIT, "the outage cleared", || {
         query.zooid_outage().unwrap().is_none()
     });
-    terminate(&second);
-    second.wait().unwrap();
+    terminate(&mut second);
     for id in &relays {
         assert!(fx.relay(id).is_some(), "{id} reached zooid");
     }
-}
-
-/// Asks the daemon to stop as systemd would.
-fn terminate(child: &Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
 }
 
 #[test]
