@@ -168,7 +168,7 @@ impl Tail {
                         }
                     }
                     Err(bad) => {
-                        *cursor = bad.key;
+                        *cursor = (*cursor).max(bad.key);
                         log::error!("feed: {bad}");
                         self.metrics.bad_row(&bad);
                     }

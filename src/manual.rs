@@ -111,7 +111,9 @@ fn through_worker(
         let (answered, synced) = store.query.count_sync_answers(first, last)?;
         progress.show(answered as usize, synced as usize);
         if answered as usize == requests.len() {
-            return store.query.sync_answers(first, last);
+            let answers = store.query.sync_answers(first, last)?;
+            store.command.forget_sync_requests(first, last)?;
+            return Ok(answers);
         }
         if let Ok(lease) = Lease::try_acquire(&env.database_path)? {
             // The worker stopped: what it did not answer, this does.
@@ -139,7 +141,9 @@ fn through_worker(
                     .answer_sync_request(*request, &answer.outcome, &answer.detail)?;
             }
             drop(lease);
-            return store.query.sync_answers(first, last);
+            let answers = store.query.sync_answers(first, last)?;
+            store.command.forget_sync_requests(first, last)?;
+            return Ok(answers);
         }
         std::thread::sleep(POLL);
     }
@@ -184,7 +188,15 @@ fn in_foreground(
             progress.show(count, synced);
             collected[n] = Some(answer);
         }
-        Ok(collected.into_iter().flatten().collect())
+        Ok::<_, anyhow::Error>(collected.into_iter().flatten().collect())
+    })
+    .and_then(|answers: Vec<SyncAnswer>| {
+        // This process holds the lease, so no other process's prober watches zooid: when
+        // zooid answered and this run found no outage, one recorded earlier is over.
+        if syncer.breaker().outage().is_none() && answers.iter().any(|a| a.outcome == "synced") {
+            store.command.clear_zooid_outage()?;
+        }
+        Ok(answers)
     })
 }
 

@@ -701,10 +701,16 @@ impl Command {
         let conn = self.db.writer.lock().unwrap();
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let insert = || -> rusqlite::Result<Vec<i64>> {
+            let now = now_unix();
+            // Housekeeping: answers nobody waited for (a `sync` that was interrupted) are
+            // kept for a day, for whoever wants to look, then go.
+            conn.prepare_cached(
+                "DELETE FROM sync_request WHERE outcome IS NOT NULL AND requested_at < ?1",
+            )?
+            .execute([now - 86_400])?;
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO sync_request (relay_id, requested_at) VALUES (?1, ?2)",
             )?;
-            let now = now_unix();
             relay_ids
                 .iter()
                 .map(|relay| {
@@ -723,6 +729,15 @@ impl Command {
                 Err(e).context("handing manual syncs to the worker")
             }
         }
+    }
+
+    /// Forgets the manual sync requests `first..=last`, once their answers were read.
+    pub fn forget_sync_requests(&self, first: i64, last: i64) -> Result<()> {
+        self.write_state(
+            "DELETE FROM sync_request WHERE id BETWEEN ?1 AND ?2",
+            params![first, last],
+        )
+        .context("forgetting manual sync requests")
     }
 
     /// Answers a manual sync request: `outcome` is `synced`, `failed`, `invalid` or

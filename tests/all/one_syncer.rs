@@ -303,6 +303,11 @@ fn sync_failed_after_an_outage_recovers_and_names_what_still_fails() {
         "{text}"
     );
     terminate(&mut run);
+    let left: i64 = Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM sync_request", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "answered requests are forgotten once read");
 
     fx.clear_faults();
     let out = output({
@@ -343,4 +348,27 @@ fn sync_of_an_unknown_relay_exits_2_with_or_without_a_daemon() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("relay nobody: unknown"));
+}
+
+#[test]
+fn a_foreground_sync_that_reaches_zooid_clears_an_outage_no_daemon_is_watching() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    store
+        .command
+        .create_relay("alpha", &settings("alpha"))
+        .unwrap();
+    // A daemon recorded an outage and was stopped before zooid came back.
+    store
+        .command
+        .record_zooid_outage(1, "zooid answered 503")
+        .unwrap();
+    let out = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["sync", "alpha"]);
+        c
+    });
+    assert_eq!(out.status.code(), Some(0));
+    assert!(store.query.zooid_outage().unwrap().is_none());
 }
