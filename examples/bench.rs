@@ -8,10 +8,13 @@
 //! 3. latency from an activity row written by another process to the request at zooid;
 //! 4. idle RSS and idle CPU of `zooid-sync run` with 10 000 synced relays, binary size;
 //! 5. the timer wheel at 1k, 10k and 100k entries;
-//! 6. startup: process start to first request with 10 000 pending relays.
+//! 6. startup: process start to first request with 10 000 pending relays;
+//! 7. latency-bound throughput: zooid answering after 1 ms and 5 ms (a zooid some distance
+//!    away), the worker against bare ureq threads at the same concurrency.
 //!
 //! Options: `--relays 1000,10000` (throughput sizes), `--skip-process` (skip 3, 4 and 6, which
-//! need the release binary: build it first with `cargo build --release`).
+//! need the release binary: build it first with `cargo build --release`), `--only-latency`
+//! (section 7 alone).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
 use zooid_sync::bench_support::TimerWheel;
-use zooid_sync::fixture::FixtureZooid;
+use zooid_sync::fixture::{Fault, FixtureZooid};
 use zooid_sync::nip98::make_auth;
 use zooid_sync::relay_body;
 use zooid_sync::Secret;
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| vec![1000, 10_000]);
     let skip_process = args.iter().any(|a| a == "--skip-process");
+    let only_latency = args.iter().any(|a| a == "--only-latency");
     let workers = 4;
 
     println!("# zooid-sync benchmark");
@@ -70,10 +74,13 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
 
+    if only_latency {
+        return latency_bound(workers);
+    }
     println!("## 1-2. throughput and CPU per sync ({workers} workers)");
     for &n in &sizes {
-        let (raw, raw_cpu, raw_zooid) = raw_limit(n, workers)?;
-        let (worker, cpu, worker_zooid) = worker_run(n, workers)?;
+        let (raw, raw_cpu, raw_zooid) = raw_limit(n, workers, None)?;
+        let (worker, cpu, worker_zooid) = worker_run(n, workers, None)?;
         let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
         println!(
             "N={n:>6}: worker {:>7.0} syncs/s, raw ureq {:>7.0} req/s, ratio {:.2}",
@@ -104,6 +111,29 @@ fn main() -> anyhow::Result<()> {
         footprint(&binary, 10_000)?;
         println!("\n## 6. startup with 10 000 pending relays");
         startup(&binary, 10_000)?;
+    }
+    println!();
+    latency_bound(workers)
+}
+
+/// Section 7: zooid some distance away. Each request waits `delay` at the fixture, so `workers`
+/// senders can do at most `workers / delay` a second; how close each side comes is what the
+/// worker's own time per sync costs.
+fn latency_bound(workers: usize) -> anyhow::Result<()> {
+    println!("## 7. latency-bound throughput ({workers} workers vs {workers} bare ureq threads)");
+    for (delay, n) in [
+        (Duration::from_millis(1), 3000),
+        (Duration::from_millis(5), 1000),
+    ] {
+        let (raw, _, _) = raw_limit(n, workers, Some(delay))?;
+        let (worker, _, _) = worker_run(n, workers, Some(delay))?;
+        let limit = workers as f64 / delay.as_secs_f64();
+        println!(
+            "zooid {:>2} ms away: worker {worker:>6.0} syncs/s, bare {raw:>6.0} req/s, \
+             worker/bare {:.2} (limit {limit:.0}/s)",
+            delay.as_millis(),
+            worker / raw
+        );
     }
     Ok(())
 }
@@ -177,8 +207,15 @@ fn setup(n: usize, synced: bool, workers: usize) -> anyhow::Result<Setup> {
 
 /// The HTTP limit: bare ureq threads sending the worker's requests, pre-signed and pre-built.
 /// Answers requests/s and the CPU time of the sending threads.
-fn raw_limit(n: usize, workers: usize) -> anyhow::Result<(f64, Duration, Duration)> {
+fn raw_limit(
+    n: usize,
+    workers: usize,
+    delay: Option<Duration>,
+) -> anyhow::Result<(f64, Duration, Duration)> {
     let s = setup(n, false, workers)?;
+    if let Some(d) = delay {
+        s.zooid.inject("*", Fault::Delay(d));
+    }
     let store = Store::open(&s.db)?;
     let mut requests = Vec::with_capacity(n);
     for i in 0..n {
@@ -239,8 +276,15 @@ fn this_thread_cpu() -> Duration {
 
 /// The real worker syncing `n` pending relays at startup. Answers syncs/s and the CPU time
 /// of the worker's own threads.
-fn worker_run(n: usize, workers: usize) -> anyhow::Result<(f64, Duration, Duration)> {
+fn worker_run(
+    n: usize,
+    workers: usize,
+    delay: Option<Duration>,
+) -> anyhow::Result<(f64, Duration, Duration)> {
     let s = setup(n, false, workers)?;
+    if let Some(d) = delay {
+        s.zooid.inject("*", Fault::Delay(d));
+    }
     let store = Store::open_with(
         &s.db,
         StoreOptions {
