@@ -19,8 +19,9 @@
 //! - When a probe succeeds the breaker **closes**, and the dispatcher syncs every pending
 //!   relay (paced by the pool and the rate limit).
 //!
-//! Hysteresis: opening takes two unavailable answers in a row, the second from a request that
-//! depends on no relay; closing takes one probe that answers. A breaker that opens again
+//! Hysteresis: opening takes three unavailable answers in a row, a relay's and two probes'
+//! (the second on a fresh connection, in case the first went out on a kept-alive connection
+//! zooid had closed); closing takes one probe that answers. A breaker that opens again
 //! within `cap` of closing keeps its probe schedule where it was instead of starting over, so
 //! a flapping zooid is probed less and less often: over any window of length `W`, the breaker
 //! opens at most `log2(cap / base) + 1 + W / cap` times.
@@ -276,7 +277,9 @@ impl Breaker {
                 return Verdict::ZooidUp;
             }
         }
-        match client.probe() {
+        // A kept-alive connection that zooid (or a proxy) closed fails the first request sent
+        // on it; a second probe goes out on a fresh one. Only two failed probes say "down".
+        match client.probe().or_else(|_| client.probe()) {
             Ok(()) => {
                 self.answered();
                 Verdict::ZooidUp

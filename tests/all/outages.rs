@@ -367,8 +367,10 @@ fn a_catch_up_never_exceeds_the_rate_ceiling() {
          {busiest}, busiest after the first second {busiest_after_burst}",
         starts.len()
     );
-    // A little slack for the time between a request leaving and the fixture stamping it.
-    let slack = rate * 0.02 + 2.0;
+    // Slack for the time between a request leaving and the fixture stamping it: with the
+    // rest of the suite running on the same two cores, stamps arrive in small bunches. (With
+    // no ceiling the catch-up sends all 1 000 in well under a second.)
+    let slack = rate * 0.1 + 5.0;
     assert!(
         busiest as f64 <= 2.0 * rate + slack,
         "{busiest} in one second"
