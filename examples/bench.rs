@@ -10,11 +10,13 @@
 //! 5. the timer wheel at 1k, 10k and 100k entries;
 //! 6. startup: process start to first request with 10 000 pending relays;
 //! 7. latency-bound throughput: zooid answering after 1 ms and 5 ms (a zooid some distance
-//!    away), the worker against bare ureq threads at the same concurrency.
+//!    away), the worker against bare ureq threads at the same concurrency;
+//! 8. a large fleet: 1k, 10k, 100k relays with ten activity rows each: `status`, startup, idle
+//!    RSS, feed latency.
 //!
 //! Options: `--relays 1000,10000` (throughput sizes), `--skip-process` (skip 3, 4 and 6, which
 //! need the release binary: build it first with `cargo build --release`), `--only-latency`
-//! (section 7 alone).
+//! (section 7 alone), `--only-scale` (section 8 alone).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -64,6 +66,14 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| vec![1000, 10_000]);
     let skip_process = args.iter().any(|a| a == "--skip-process");
     let only_latency = args.iter().any(|a| a == "--only-latency");
+    if args.iter().any(|a| a == "--only-scale") {
+        let binary = release_binary()?;
+        println!("## 8. a large fleet");
+        for n in [1_000, 10_000, 100_000] {
+            scale(&binary, n)?;
+        }
+        return Ok(());
+    }
     let workers = 4;
 
     println!("# zooid-sync benchmark");
@@ -111,6 +121,13 @@ fn main() -> anyhow::Result<()> {
         footprint(&binary, 10_000)?;
         println!("\n## 6. startup with 10 000 pending relays");
         startup(&binary, 10_000)?;
+    }
+    if !skip_process {
+        let binary = release_binary()?;
+        println!("\n## 8. a large fleet");
+        for n in [1_000, 10_000, 100_000] {
+            scale(&binary, n)?;
+        }
     }
     println!();
     latency_bound(workers)
@@ -577,11 +594,100 @@ fn startup(binary: &Path, n: usize) -> anyhow::Result<()> {
         s.zooid.relay_ids().len() == n
     })?;
     let all = spawned.elapsed();
+    // The burst is over: what the idle daemon keeps.
+    std::thread::sleep(Duration::from_secs(3));
+    let rss = proc_status(child.id(), "VmRSS");
     stop(child);
     println!(
-        "process start -> first request {:.1} ms; all {n} synced after {:.2} s",
+        "process start -> first request {:.1} ms; all {n} synced after {:.2} s; idle RSS after \
+         the burst {rss}",
         first.as_secs_f64() * 1e3,
         all.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Section 8: a large fleet. `n` relays, ten activity rows each (1 000 000 at 100 000 relays),
+/// 100 of them pending: `zooid-sync status`, start to first request, the idle daemon's RSS,
+/// and the feed's latency (its cost per look must not grow with the table).
+fn scale(binary: &Path, n: usize) -> anyhow::Result<()> {
+    let s = setup(0, true, 4)?;
+    {
+        let conn = Connection::open(&s.db)?;
+        conn.execute_batch(&format!(
+            "BEGIN;
+             WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < {n})
+             INSERT INTO relay (id, tenant_pubkey, schema, subdomain, status, synced, revision,
+                                created_at, updated_at)
+             SELECT printf('r%07d', i), '{OWNER}', printf('s%07d', i), printf('d%07d', i),
+                    'active', i >= 100, 1, 0, 0 FROM k;
+             WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < {rows})
+             INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type,
+                                   resource_id)
+             SELECT 'a' || i, '{OWNER}', 0,
+                    CASE WHEN i % 10 = 9 THEN 'complete_relay_sync' ELSE 'update_relay' END,
+                    'relay', printf('r%07d', i / 10) FROM k;
+             COMMIT;",
+            rows = n * 10
+        ))?;
+    }
+    let status_started = Instant::now();
+    let out = std::process::Command::new(binary)
+        .arg("status")
+        .env_clear()
+        .env("DATABASE_PATH", &s.db)
+        .output()?;
+    let status = status_started.elapsed();
+    anyhow::ensure!(out.status.success(), "status failed");
+
+    let spawned = Instant::now();
+    let child = daemon(binary, &s, &[])?;
+    wait_for("the first request", Duration::from_secs(60), || {
+        !s.zooid.requests().is_empty()
+    })?;
+    let first = s.zooid.requests()[0]
+        .started
+        .saturating_duration_since(spawned);
+    wait_for("the pending synced", Duration::from_secs(60), || {
+        s.zooid.relay_ids().len() >= 100
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    let rss = proc_status(child.id(), "VmRSS");
+    // The feed: one change at a time, written by another process.
+    let host = Connection::open(&s.db)?;
+    host.busy_timeout(Duration::from_secs(5))?;
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        std::thread::sleep(Duration::from_micros(jitter_us()));
+        let before = s.zooid.requests().len();
+        let written = Instant::now();
+        host.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             UPDATE relay SET info_name = 'n{i}', synced = 0, revision = revision + 1
+              WHERE id = 'r0000000';
+             INSERT INTO activity (id, created_at, activity_type, resource_type, resource_id)
+             VALUES ('scale-u{i}', 0, 'update_relay', 'relay', 'r0000000');
+             COMMIT;"
+        ))?;
+        wait_for("the request", Duration::from_secs(5), || {
+            s.zooid.requests().len() > before
+        })?;
+        latencies.push(
+            s.zooid.requests()[before]
+                .started
+                .saturating_duration_since(written),
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    stop(child);
+    latencies.sort();
+    println!(
+        "n={n:>6} ({:>7} activity rows): status {:>6.0} ms; start -> first request {:>5.1} ms; \
+         idle RSS {rss}; feed p50 {:.1} ms",
+        n * 10,
+        status.as_secs_f64() * 1e3,
+        first.as_secs_f64() * 1e3,
+        latencies[latencies.len() / 2].as_secs_f64() * 1e3
     );
     Ok(())
 }

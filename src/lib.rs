@@ -15,6 +15,7 @@
 mod env;
 mod infra;
 mod lease;
+mod memory;
 pub mod metrics;
 pub mod nip98;
 mod quote;

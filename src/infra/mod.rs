@@ -20,7 +20,9 @@
 //! answers again it tells the dispatcher, which reconciles (`"zooid answers again"`).
 //!
 //! Every [`REQUEST_POLL`] it also looks for manual sync requests that `zooid-sync sync` left in
-//! the database, and hands them to the pool like any other sync.
+//! the database, and hands them to the pool like any other sync; and once the pool has been
+//! idle for a second after a burst, it gives memory back (SQLite's page caches, and the free
+//! heap the allocator keeps), so an idle daemon stays as small after 10 000 syncs as at start.
 //!
 //! The dispatcher never talks to zooid; it reads the database only to count a relay's trailing
 //! failures and to list pending relays. The pool threads do the syncs; the timer thread only
@@ -235,7 +237,13 @@ impl Infra {
         let mut last_request = 0;
         loop {
             select! {
-                recv(requests) -> _ => dispatcher.take_sync_requests(&mut last_request),
+                recv(requests) -> _ => {
+                    dispatcher.take_sync_requests(&mut last_request);
+                    if dispatcher.pool.settled(SETTLE) {
+                        query.release_memory();
+                        crate::memory::return_free_heap();
+                    }
+                }
                 recv(activities.receiver()) -> message => match message {
                     Ok(activity) => {
                         if let Err(RecvError::Lagged(n)) = activities.take_lag() {
@@ -300,6 +308,9 @@ fn is_dispatched(activity: &Activity) -> bool {
                 | activity_type::FAIL_RELAY_SYNC
         )
 }
+
+/// How long the pool must have been idle after a burst before the worker gives memory back.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often the worker looks for manual sync requests (`zooid-sync sync`) in the database.
 pub const REQUEST_POLL: std::time::Duration = std::time::Duration::from_millis(200);

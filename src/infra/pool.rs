@@ -111,6 +111,8 @@ pub struct Pool {
 struct PoolShared {
     in_flight: Mutex<InFlight>,
     stopping: AtomicBool,
+    /// When the pool last became idle, if it has done work since memory was last given back.
+    idle_since: Mutex<Option<std::time::Instant>>,
 }
 
 impl Pool {
@@ -126,6 +128,7 @@ impl Pool {
         let shared = Arc::new(PoolShared {
             in_flight: Mutex::new(InFlight::default()),
             stopping: AtomicBool::new(false),
+            idle_since: Mutex::new(None),
         });
         let syncer = Arc::new(syncer);
         let threads = (0..workers.max(1))
@@ -155,6 +158,22 @@ impl Pool {
             if let Some(jobs) = &self.jobs {
                 let _ = jobs.send(id.to_string());
             }
+        }
+    }
+
+    /// Whether the pool has been idle for `quiet` since it last did work, and has not said so
+    /// yet: true once after each burst, the moment to give memory back.
+    pub fn settled(&self, quiet: std::time::Duration) -> bool {
+        if !self.shared.in_flight.lock().unwrap().relays.is_empty() {
+            return false;
+        }
+        let mut idle_since = self.shared.idle_since.lock().unwrap();
+        match *idle_since {
+            Some(since) if since.elapsed() >= quiet => {
+                *idle_since = None;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -213,7 +232,14 @@ fn work(
                 }
                 SyncOutcome::Failed(_) | SyncOutcome::Parked | SyncOutcome::Gone => {}
             }
-            let again = shared.in_flight.lock().unwrap().finish(&id);
+            let again = {
+                let mut in_flight = shared.in_flight.lock().unwrap();
+                let again = in_flight.finish(&id);
+                if in_flight.relays.is_empty() {
+                    *shared.idle_since.lock().unwrap() = Some(std::time::Instant::now());
+                }
+                again
+            };
             if !again || shared.stopping.load(Ordering::Acquire) {
                 if again {
                     shared.in_flight.lock().unwrap().abandon(&id);

@@ -280,6 +280,33 @@ impl Query {
         result
     }
 
+    /// Gives memory back after a burst: idle read connections beyond one are closed (a burst
+    /// opens them again), and the remaining connections' page caches are emptied
+    /// (`PRAGMA shrink_memory`; the writer's only if it is free). A connection refills its
+    /// cache on its next use.
+    pub fn release_memory(&self) {
+        let shrink = |conn: &Connection| {
+            if let Err(e) = conn.execute_batch("PRAGMA shrink_memory") {
+                log::debug!("shrinking a connection's cache: {e}");
+            }
+        };
+        let closed = {
+            let mut readers = self.db.readers.lock().unwrap();
+            let keep = readers.idle.len().min(1);
+            let closed: Vec<Connection> = readers.idle.drain(keep..).collect();
+            readers.open -= closed.len();
+            for conn in &readers.idle {
+                shrink(conn);
+            }
+            closed
+        };
+        drop(closed); // closed outside the lock
+        self.db.reader_returned.notify_all();
+        if let Ok(writer) = self.db.writer.try_lock() {
+            shrink(&writer);
+        }
+    }
+
     /// The path of the database file.
     pub fn path(&self) -> &Path {
         &self.db.path
