@@ -203,6 +203,7 @@ impl Infra {
             drop(command);
             weak
         };
+        let command_for_writer = command.clone();
         let syncer = Syncer::with_metrics(query.clone(), command, &env, metrics.clone())?;
         let breaker = syncer.breaker().clone();
         breaker.resume_recorded_outage(&query);
@@ -213,6 +214,9 @@ impl Infra {
         let (due_tx, due_rx) = crossbeam_channel::unbounded();
         let timer = timer::spawn(timer_rx, due_tx).context("cannot start the timer thread")?;
         let retries = Arc::new(Retries::new(timer_tx));
+        let writer = command_for_writer
+            .spawn_writer()
+            .context("cannot start the writer thread")?;
         let pool = Pool::start(env.sync_workers, syncer, retries.clone(), env.retry.base)
             .context("cannot start the worker threads")?;
         let dispatcher = Dispatcher {
@@ -275,6 +279,7 @@ impl Infra {
         breaker.stop();
         let _ = prober.join();
         pool.stop();
+        writer.stop(); // records the outcomes still queued, before the lease goes
         metrics.set_active(false);
         drop(lease);
         drop(retries);

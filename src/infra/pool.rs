@@ -68,11 +68,12 @@ impl InFlight {
             .insert(id.to_string(), State::Running { dirty: false });
     }
 
-    /// A worker finished syncing `id`. Answers whether it must sync it once more.
+    /// The outcome of `id`'s sync is recorded. Answers whether it must be synced once more
+    /// (it changed meanwhile); it is then queued again.
     pub fn finish(&mut self, id: &str) -> bool {
         match self.relays.get_mut(id) {
-            Some(State::Running { dirty }) if *dirty => {
-                *dirty = false;
+            Some(State::Running { dirty: true }) => {
+                self.relays.insert(id.to_string(), State::Queued);
                 true
             }
             _ => {
@@ -103,21 +104,49 @@ impl InFlight {
 
 /// The running pool.
 pub struct Pool {
-    jobs: Option<Sender<String>>,
     shared: Arc<PoolShared>,
     threads: Vec<JoinHandle<()>>,
 }
 
 struct PoolShared {
     in_flight: Mutex<InFlight>,
+    /// The job queue's sender; `None` once the pool stops, which ends the workers' loops.
+    jobs: Mutex<Option<Sender<String>>>,
     stopping: AtomicBool,
     /// When the pool last became idle, if it has done work since memory was last given back.
     idle_since: Mutex<Option<std::time::Instant>>,
 }
 
+impl PoolShared {
+    /// Queues a job for `id` (unless the pool is stopping).
+    fn queue(&self, id: &str) {
+        if let Some(jobs) = &*self.jobs.lock().unwrap() {
+            let _ = jobs.send(id.to_string());
+        }
+    }
+
+    /// The outcome of `id`'s sync is recorded: only now may its next sync start. Queues it
+    /// again if it changed meanwhile.
+    fn finished(&self, id: &str) {
+        let mut in_flight = self.in_flight.lock().unwrap();
+        if in_flight.finish(id) {
+            if self.stopping.load(Ordering::Acquire) {
+                in_flight.abandon(id);
+            } else {
+                self.queue(id);
+            }
+        }
+        if in_flight.relays.is_empty() {
+            *self.idle_since.lock().unwrap() = Some(std::time::Instant::now());
+        }
+    }
+}
+
 impl Pool {
-    /// Starts `workers` threads sharing `syncer`. A successful sync cancels the relay's
-    /// pending retry through `retries`; an outcome that could not be recorded is retried later.
+    /// Starts `workers` threads sharing `syncer`. A worker hands each outcome to the writer
+    /// thread and takes its next job; once the outcome is recorded, a success cancels the
+    /// relay's pending retry through `retries`, an outcome that could not be recorded is
+    /// retried after `retry_later`, and the relay may be synced again.
     pub fn start(
         workers: usize,
         syncer: Syncer,
@@ -127,6 +156,7 @@ impl Pool {
         let (jobs, queue) = crossbeam_channel::unbounded::<String>();
         let shared = Arc::new(PoolShared {
             in_flight: Mutex::new(InFlight::default()),
+            jobs: Mutex::new(Some(jobs)),
             stopping: AtomicBool::new(false),
             idle_since: Mutex::new(None),
         });
@@ -144,20 +174,13 @@ impl Pool {
                     .spawn(move || work(&queue, &shared, &syncer, &retries, retry_later))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Pool {
-            jobs: Some(jobs),
-            shared,
-            threads,
-        })
+        Ok(Pool { shared, threads })
     }
 
     /// Asks for a sync of relay `id` (see [`InFlight::request`]).
     pub fn submit(&self, id: &str) {
-        let queue = self.shared.in_flight.lock().unwrap().request(id);
-        if queue {
-            if let Some(jobs) = &self.jobs {
-                let _ = jobs.send(id.to_string());
-            }
+        if self.shared.in_flight.lock().unwrap().request(id) {
+            self.shared.queue(id);
         }
     }
 
@@ -180,24 +203,23 @@ impl Pool {
     /// Asks for a sync of relay `id` that answers manual request `request` (see
     /// [`InFlight::request_answer`]).
     pub fn submit_request(&self, id: &str, request: i64) {
-        let queue = self
+        if self
             .shared
             .in_flight
             .lock()
             .unwrap()
-            .request_answer(id, request);
-        if queue {
-            if let Some(jobs) = &self.jobs {
-                let _ = jobs.send(id.to_string());
-            }
+            .request_answer(id, request)
+        {
+            self.shared.queue(id);
         }
     }
 
     /// Stops taking jobs, lets running syncs finish, and waits for the threads. Queued jobs
-    /// are dropped: they are still pending in the database for the next start.
+    /// are dropped: they are still pending in the database for the next start. Outcomes
+    /// handed to the writer are recorded when the writer stops.
     pub fn stop(mut self) {
         self.shared.stopping.store(true, Ordering::Release);
-        self.jobs.take();
+        self.shared.jobs.lock().unwrap().take();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -206,9 +228,9 @@ impl Pool {
 
 fn work(
     queue: &Receiver<String>,
-    shared: &PoolShared,
-    syncer: &Syncer,
-    retries: &Retries,
+    shared: &Arc<PoolShared>,
+    syncer: &Arc<Syncer>,
+    retries: &Arc<Retries>,
     retry_later: std::time::Duration,
 ) {
     while let Ok(id) = queue.recv() {
@@ -216,37 +238,24 @@ fn work(
             shared.in_flight.lock().unwrap().abandon(&id);
             continue;
         }
-        shared.in_flight.lock().unwrap().start(&id);
-        loop {
-            let answering = shared.in_flight.lock().unwrap().take_requests(&id);
-            let outcome = syncer.sync_relay_by_id(&id);
+        let answering = {
+            let mut in_flight = shared.in_flight.lock().unwrap();
+            in_flight.start(&id);
+            in_flight.take_requests(&id)
+        };
+        let (shared, me, retries) = (shared.clone(), syncer.clone(), retries.clone());
+        let relay = id.clone();
+        syncer.sync_relay_by_id_then(&id, move |outcome| {
             for request in answering {
-                syncer.answer(request, &outcome);
+                me.answer(request, &outcome);
             }
             match outcome {
-                SyncOutcome::Synced { .. } => {
-                    retries.cancel(&id);
-                }
-                SyncOutcome::NotRecorded(_) => {
-                    retries.schedule(&id, retry_later);
-                }
+                SyncOutcome::Synced { .. } => retries.cancel(&relay),
+                SyncOutcome::NotRecorded(_) => retries.schedule(&relay, retry_later),
                 SyncOutcome::Failed(_) | SyncOutcome::Parked | SyncOutcome::Gone => {}
             }
-            let again = {
-                let mut in_flight = shared.in_flight.lock().unwrap();
-                let again = in_flight.finish(&id);
-                if in_flight.relays.is_empty() {
-                    *shared.idle_since.lock().unwrap() = Some(std::time::Instant::now());
-                }
-                again
-            };
-            if !again || shared.stopping.load(Ordering::Acquire) {
-                if again {
-                    shared.in_flight.lock().unwrap().abandon(&id);
-                }
-                break;
-            }
-        }
+            shared.finished(&relay);
+        });
     }
 }
 

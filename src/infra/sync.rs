@@ -127,6 +127,25 @@ pub struct Syncer {
     breaker: Arc<Breaker>,
 }
 
+/// A sync's exchange with zooid, before its outcome is recorded.
+enum Attempt {
+    /// zooid accepted the relay at `revision`.
+    Accepted {
+        relay_id: String,
+        revision: i64,
+        done: Done,
+        started: Instant,
+    },
+    /// The sync failed; the failure is to be recorded.
+    Failed {
+        relay_id: String,
+        error: SyncError,
+        started: Instant,
+    },
+    /// Nothing to record: the relay is gone, or parked and told already.
+    Quiet(SyncOutcome),
+}
+
 /// A successful exchange with zooid.
 struct Done {
     method: &'static str,
@@ -168,40 +187,103 @@ impl Syncer {
         &self.client
     }
 
-    /// Reads relay `id` afresh and syncs it; a relay that is gone is skipped.
+    /// Reads relay `id` afresh, syncs it and records the outcome before it returns; a relay
+    /// that is gone is skipped. (`zooid-sync sync` in the foreground.)
+    #[cfg(feature = "cli")]
     pub fn sync_relay_by_id(&self, id: &str) -> SyncOutcome {
+        self.record(self.attempt_by_id(id))
+    }
+
+    /// Like [`sync_relay_by_id`](Self::sync_relay_by_id), but hands the outcome to the writer
+    /// thread and returns as soon as zooid answered; `then` learns the outcome once it is
+    /// recorded. The pool's workers sync this way, so that one relay's commit overlaps the
+    /// next relay's request.
+    pub(crate) fn sync_relay_by_id_then(
+        self: &Arc<Self>,
+        id: &str,
+        then: impl FnOnce(SyncOutcome) + Send + 'static,
+    ) {
+        let attempt = self.attempt_by_id(id);
+        let me = self.clone();
+        match attempt {
+            Attempt::Accepted {
+                relay_id,
+                revision,
+                done,
+                started,
+            } => {
+                self.command
+                    .complete_relay_sync_then(&relay_id.clone(), revision, move |result| {
+                        then(me.recorded_success(&relay_id, revision, done, started, result))
+                    })
+            }
+            Attempt::Failed {
+                relay_id,
+                error,
+                started,
+            } => {
+                let text = self.failure_text(&relay_id, &error, started);
+                self.command
+                    .fail_relay_sync_then(&relay_id.clone(), &text, move |result| {
+                        then(me.recorded_failure(&relay_id, error, result))
+                    })
+            }
+            Attempt::Quiet(outcome) => then(outcome),
+        }
+    }
+
+    /// Reads relay `id` and sends it to zooid; nothing is recorded yet.
+    fn attempt_by_id(&self, id: &str) -> Attempt {
         match self.query.get_relay_for_sync(id) {
-            Ok(Some((relay, ever_completed))) => self.sync(&relay, Some(ever_completed)),
+            Ok(Some((relay, ever_completed))) => self.attempt(&relay, Some(ever_completed)),
             Ok(None) => {
                 log::debug!("relay {id}: gone, nothing to sync");
-                SyncOutcome::Gone
+                Attempt::Quiet(SyncOutcome::Gone)
             }
-            Err(e) => {
-                self.record_failure(id, SyncError::Unreadable(format!("{e:#}")), Instant::now())
-            }
+            Err(e) => Attempt::Failed {
+                relay_id: id.to_string(),
+                error: SyncError::Unreadable(format!("{e:#}")),
+                started: Instant::now(),
+            },
         }
     }
 
     /// `ever_completed`: whether the relay ever completed a sync, when already known.
-    fn sync(&self, relay: &Relay, ever_completed: Option<bool>) -> SyncOutcome {
+    fn attempt(&self, relay: &Relay, ever_completed: Option<bool>) -> Attempt {
+        let failed = |error| Attempt::Failed {
+            relay_id: relay.id.clone(),
+            error,
+            started: Instant::now(),
+        };
         if let Some((since, last_error)) = self.breaker.outage() {
-            return self.park(&relay.id, since, &last_error);
+            return match self.breaker.tell(&relay.id) {
+                true => failed(SyncError::ZooidUnavailable(format!(
+                    "since {} ({last_error}); the relay is synced when zooid answers again",
+                    format_unix(since)
+                ))),
+                false => {
+                    log::debug!("relay {}: waiting for zooid", relay.id);
+                    Attempt::Quiet(SyncOutcome::Parked)
+                }
+            };
         }
         let started = Instant::now();
-        match self.try_sync_relay(relay, ever_completed) {
+        let error = match self.try_sync_relay(relay, ever_completed) {
             Ok(done) => {
                 self.breaker.answered();
-                self.record_success(relay, done, started)
+                return Attempt::Accepted {
+                    relay_id: relay.id.clone(),
+                    revision: relay.revision,
+                    done,
+                    started,
+                };
             }
             Err(SyncError::Refused(e)) if e.is_unavailable() => {
                 match self.breaker.verdict(&self.client, started, &e) {
-                    Verdict::ZooidUp => {
-                        self.record_failure(&relay.id, SyncError::Refused(e), started)
-                    }
+                    Verdict::ZooidUp => SyncError::Refused(e),
                     Verdict::ZooidDown => {
                         self.breaker.tell(&relay.id);
-                        let error = SyncError::ZooidUnavailable(e.to_string());
-                        self.record_failure(&relay.id, error, started)
+                        SyncError::ZooidUnavailable(e.to_string())
                     }
                 }
             }
@@ -209,35 +291,59 @@ impl Syncer {
                 if matches!(error, SyncError::Refused(_)) {
                     self.breaker.answered();
                 }
-                self.record_failure(&relay.id, error, started)
+                error
             }
+        };
+        Attempt::Failed {
+            relay_id: relay.id.clone(),
+            error,
+            started,
         }
     }
 
-    /// The breaker is open: nothing is sent. The relay is told once per outage.
-    fn park(&self, id: &str, since: i64, last_error: &str) -> SyncOutcome {
-        if !self.breaker.tell(id) {
-            log::debug!("relay {id}: waiting for zooid");
-            return SyncOutcome::Parked;
+    /// Records an attempt's outcome and answers it.
+    #[cfg(feature = "cli")]
+    fn record(&self, attempt: Attempt) -> SyncOutcome {
+        match attempt {
+            Attempt::Accepted {
+                relay_id,
+                revision,
+                done,
+                started,
+            } => {
+                let result = self.command.complete_relay_sync(&relay_id, revision);
+                self.recorded_success(&relay_id, revision, done, started, result)
+            }
+            Attempt::Failed {
+                relay_id,
+                error,
+                started,
+            } => {
+                let text = self.failure_text(&relay_id, &error, started);
+                let result = self.command.fail_relay_sync(&relay_id, &text);
+                self.recorded_failure(&relay_id, error, result)
+            }
+            Attempt::Quiet(outcome) => outcome,
         }
-        let error = SyncError::ZooidUnavailable(format!(
-            "since {} ({last_error}); the relay is synced when zooid answers again",
-            format_unix(since)
-        ));
-        self.record_failure(id, error, Instant::now())
     }
 
-    fn record_success(&self, relay: &Relay, done: Done, started: Instant) -> SyncOutcome {
+    /// Counts and logs a success once its recording is done.
+    fn recorded_success(
+        &self,
+        relay_id: &str,
+        revision: i64,
+        done: Done,
+        started: Instant,
+        recorded: Result<bool>,
+    ) -> SyncOutcome {
         let ms = started.elapsed().as_millis();
-        match self.command.complete_relay_sync(&relay.id, relay.revision) {
+        match recorded {
             Ok(marked) => {
                 self.metrics.synced();
                 log::info!(
-                    "relay {}: {} {} in {ms} ms (revision {}{})",
-                    relay.id,
+                    "relay {relay_id}: {} {} in {ms} ms (revision {revision}{})",
                     done.method,
                     done.status,
-                    relay.revision,
                     if marked {
                         ""
                     } else {
@@ -252,8 +358,7 @@ impl Syncer {
             }
             Err(e) => {
                 log::error!(
-                    "relay {}: zooid accepted {} but recording it failed: {e:#}",
-                    relay.id,
+                    "relay {relay_id}: zooid accepted {} but recording it failed: {e:#}",
                     done.method
                 );
                 SyncOutcome::NotRecorded(format!("{e:#}"))
@@ -261,7 +366,8 @@ impl Syncer {
         }
     }
 
-    fn record_failure(&self, id: &str, error: SyncError, started: Instant) -> SyncOutcome {
+    /// The text a failure is recorded with; counts and logs it.
+    fn failure_text(&self, id: &str, error: &SyncError, started: Instant) -> String {
         // The error may quote zooid and the host; both were cleaned where quoted, and this
         // bounds what is logged and stored whatever composed it.
         let text = quote::remote(&error.to_string(), 2 * quote::REMOTE_MAX);
@@ -273,7 +379,11 @@ impl Syncer {
             // The breaker logs the outage once; one line per relay would drown it.
             log::debug!("relay {id}: {text}");
         }
-        match self.command.fail_relay_sync(id, &text) {
+        text
+    }
+
+    fn recorded_failure(&self, id: &str, error: SyncError, recorded: Result<()>) -> SyncOutcome {
+        match recorded {
             Ok(()) => SyncOutcome::Failed(error),
             Err(e) => {
                 log::error!("relay {id}: recording the failed sync failed: {e:#}");

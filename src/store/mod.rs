@@ -119,6 +119,8 @@ struct Db {
     writer: Mutex<Connection>,
     /// Writes waiting for the writer connection (see [`Command::write`]).
     queue: Mutex<Vec<Queued>>,
+    /// Signalled when a write is queued for the writer thread.
+    queued: Condvar,
 }
 
 /// The pool of read connections: the idle ones, and how many exist in all.
@@ -149,6 +151,7 @@ impl Store {
             max_readers: options.max_readers.max(1),
             writer: Mutex::new(writer),
             queue: Mutex::new(Vec::new()),
+            queued: Condvar::new(),
         });
         Ok(Store {
             query: Query { db: db.clone() },
@@ -605,9 +608,12 @@ impl Command {
     /// savepoint, so one failing write does not undo the others). A thread that finds its
     /// write already done by another returns at once. Under load this turns several commits
     /// into one; alone, it is one transaction as before.
-    fn write(&self, write: Write) -> Result<(Activity, bool)> {
+    fn write(&self, write: Write) -> WriteResult {
         let (done, result) = crossbeam_channel::bounded(1);
-        self.db.queue.lock().unwrap().push(Queued { write, done });
+        self.db.queue.lock().unwrap().push(Queued {
+            write,
+            done: Done::Wait(done),
+        });
         let mut conn = self.db.writer.lock().unwrap();
         if let Ok(outcome) = result.try_recv() {
             return outcome;
@@ -616,18 +622,62 @@ impl Command {
         // load one commit carries several outcomes (measured: 169 -> 152 us per sync with four
         // workers; a lone writer pays one sched_yield).
         std::thread::yield_now();
-        self.commit_queued(&mut conn);
+        let later = self.commit_queued(&mut conn);
         drop(conn);
+        run_deferred(later);
         result
             .try_recv()
             .unwrap_or_else(|_| Err(anyhow!("the write was lost by the writer")))
     }
 
+    /// Queues `write` for the writer thread ([`Command::spawn_writer`]) and returns at once;
+    /// `then` learns the outcome once it committed (or failed). Whoever commits next runs it,
+    /// after releasing the writer connection, so `then` may write again.
+    fn write_then(&self, write: Write, then: impl FnOnce(WriteResult) + Send + 'static) {
+        self.db.queue.lock().unwrap().push(Queued {
+            write,
+            done: Done::Then(Box::new(then)),
+        });
+        self.db.queued.notify_one();
+    }
+
+    /// Starts the writer thread, which commits queued writes as they come, in groups, so
+    /// that [`write_then`](Self::write_then) never waits. Stop it with [`Writer::stop`],
+    /// which commits what is still queued first.
+    pub(crate) fn spawn_writer(&self) -> std::io::Result<Writer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (command, stopping) = (self.weak(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("zooid-sync-writer".into())
+            .spawn(move || loop {
+                {
+                    let mut queue = command.db.queue.lock().unwrap();
+                    while queue.is_empty() {
+                        if stopping.load(Ordering::Acquire) {
+                            return;
+                        }
+                        queue = command.db.queued.wait(queue).unwrap();
+                    }
+                }
+                let mut conn = command.db.writer.lock().unwrap();
+                let later = command.commit_queued(&mut conn);
+                drop(conn);
+                run_deferred(later);
+            })?;
+        Ok(Writer {
+            db: self.db.clone(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
     /// Applies every queued write in one transaction, answers each, publishes what committed.
-    fn commit_queued(&self, conn: &mut Connection) {
+    /// Answers the callbacks to run once the writer connection is released.
+    fn commit_queued(&self, conn: &mut Connection) -> Deferred {
+        let mut later = Deferred::new();
         let batch = std::mem::take(&mut *self.db.queue.lock().unwrap());
         if batch.is_empty() {
-            return;
+            return later;
         }
         let run = |conn: &Connection, sql: &str| -> rusqlite::Result<()> {
             conn.prepare_cached(sql)?.execute([]).map(|_| ())
@@ -635,11 +685,10 @@ impl Command {
         if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
             for q in batch {
                 let what = q.write.describe();
-                let _ = q.done.send(Err(anyhow!(
-                    "{what}: cannot start a write transaction: {e}"
-                )));
+                let error = anyhow!("{what}: cannot start a write transaction: {e}");
+                q.done.answer(Err(error), &mut later);
             }
-            return;
+            return later;
         }
         let tracking = self.own_writes.tracking.load(Ordering::Acquire);
         let mut applied = Vec::with_capacity(batch.len());
@@ -668,16 +717,18 @@ impl Command {
                 if let Ok((activity, _)) = &outcome {
                     self.own_writes.seqs.lock().unwrap().remove(&activity.seq);
                 }
-                let _ = done.send(outcome.and_then(|_| Err(anyhow!("cannot commit: {e}"))));
+                let result = outcome.and_then(|_| Err(anyhow!("cannot commit: {e}")));
+                done.answer(result, &mut later);
             }
-            return;
+            return later;
         }
         for (done, outcome) in applied {
             if let Ok((activity, _)) = &outcome {
                 self.notify.send(activity.clone());
             }
-            let _ = done.send(outcome);
+            done.answer(outcome, &mut later);
         }
+        later
     }
 
     /// Records a sync zooid accepted. The relay is marked synced only if its revision is still
@@ -689,6 +740,40 @@ impl Command {
             revision,
         })?;
         Ok(marked)
+    }
+
+    /// [`complete_relay_sync`](Self::complete_relay_sync) through the writer thread: returns
+    /// at once, `then` learns whether the relay is now marked synced.
+    pub(crate) fn complete_relay_sync_then(
+        &self,
+        relay_id: &str,
+        revision: i64,
+        then: impl FnOnce(Result<bool>) + Send + 'static,
+    ) {
+        let write = Write::Complete {
+            relay_id: relay_id.to_string(),
+            revision,
+        };
+        self.write_then(write, move |result| then(result.map(|(_, marked)| marked)));
+    }
+
+    /// [`fail_relay_sync`](Self::fail_relay_sync) through the writer thread.
+    pub(crate) fn fail_relay_sync_then(
+        &self,
+        relay_id: &str,
+        error: &str,
+        then: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        let error = if error.is_empty() {
+            "unknown error"
+        } else {
+            error
+        };
+        let write = Write::Fail {
+            relay_id: relay_id.to_string(),
+            error: error.to_string(),
+        };
+        self.write_then(write, move |result| then(result.map(|_| ())));
     }
 
     /// Records a failed sync with its error.
@@ -834,10 +919,37 @@ impl Command {
     }
 }
 
+/// What a write answers: the activity it appended and whether the relay row changed.
+type WriteResult = Result<(Activity, bool)>;
+
 /// A write waiting for the writer connection, and where its outcome goes.
 struct Queued {
     write: Write,
-    done: crossbeam_channel::Sender<Result<(Activity, bool)>>,
+    done: Done,
+}
+
+/// Who learns a write's outcome.
+enum Done {
+    /// A thread blocked in [`Command::write`].
+    Wait(crossbeam_channel::Sender<WriteResult>),
+    /// A callback ([`Command::write_then`]), run once the write committed or failed, after
+    /// the writer connection is released.
+    Then(Box<dyn FnOnce(WriteResult) + Send>),
+}
+
+/// Callbacks to run once the writer connection is released.
+type Deferred = Vec<(Box<dyn FnOnce(WriteResult) + Send>, WriteResult)>;
+
+impl Done {
+    /// Answers a waiting thread now, or keeps the callback for later.
+    fn answer(self, result: WriteResult, later: &mut Deferred) {
+        match self {
+            Done::Wait(tx) => {
+                let _ = tx.send(result);
+            }
+            Done::Then(f) => later.push((f, result)),
+        }
+    }
 }
 
 /// One write, as data, so that whichever thread holds the writer connection can apply it.
@@ -979,6 +1091,34 @@ impl Command {
     #[cfg(feature = "cli")]
     pub(crate) fn take_own_write(&self, seq: i64) -> bool {
         self.own_writes.seqs.lock().unwrap().remove(&seq)
+    }
+}
+
+/// Runs the callbacks of writes that are done.
+fn run_deferred(later: Deferred) {
+    for (then, result) in later {
+        then(result);
+    }
+}
+
+/// The running writer thread ([`Command::spawn_writer`]).
+pub(crate) struct Writer {
+    db: Arc<Db>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Commits what is still queued, then stops the thread.
+    pub(crate) fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        {
+            let _queue = self.db.queue.lock().unwrap();
+            self.db.queued.notify_all();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
