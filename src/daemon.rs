@@ -42,6 +42,7 @@ impl Default for DaemonOptions {
 /// another process holds the database's lease it stands by (sending nothing, answering
 /// `/healthz` with `standby`) and takes over when that process stops or dies.
 pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()> {
+    crate::memory::limit_arenas();
     ZooidClient::new(env)?; // a bad CA bundle is an error now, not in the worker thread
     let store = Store::open(&env.database_path)?;
     let infra = Infra::new(store.query.clone(), store.command.clone(), env);

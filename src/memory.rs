@@ -19,3 +19,23 @@ pub fn return_free_heap() {
         }
     }
 }
+
+/// Caps glibc's allocator at two arenas. By default every thread that allocates while another
+/// holds an arena gets one of its own (up to eight per core), and each keeps its high-water
+/// mark: with four workers, a writer, a dispatcher and a feed, a burst leaves several
+/// half-empty arenas behind. Two keep contention low for a worker that spends its time waiting
+/// on zooid. For the daemon; call it before the threads start.
+pub fn limit_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_ARENA_MAX: i32 = -8;
+        // SAFETY: mallopt only sets an allocator parameter; M_ARENA_MAX takes effect for
+        // arenas created from now on.
+        unsafe {
+            mallopt(M_ARENA_MAX, 2);
+        }
+    }
+}
