@@ -25,6 +25,7 @@ pub fn return_free_heap() {
 /// mark: with four workers, a writer, a dispatcher and a feed, a burst leaves several
 /// half-empty arenas behind. Two keep contention low for a worker that spends its time waiting
 /// on zooid. For the daemon; call it before the threads start.
+#[cfg(feature = "cli")]
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
