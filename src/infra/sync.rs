@@ -407,12 +407,13 @@ impl Syncer {
                 .map_err(|e| SyncError::Unreadable(format!("{e:#}")))?,
         };
         let is_new = !relay.synced && !ever_completed;
-        // Only a POST carries it; generated now so that the body below can borrow it.
-        let secret = Secret::generate(32);
+        // Only a POST carries a secret, generated the first time one is sent; declared before
+        // the body so that the body can borrow it.
+        let secret = std::cell::OnceCell::new();
         // Builds and validates the body before anything is sent.
         let mut body = relay_body(relay, &self.env, None).map_err(SyncError::Invalid)?;
         let mut send = |method: &'static str| -> Result<Done, ZooidError> {
-            body.secret = (method == "POST").then_some(&secret);
+            body.secret = (method == "POST").then(|| secret.get_or_init(|| Secret::generate(32)));
             let _request = self.metrics.request();
             let response = match method {
                 "POST" => self.client.create_relay(&relay.id, &body),
