@@ -1111,6 +1111,10 @@ pub(crate) struct Writer {
 impl Writer {
     /// Commits what is still queued, then stops the thread.
     pub(crate) fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Release);
         {
             let _queue = self.db.queue.lock().unwrap();
@@ -1119,6 +1123,13 @@ impl Writer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Writer {
+    /// A worker that fails to start after its writer did still stops the writer.
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
