@@ -191,7 +191,15 @@ impl Syncer {
     /// that is gone is skipped. (`zooid-sync sync` in the foreground.)
     #[cfg(feature = "cli")]
     pub fn sync_relay_by_id(&self, id: &str) -> SyncOutcome {
-        self.record(self.attempt_by_id(id))
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.record_then(self.attempt_by_id(id), move |outcome| {
+            let _ = tx.send(outcome);
+        });
+        // Commits the outcome here, unless a writer thread took it first; either way the
+        // callback has run or is about to.
+        self.command.flush();
+        rx.recv()
+            .unwrap_or_else(|_| SyncOutcome::NotRecorded("the outcome was lost".into()))
     }
 
     /// Like [`sync_relay_by_id`](Self::sync_relay_by_id), but hands the outcome to the writer
@@ -199,12 +207,17 @@ impl Syncer {
     /// recorded. The pool's workers sync this way, so that one relay's commit overlaps the
     /// next relay's request.
     pub(crate) fn sync_relay_by_id_then(
-        self: &Arc<Self>,
+        &self,
         id: &str,
         then: impl FnOnce(SyncOutcome) + Send + 'static,
     ) {
-        let attempt = self.attempt_by_id(id);
-        let me = self.clone();
+        self.record_then(self.attempt_by_id(id), then)
+    }
+
+    /// Hands an attempt's outcome to the writer; `then` learns the outcome once it is
+    /// recorded.
+    fn record_then(&self, attempt: Attempt, then: impl FnOnce(SyncOutcome) + Send + 'static) {
+        let metrics = self.metrics.clone();
         match attempt {
             Attempt::Accepted {
                 relay_id,
@@ -214,7 +227,9 @@ impl Syncer {
             } => {
                 self.command
                     .complete_relay_sync_then(&relay_id.clone(), revision, move |result| {
-                        then(me.recorded_success(&relay_id, revision, done, started, result))
+                        then(recorded_success(
+                            &metrics, &relay_id, revision, done, started, result,
+                        ))
                     })
             }
             Attempt::Failed {
@@ -225,7 +240,7 @@ impl Syncer {
                 let text = self.failure_text(&relay_id, &error, started);
                 self.command
                     .fail_relay_sync_then(&relay_id.clone(), &text, move |result| {
-                        then(me.recorded_failure(&relay_id, error, result))
+                        then(recorded_failure(&relay_id, error, result))
                     })
             }
             Attempt::Quiet(outcome) => then(outcome),
@@ -301,71 +316,6 @@ impl Syncer {
         }
     }
 
-    /// Records an attempt's outcome and answers it.
-    #[cfg(feature = "cli")]
-    fn record(&self, attempt: Attempt) -> SyncOutcome {
-        match attempt {
-            Attempt::Accepted {
-                relay_id,
-                revision,
-                done,
-                started,
-            } => {
-                let result = self.command.complete_relay_sync(&relay_id, revision);
-                self.recorded_success(&relay_id, revision, done, started, result)
-            }
-            Attempt::Failed {
-                relay_id,
-                error,
-                started,
-            } => {
-                let text = self.failure_text(&relay_id, &error, started);
-                let result = self.command.fail_relay_sync(&relay_id, &text);
-                self.recorded_failure(&relay_id, error, result)
-            }
-            Attempt::Quiet(outcome) => outcome,
-        }
-    }
-
-    /// Counts and logs a success once its recording is done.
-    fn recorded_success(
-        &self,
-        relay_id: &str,
-        revision: i64,
-        done: Done,
-        started: Instant,
-        recorded: Result<bool>,
-    ) -> SyncOutcome {
-        let ms = started.elapsed().as_millis();
-        match recorded {
-            Ok(marked) => {
-                self.metrics.synced();
-                log::info!(
-                    "relay {relay_id}: {} {} in {ms} ms (revision {revision}{})",
-                    done.method,
-                    done.status,
-                    if marked {
-                        ""
-                    } else {
-                        ", changed meanwhile: stays pending"
-                    }
-                );
-                SyncOutcome::Synced {
-                    method: done.method,
-                    status: done.status,
-                    marked,
-                }
-            }
-            Err(e) => {
-                log::error!(
-                    "relay {relay_id}: zooid accepted {} but recording it failed: {e:#}",
-                    done.method
-                );
-                SyncOutcome::NotRecorded(format!("{e:#}"))
-            }
-        }
-    }
-
     /// The text a failure is recorded with; counts and logs it.
     fn failure_text(&self, id: &str, error: &SyncError, started: Instant) -> String {
         // The error may quote zooid and the host; both were cleaned where quoted, and this
@@ -380,16 +330,6 @@ impl Syncer {
             log::debug!("relay {id}: {text}");
         }
         text
-    }
-
-    fn recorded_failure(&self, id: &str, error: SyncError, recorded: Result<()>) -> SyncOutcome {
-        match recorded {
-            Ok(()) => SyncOutcome::Failed(error),
-            Err(e) => {
-                log::error!("relay {id}: recording the failed sync failed: {e:#}");
-                SyncOutcome::NotRecorded(format!("{e:#}"))
-            }
-        }
     }
 
     /// Sends the relay to zooid: create or update, with healing.
@@ -457,6 +397,56 @@ impl Syncer {
         let detail = quote::remote(&detail, 2 * quote::REMOTE_MAX);
         if let Err(e) = self.command.answer_sync_request(request, kind, &detail) {
             log::error!("manual sync request {request}: {e:#}");
+        }
+    }
+}
+
+/// Counts and logs a success once its recording is done.
+fn recorded_success(
+    metrics: &Metrics,
+    relay_id: &str,
+    revision: i64,
+    done: Done,
+    started: Instant,
+    recorded: Result<bool>,
+) -> SyncOutcome {
+    let ms = started.elapsed().as_millis();
+    match recorded {
+        Ok(marked) => {
+            metrics.synced();
+            log::info!(
+                "relay {relay_id}: {} {} in {ms} ms (revision {revision}{})",
+                done.method,
+                done.status,
+                if marked {
+                    ""
+                } else {
+                    ", changed meanwhile: stays pending"
+                }
+            );
+            SyncOutcome::Synced {
+                method: done.method,
+                status: done.status,
+                marked,
+            }
+        }
+        Err(e) => {
+            log::error!(
+                "relay {relay_id}: zooid accepted {} but recording it failed: {e:#}",
+                done.method
+            );
+            SyncOutcome::NotRecorded(format!("{e:#}"))
+        }
+    }
+}
+
+/// Answers a failure once its recording is done.
+fn recorded_failure(id: &str, error: SyncError, recorded: Result<()>) -> SyncOutcome {
+    match recorded {
+        Ok(()) => SyncOutcome::Failed(error),
+        Err(e) => {
+            log::error!("relay {id}: recording the failed sync failed: {e:#}");
+            SyncOutcome::NotRecorded(format!("{e:#}"))
         }
     }
 }

@@ -641,6 +641,16 @@ impl Command {
         self.db.queued.notify_one();
     }
 
+    /// Commits whatever is queued on this thread, and runs the callbacks of what it
+    /// committed: what a caller of [`write_then`](Self::write_then) does when no writer
+    /// thread runs (a foreground `zooid-sync sync`).
+    pub(crate) fn flush(&self) {
+        let mut conn = self.db.writer.lock().unwrap();
+        let later = self.commit_queued(&mut conn);
+        drop(conn);
+        run_deferred(later);
+    }
+
     /// Starts the writer thread, which commits queued writes as they come, in groups, so
     /// that [`write_then`](Self::write_then) never waits. Stop it with [`Writer::stop`],
     /// which commits what is still queued first.
@@ -659,10 +669,7 @@ impl Command {
                         queue = command.db.queued.wait(queue).unwrap();
                     }
                 }
-                let mut conn = command.db.writer.lock().unwrap();
-                let later = command.commit_queued(&mut conn);
-                drop(conn);
-                run_deferred(later);
+                command.flush();
             })?;
         Ok(Writer {
             db: self.db.clone(),
