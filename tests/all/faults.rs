@@ -198,21 +198,31 @@ fn misbehaving_answers_are_failures_and_the_relays_converge() {
         rig.all_synced(&relays)
     });
     worker.shutdown().unwrap();
+    let db = Connection::open(&rig.env.database_path).unwrap();
     for (id, _, expected) in &faults {
-        let failure = Connection::open(&rig.env.database_path)
-            .unwrap()
-            .query_row(
+        let failures: Vec<String> = db
+            .prepare(
                 "SELECT detail FROM activity WHERE resource_id = ?1 AND activity_type = 'fail_relay_sync'",
-                [id],
-                |r| r.get::<_, String>(0),
             )
+            .unwrap()
+            .query_map([id], |r| r.get::<_, String>(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
             .unwrap();
-        assert!(failure.contains(expected), "{id}: {failure}");
+        // A raw answer is followed by a close that the answer did not announce: the next
+        // request on that kept-alive connection may fail too, whichever relay it carries.
+        // So a relay may have one failure more than its own fault; its own is among them.
         assert!(
-            failure.len() < 2048,
-            "{id}: error of {} bytes",
-            failure.len()
+            failures.iter().any(|f| f.contains(expected)),
+            "{id}: {failures:?}"
         );
+        for failure in &failures {
+            assert!(
+                failure.len() < 2048,
+                "{id}: error of {} bytes",
+                failure.len()
+            );
+        }
         assert_eq!(rig.completions(id), 1, "{id}");
     }
 }
