@@ -328,7 +328,13 @@ fn worker_run(
     let cpu = thread_cpu("zooid-sync-");
     let zooid = thread_cpu("fixture-");
     if std::env::var_os("BENCH_THREADS").is_some() {
-        for t in ["zooid-sync-work", "zooid-sync-disp", "zooid-sync-time"] {
+        for t in [
+            "zooid-sync-work",
+            "zooid-sync-prep",
+            "zooid-sync-writ",
+            "zooid-sync-disp",
+            "zooid-sync-time",
+        ] {
             println!(
                 "  {t}: {:.0} us/sync",
                 thread_cpu(t).as_secs_f64() * 1e6 / n as f64

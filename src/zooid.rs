@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
@@ -217,11 +217,17 @@ impl ZooidClient {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<Response, ZooidError> {
-        let transport = |message: String| ZooidError::Transport {
-            method,
-            path: path.to_string(),
-            message: quote::remote(&message, quote::REMOTE_MAX),
-        };
+        self.send(self.sign(method, path, body.map(<[u8]>::to_vec))?)
+    }
+
+    /// Checks `path` and signs the request, without sending it: the half of
+    /// [`request`](Self::request) that can be done ahead, while another request is in flight.
+    pub(crate) fn sign(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<SignedRequest, ZooidError> {
         let segments = path.strip_prefix('/').map(|p| p.split('/'));
         if !segments.is_some_and(|mut s| s.all(is_safe_path_segment)) {
             return Err(ZooidError::UnsafePath {
@@ -229,20 +235,37 @@ impl ZooidClient {
                 path: path.to_string(),
             });
         }
-        self.rate.acquire();
         let url = self.url(path);
-        let auth =
-            make_auth(&self.robot, method, &url, body).map_err(|e| transport(e.to_string()))?;
+        let auth = make_auth(&self.robot, method, &url, body.as_deref())
+            .map_err(|e| transport(method, path, e.to_string()))?;
+        Ok(SignedRequest {
+            method,
+            path: path.to_string(),
+            url,
+            body,
+            auth,
+            signed_at: Instant::now(),
+        })
+    }
+
+    /// Sends a request [`sign`](Self::sign) made, once the rate limit allows; signs it again
+    /// first if its signature is older than [`RESIGN_AFTER`].
+    pub(crate) fn send(&self, mut signed: SignedRequest) -> Result<Response, ZooidError> {
+        self.rate.acquire();
+        let refreshed = signed.refresh(&self.robot);
+        let (method, path) = (signed.method, signed.path.as_str());
+        let transport = |message: String| transport(method, path, message);
+        refreshed.map_err(|e| transport(e.to_string()))?;
         let request = ureq::http::Request::builder()
             .method(method)
-            .uri(&url)
-            .header("authorization", auth)
+            .uri(&signed.url)
+            .header("authorization", &signed.auth)
             .header("accept", "application/json");
-        let sent = match body {
+        let sent = match &signed.body {
             Some(body) => {
                 let request = request
                     .header("content-type", "application/json")
-                    .body(body)
+                    .body(&body[..])
                     .map_err(|e| transport(e.to_string()))?;
                 self.agent.run(request)
             }
@@ -281,7 +304,7 @@ impl ZooidClient {
         } else {
             Err(ZooidError::Status {
                 method,
-                path: path.to_string(),
+                path: signed.path,
                 status,
                 body: quote::remote(&text, quote::REMOTE_MAX),
                 retry_after,
@@ -305,9 +328,19 @@ impl ZooidClient {
         id: &str,
         body: &RelayBody,
     ) -> Result<Response, ZooidError> {
+        self.send(self.sign_relay(method, id, body)?)
+    }
+
+    /// `method` (`POST` or `PATCH`) of `body` to `/relay/{id}`, signed, not sent yet.
+    pub(crate) fn sign_relay(
+        &self,
+        method: &'static str,
+        id: &str,
+        body: &RelayBody,
+    ) -> Result<SignedRequest, ZooidError> {
         let path = relay_path(method, id, "")?;
         let json = serde_json::to_vec(body).expect("a relay body always serializes");
-        self.request(method, &path, Some(&json))
+        self.sign(method, &path, Some(json))
     }
 
     /// Asks whether zooid is there, with a signed request that depends on no relay:
@@ -344,6 +377,53 @@ impl ZooidClient {
     }
 }
 
+/// A request checked and signed by [`ZooidClient::sign`], not sent yet. Its body may hold a
+/// relay secret and its header a signature, so it has no `Debug` that shows them.
+pub(crate) struct SignedRequest {
+    method: &'static str,
+    path: String,
+    url: String,
+    body: Option<Vec<u8>>,
+    auth: String,
+    signed_at: Instant,
+}
+
+impl SignedRequest {
+    /// The request's method: `GET`, `POST`, `PUT` or `PATCH`.
+    pub(crate) fn method(&self) -> &'static str {
+        self.method
+    }
+
+    /// Signs the request again if its signature is older than [`RESIGN_AFTER`].
+    fn refresh(&mut self, robot: &RobotKey) -> Result<()> {
+        if self.signed_at.elapsed() > RESIGN_AFTER {
+            self.auth = make_auth(robot, self.method, &self.url, self.body.as_deref())?;
+            self.signed_at = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SignedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SignedRequest({} {})", self.method, self.path)
+    }
+}
+
+/// How old a signature may be when its request is sent. zooid accepts events up to 60 s from
+/// its clock; a request signed ahead that waited longer than this (for the rate limit, say)
+/// is signed again, which leaves the rest of the window for clock skew.
+const RESIGN_AFTER: Duration = Duration::from_secs(10);
+
+/// An error for a request that got no usable answer.
+fn transport(method: &'static str, path: &str, message: String) -> ZooidError {
+    ZooidError::Transport {
+        method,
+        path: path.to_string(),
+        message: quote::remote(&message, quote::REMOTE_MAX),
+    }
+}
+
 /// How long a resolved address of zooid is reused.
 const RESOLVE_TTL: Duration = Duration::from_secs(30);
 
@@ -362,7 +442,7 @@ struct CachingResolver {
 #[derive(Debug)]
 struct Resolved {
     authority: String,
-    at: std::time::Instant,
+    at: Instant,
     addrs: ureq::unversioned::resolver::ResolvedSocketAddrs,
 }
 
@@ -386,7 +466,7 @@ impl ureq::unversioned::resolver::Resolver for CachingResolver {
         let addrs = self.inner.resolve(uri, config, timeout)?;
         *self.cache.lock().unwrap() = Some(Resolved {
             authority,
-            at: std::time::Instant::now(),
+            at: Instant::now(),
             addrs: addrs.clone(),
         });
         Ok(addrs)
@@ -418,6 +498,29 @@ pub fn is_safe_path_segment(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_that_waited_is_signed_again_before_it_is_sent() {
+        let robot = RobotKey::parse(&"7".repeat(64)).unwrap();
+        let env = Env::new("http://127.0.0.1:9", "relays.example.com", robot.clone()).unwrap();
+        let client = ZooidClient::new(&env).unwrap();
+        let mut request = client
+            .sign("PATCH", "/relay/alpha", Some(b"{}".to_vec()))
+            .unwrap();
+        let first = request.auth.clone();
+        request.refresh(&robot).unwrap();
+        assert_eq!(request.auth, first, "a fresh signature is kept");
+        let Some(long_ago) = Instant::now().checked_sub(RESIGN_AFTER + Duration::from_secs(1))
+        else {
+            return; // the clock started less than that ago: nothing can be that old
+        };
+        request.signed_at = long_ago;
+        request.refresh(&robot).unwrap();
+        assert_ne!(request.auth, first, "an old signature is made again");
+        assert!(request.signed_at.elapsed() < RESIGN_AFTER);
+        assert!(format!("{request:?}").contains("PATCH /relay/alpha"));
+        assert!(!format!("{request:?}").contains("Nostr"));
+    }
 
     #[test]
     fn path_segments() {

@@ -31,6 +31,7 @@
 
 pub mod breaker;
 pub mod pool;
+mod queue;
 pub mod retry;
 pub mod sync;
 pub mod timer;

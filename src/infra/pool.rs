@@ -1,9 +1,16 @@
 //! The worker pool: a few threads that run syncs, never two of the same relay at once.
 //!
-//! Jobs are relay ids on a crossbeam channel. [`InFlight`] is the per-relay bookkeeping that
-//! keeps the order right: a relay asked for while its job is still queued needs nothing more
-//! (the job reads fresh data when it starts); a relay asked for while its sync is running is
-//! marked dirty and synced once more, from fresh data, when the running sync ends. So a burst
+//! A sync runs in two stages, each on its own thread, so that preparing one relay overlaps
+//! another's request: the *preparer* takes relay ids in the order asked, reads each relay,
+//! builds its body and signs its request ([`Syncer::prepare`]); a *worker* sends a prepared
+//! request, waits for zooid and hands the outcome to the writer thread
+//! ([`Syncer::send_then`]). Relay ids and prepared syncs travel on [`Queue`]s; at most one
+//! prepared sync per worker waits, so a signature is fresh when it is sent.
+//!
+//! [`InFlight`] is the per-relay bookkeeping that keeps the order right: a relay asked for while
+//! its id is still queued needs nothing more (its sync reads fresh data when it is prepared); a
+//! relay asked for once its sync started (from the read on) is marked dirty and synced once
+//! more, from fresh data, when that sync's outcome is recorded. So a burst
 //! of updates to one relay costs at most two requests, and an older body can never overwrite a
 //! newer one at zooid.
 
@@ -12,9 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
-
-use super::sync::{SyncOutcome, Syncer};
+use super::queue::{CloseOnDrop, Queue};
+use super::sync::{Prepared, SyncOutcome, Syncer};
 use super::timer::Retries;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,8 +116,10 @@ pub struct Pool {
 
 struct PoolShared {
     in_flight: Mutex<InFlight>,
-    /// The job queue's sender; `None` once the pool stops, which ends the workers' loops.
-    jobs: Mutex<Option<Sender<String>>>,
+    /// Relay ids for the preparer, in the order asked; closed when the pool stops.
+    jobs: Queue<String>,
+    /// Prepared syncs for the workers; closed by the preparer when it ends.
+    ready: Queue<Job>,
     stopping: AtomicBool,
     /// When the pool last became idle, if it has done work since memory was last given back.
     idle_since: Mutex<Option<std::time::Instant>>,
@@ -120,9 +128,7 @@ struct PoolShared {
 impl PoolShared {
     /// Queues a job for `id` (unless the pool is stopping).
     fn queue(&self, id: &str) {
-        if let Some(jobs) = &*self.jobs.lock().unwrap() {
-            let _ = jobs.send(id.to_string());
-        }
+        let _ = self.jobs.push(id.to_string());
     }
 
     /// The outcome of `id`'s sync is recorded: only now may its next sync start. Queues it
@@ -143,8 +149,8 @@ impl PoolShared {
 }
 
 impl Pool {
-    /// Starts `workers` threads sharing `syncer`. A worker hands each outcome to the writer
-    /// thread and takes its next job; once the outcome is recorded, a success cancels the
+    /// Starts `workers` worker threads and the preparer, sharing `syncer`. A worker hands
+    /// each outcome to the writer thread and takes its next prepared sync; once the outcome is recorded, a success cancels the
     /// relay's pending retry through `retries`, an outcome that could not be recorded is
     /// retried after `retry_later`, and the relay may be synced again.
     pub fn start(
@@ -153,27 +159,40 @@ impl Pool {
         retries: Arc<Retries>,
         retry_later: std::time::Duration,
     ) -> std::io::Result<Pool> {
-        let (jobs, queue) = crossbeam_channel::unbounded::<String>();
+        let workers = workers.max(1);
         let shared = Arc::new(PoolShared {
             in_flight: Mutex::new(InFlight::default()),
-            jobs: Mutex::new(Some(jobs)),
+            jobs: Queue::unbounded(),
+            // Room for one prepared sync per worker: enough that a worker finds its next
+            // request ready, few enough that a signature is fresh when sent.
+            ready: Queue::bounded(workers),
             stopping: AtomicBool::new(false),
             idle_since: Mutex::new(None),
         });
         let syncer = Arc::new(syncer);
-        let threads = (0..workers.max(1))
+        let spawned = (0..workers)
             .map(|n| {
-                let (queue, shared, syncer, retries) = (
-                    queue.clone(),
-                    shared.clone(),
-                    syncer.clone(),
-                    retries.clone(),
-                );
+                let (shared, syncer, retries) = (shared.clone(), syncer.clone(), retries.clone());
                 std::thread::Builder::new()
                     .name(format!("zooid-sync-worker-{n}"))
-                    .spawn(move || work(&queue, &shared, &syncer, &retries, retry_later))
+                    .spawn(move || work(&shared, &syncer, &retries, retry_later))
             })
-            .collect::<std::io::Result<Vec<_>>>()?;
+            .chain(std::iter::once_with(|| {
+                let (shared, syncer) = (shared.clone(), syncer.clone());
+                std::thread::Builder::new()
+                    .name("zooid-sync-preparer".into())
+                    .spawn(move || prepare(&shared, &syncer))
+            }))
+            .collect::<std::io::Result<Vec<_>>>();
+        let threads = match spawned {
+            Ok(threads) => threads,
+            Err(e) => {
+                // The threads that did start end once nothing can reach them.
+                shared.jobs.close();
+                shared.ready.close();
+                return Err(e);
+            }
+        };
         Ok(Pool { shared, threads })
     }
 
@@ -219,21 +238,27 @@ impl Pool {
     /// handed to the writer are recorded when the writer stops.
     pub fn stop(mut self) {
         self.shared.stopping.store(true, Ordering::Release);
-        self.shared.jobs.lock().unwrap().take();
+        self.shared.jobs.close();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn work(
-    queue: &Receiver<String>,
-    shared: &Arc<PoolShared>,
-    syncer: &Arc<Syncer>,
-    retries: &Arc<Retries>,
-    retry_later: std::time::Duration,
-) {
-    while let Ok(id) = queue.recv() {
+/// A relay's sync on its way from the preparer to a worker.
+struct Job {
+    id: String,
+    /// The manual sync requests this sync answers.
+    answering: Vec<i64>,
+    prepared: Prepared,
+}
+
+/// The preparer thread's loop: takes relay ids in order, marks each running, and prepares its
+/// sync (read, body, signature) for the workers.
+fn prepare(shared: &PoolShared, syncer: &Syncer) {
+    // However this thread ends, the workers learn that no more syncs come.
+    let _closing = CloseOnDrop(&shared.ready);
+    while let Some(id) = shared.jobs.pop() {
         if shared.stopping.load(Ordering::Acquire) {
             shared.in_flight.lock().unwrap().abandon(&id);
             continue;
@@ -243,9 +268,40 @@ fn work(
             in_flight.start(&id);
             in_flight.take_requests(&id)
         };
+        let prepared = syncer.prepare(&id);
+        let job = Job {
+            id,
+            answering,
+            prepared,
+        };
+        if let Err(unsent) = shared.ready.push(job) {
+            // Nothing takes prepared syncs any more: forget the relay.
+            shared.in_flight.lock().unwrap().abandon(&unsent.id);
+            break;
+        }
+    }
+}
+
+/// A worker's loop: sends prepared syncs, hands each outcome to the writer, and once it is
+/// recorded answers manual requests, settles the relay's retry and lets its next sync start.
+fn work(
+    shared: &Arc<PoolShared>,
+    syncer: &Arc<Syncer>,
+    retries: &Arc<Retries>,
+    retry_later: std::time::Duration,
+) {
+    while let Some(job) = shared.ready.pop() {
+        if shared.stopping.load(Ordering::Acquire) {
+            shared.in_flight.lock().unwrap().abandon(&job.id);
+            continue;
+        }
+        let Job {
+            id: relay,
+            answering,
+            prepared,
+        } = job;
         let (shared, me, retries) = (shared.clone(), syncer.clone(), retries.clone());
-        let relay = id.clone();
-        syncer.sync_relay_by_id_then(&id, move |outcome| {
+        syncer.send_then(prepared, move |outcome| {
             for request in answering {
                 me.answer(request, &outcome);
             }

@@ -4,6 +4,11 @@
 //! by every pool thread and by `zooid-sync sync <id>`. It does not know about threads or
 //! retries: it answers a [`SyncOutcome`] and the caller decides what comes next.
 //!
+//! A sync has two halves: [`Syncer::prepare`] reads the relay, builds its body and signs the
+//! request; [`Syncer::send_then`] sends it and hands the outcome to the writer. The pool runs
+//! them on different threads, so that one relay is prepared while another's request is in
+//! flight; the foreground `sync` runs both in a row.
+//!
 //! A relay is *new* when it never completed a sync (`synced != 1` and no
 //! `complete_relay_sync` activity): it is created with `POST` and a fresh secret. Any other
 //! relay is updated with `PATCH` and no secret. Two answers are healed, each logged at `warn`:
@@ -30,7 +35,7 @@ use crate::quote;
 use crate::relay_config::{relay_body, InvalidRelay};
 use crate::secret::Secret;
 use crate::store::{format_unix, Command, Query, Relay, ZOOID_UNAVAILABLE};
-use crate::zooid::{ZooidClient, ZooidError};
+use crate::zooid::{SignedRequest, ZooidClient, ZooidError};
 
 /// Why a sync failed, kept typed until the outcome is recorded.
 #[derive(Debug, Clone)]
@@ -146,6 +151,24 @@ enum Attempt {
     Quiet(SyncOutcome),
 }
 
+/// A sync prepared ahead of sending (see [`Syncer::prepare`]).
+pub(crate) struct Prepared(Stage);
+
+enum Stage {
+    /// The relay's first request is signed and ready to send.
+    Ready(Box<Ready>),
+    /// Nothing is to be sent: the relay is gone, or cannot be read or sent as it is.
+    Decided(Attempt),
+}
+
+/// A relay read, with its first request signed.
+struct Ready {
+    relay: Relay,
+    /// The secret a `POST` of this relay carries, once one was generated.
+    secret: Option<Secret>,
+    first: SignedRequest,
+}
+
 /// A successful exchange with zooid.
 struct Done {
     method: &'static str,
@@ -192,7 +215,7 @@ impl Syncer {
     #[cfg(feature = "cli")]
     pub fn sync_relay_by_id(&self, id: &str) -> SyncOutcome {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.record_then(self.attempt_by_id(id), move |outcome| {
+        self.send_then(self.prepare(id), move |outcome| {
             let _ = tx.send(outcome);
         });
         // Commits the outcome here, unless a writer thread took it first; either way the
@@ -202,16 +225,51 @@ impl Syncer {
             .unwrap_or_else(|_| SyncOutcome::NotRecorded("the outcome was lost".into()))
     }
 
-    /// Like [`sync_relay_by_id`](Self::sync_relay_by_id), but hands the outcome to the writer
-    /// thread and returns as soon as zooid answered; `then` learns the outcome once it is
-    /// recorded. The pool's workers sync this way, so that one relay's commit overlaps the
+    /// The first half of a sync of relay `id`: reads it, decides create or update, builds its
+    /// body and signs the request. Nothing is sent. The pool's preparer thread does this ahead,
+    /// while the workers wait on zooid.
+    pub(crate) fn prepare(&self, id: &str) -> Prepared {
+        let failed = |error| {
+            Prepared(Stage::Decided(Attempt::Failed {
+                relay_id: id.to_string(),
+                error,
+                started: Instant::now(),
+            }))
+        };
+        let (relay, ever_completed) = match self.query.get_relay_for_sync(id) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                log::debug!("relay {id}: gone, nothing to sync");
+                return Prepared(Stage::Decided(Attempt::Quiet(SyncOutcome::Gone)));
+            }
+            Err(e) => return failed(SyncError::Unreadable(format!("{e:#}"))),
+        };
+        let is_new = !relay.synced && !ever_completed;
+        let mut secret = None;
+        match self.sign(&relay, if is_new { "POST" } else { "PATCH" }, &mut secret) {
+            Ok(first) => Prepared(Stage::Ready(Box::new(Ready {
+                relay,
+                secret,
+                first,
+            }))),
+            Err(error) => failed(error),
+        }
+    }
+
+    /// The second half: sends a prepared sync (unless zooid is known to be down) and hands its
+    /// outcome to the writer; `then` learns the outcome once it is recorded. The pool's
+    /// workers return as soon as zooid answered, so that one relay's commit overlaps the
     /// next relay's request.
-    pub(crate) fn sync_relay_by_id_then(
+    pub(crate) fn send_then(
         &self,
-        id: &str,
+        prepared: Prepared,
         then: impl FnOnce(SyncOutcome) + Send + 'static,
     ) {
-        self.record_then(self.attempt_by_id(id), then)
+        let attempt = match prepared {
+            Prepared(Stage::Ready(ready)) => self.attempt(*ready),
+            Prepared(Stage::Decided(attempt)) => attempt,
+        };
+        self.record_then(attempt, then)
     }
 
     /// Hands an attempt's outcome to the writer; `then` learns the outcome once it is
@@ -247,48 +305,34 @@ impl Syncer {
         }
     }
 
-    /// Reads relay `id` and sends it to zooid; nothing is recorded yet.
-    fn attempt_by_id(&self, id: &str) -> Attempt {
-        match self.query.get_relay_for_sync(id) {
-            Ok(Some((relay, ever_completed))) => self.attempt(&relay, Some(ever_completed)),
-            Ok(None) => {
-                log::debug!("relay {id}: gone, nothing to sync");
-                Attempt::Quiet(SyncOutcome::Gone)
-            }
-            Err(e) => Attempt::Failed {
-                relay_id: id.to_string(),
-                error: SyncError::Unreadable(format!("{e:#}")),
-                started: Instant::now(),
-            },
-        }
-    }
-
-    /// `ever_completed`: whether the relay ever completed a sync, when already known.
-    fn attempt(&self, relay: &Relay, ever_completed: Option<bool>) -> Attempt {
-        let failed = |error| Attempt::Failed {
-            relay_id: relay.id.clone(),
-            error,
-            started: Instant::now(),
-        };
+    /// Sends a prepared relay to zooid, unless zooid is known to be down; nothing is
+    /// recorded yet.
+    fn attempt(&self, ready: Ready) -> Attempt {
+        let relay_id = ready.relay.id.clone();
         if let Some((since, last_error)) = self.breaker.outage() {
-            return match self.breaker.tell(&relay.id) {
-                true => failed(SyncError::ZooidUnavailable(format!(
-                    "since {} ({last_error}); the relay is synced when zooid answers again",
-                    format_unix(since)
-                ))),
+            return match self.breaker.tell(&relay_id) {
+                true => Attempt::Failed {
+                    error: SyncError::ZooidUnavailable(format!(
+                        "since {} ({last_error}); the relay is synced when zooid answers again",
+                        format_unix(since)
+                    )),
+                    relay_id,
+                    started: Instant::now(),
+                },
                 false => {
-                    log::debug!("relay {}: waiting for zooid", relay.id);
+                    log::debug!("relay {relay_id}: waiting for zooid");
                     Attempt::Quiet(SyncOutcome::Parked)
                 }
             };
         }
         let started = Instant::now();
-        let error = match self.try_sync_relay(relay, ever_completed) {
+        let revision = ready.relay.revision;
+        let error = match self.exchange(ready) {
             Ok(done) => {
                 self.breaker.answered();
                 return Attempt::Accepted {
-                    relay_id: relay.id.clone(),
-                    revision: relay.revision,
+                    relay_id,
+                    revision,
                     done,
                     started,
                 };
@@ -297,7 +341,7 @@ impl Syncer {
                 match self.breaker.verdict(&self.client, started, &e) {
                     Verdict::ZooidUp => SyncError::Refused(e),
                     Verdict::ZooidDown => {
-                        self.breaker.tell(&relay.id);
+                        self.breaker.tell(&relay_id);
                         SyncError::ZooidUnavailable(e.to_string())
                     }
                 }
@@ -310,7 +354,7 @@ impl Syncer {
             }
         };
         Attempt::Failed {
-            relay_id: relay.id.clone(),
+            relay_id,
             error,
             started,
         }
@@ -332,61 +376,61 @@ impl Syncer {
         text
     }
 
-    /// Sends the relay to zooid: create or update, with healing.
-    fn try_sync_relay(
+    /// Builds the relay's body and signs `method` (`POST` or `PATCH`) of it. A `POST` carries
+    /// a secret, generated into `secret` the first time one is sent.
+    fn sign(
         &self,
         relay: &Relay,
-        ever_completed: Option<bool>,
-    ) -> Result<Done, SyncError> {
-        let ever_completed = match ever_completed {
-            Some(known) => known,
-            None if relay.synced => true,
-            None => self
-                .query
-                .has_completed_sync(&relay.id)
-                .map_err(|e| SyncError::Unreadable(format!("{e:#}")))?,
+        method: &'static str,
+        secret: &mut Option<Secret>,
+    ) -> Result<SignedRequest, SyncError> {
+        let secret = match method {
+            "POST" => Some(&*secret.get_or_insert_with(|| Secret::generate(32))),
+            _ => None,
         };
-        let is_new = !relay.synced && !ever_completed;
-        // Only a POST carries a secret, generated the first time one is sent; declared before
-        // the body so that the body can borrow it.
-        let secret = std::cell::OnceCell::new();
-        // Builds and validates the body before anything is sent.
-        let mut body = relay_body(relay, &self.env, None).map_err(SyncError::Invalid)?;
-        let mut send = |method: &'static str| -> Result<Done, ZooidError> {
-            body.secret = (method == "POST").then(|| secret.get_or_init(|| Secret::generate(32)));
+        let body = relay_body(relay, &self.env, secret).map_err(SyncError::Invalid)?;
+        self.client
+            .sign_relay(method, &relay.id, &body)
+            .map_err(SyncError::Refused)
+    }
+
+    /// Sends the prepared request, and heals the two answers that have a fallback: `POST` →
+    /// 409 updates with `PATCH`, `PATCH` → 404 creates again with `POST`.
+    fn exchange(&self, mut ready: Ready) -> Result<Done, SyncError> {
+        let send = |signed: SignedRequest| -> Result<Done, ZooidError> {
+            let method = signed.method();
             let _request = self.metrics.request();
-            let response = match method {
-                "POST" => self.client.create_relay(&relay.id, &body),
-                _ => self.client.patch_relay(&relay.id, &body),
-            }?;
+            let response = self.client.send(signed)?;
             Ok(Done {
                 method,
                 status: response.status,
             })
         };
-        let (first, fallback, heal_on, why) = if is_new {
-            (
-                "POST",
+        let (fallback, heal_on, why) = match ready.first.method() {
+            "POST" => (
                 "PATCH",
                 409,
                 "POST answered 409 (it exists at zooid), PATCH succeeded",
-            )
-        } else {
-            (
-                "PATCH",
+            ),
+            _ => (
                 "POST",
                 404,
                 "PATCH answered 404 (zooid lost it), created again with a new secret",
-            )
+            ),
         };
-        match send(first) {
-            Err(original) if original.status() == Some(heal_on) => match send(fallback) {
-                Ok(done) => {
-                    log::warn!("relay {}: healed: {why}", relay.id);
-                    Ok(done)
+        match send(ready.first) {
+            Err(original) if original.status() == Some(heal_on) => {
+                match self.sign(&ready.relay, fallback, &mut ready.secret) {
+                    Ok(signed) => match send(signed) {
+                        Ok(done) => {
+                            log::warn!("relay {}: healed: {why}", ready.relay.id);
+                            Ok(done)
+                        }
+                        Err(_) => Err(SyncError::Refused(original)),
+                    },
+                    Err(_) => Err(SyncError::Refused(original)),
                 }
-                Err(_) => Err(SyncError::Refused(original)),
-            },
+            }
             other => other.map_err(SyncError::Refused),
         }
     }

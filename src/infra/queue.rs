@@ -1,0 +1,180 @@
+//! A blocking FIFO between the pool's threads that puts a waiting thread to sleep at once.
+//!
+//! The pool hands relay ids to its preparer, and prepared syncs to its workers, through
+//! [`Queue`]s. A channel that spins before it sleeps (crossbeam's does, calling
+//! `sched_yield` in a loop) is made for cores to spare; on the two cores of a small VM, shared
+//! with SQLite and zooid, every spin is time taken from a thread with work to do. Here a thread
+//! that finds nothing to take (or no room) waits on a condition variable straight away, and a
+//! thread that adds or takes wakes another only when one is waiting.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+
+/// A FIFO with an optional capacity, closed by [`Queue::close`].
+pub(crate) struct Queue<T> {
+    state: Mutex<State<T>>,
+    /// Signalled when an item arrives or the queue closes.
+    filled: Condvar,
+    /// Signalled when an item leaves or the queue closes.
+    emptied: Condvar,
+    capacity: usize,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    closed: bool,
+    /// Threads waiting in [`Queue::pop`].
+    takers: usize,
+    /// Threads waiting in [`Queue::push`] for room.
+    givers: usize,
+}
+
+impl<T> Queue<T> {
+    /// A queue that holds any number of items.
+    pub(crate) fn unbounded() -> Queue<T> {
+        Queue::bounded(usize::MAX)
+    }
+
+    /// A queue that holds at most `capacity` items (at least one): [`push`](Self::push)
+    /// waits for room.
+    pub(crate) fn bounded(capacity: usize) -> Queue<T> {
+        Queue {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                closed: false,
+                takers: 0,
+                givers: 0,
+            }),
+            filled: Condvar::new(),
+            emptied: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Adds `item` at the back, once there is room. Answers the item back if the queue is
+    /// closed (before or while waiting).
+    pub(crate) fn push(&self, item: T) -> Result<(), T> {
+        let mut state = self.state.lock().unwrap();
+        while state.items.len() >= self.capacity && !state.closed {
+            state.givers += 1;
+            state = self.emptied.wait(state).unwrap();
+            state.givers -= 1;
+        }
+        if state.closed {
+            return Err(item);
+        }
+        state.items.push_back(item);
+        if state.takers > 0 {
+            self.filled.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Takes the item at the front, waiting for one. Answers `None` once the queue is closed
+    /// and empty.
+    pub(crate) fn pop(&self) -> Option<T> {
+        let mut state = self.state.lock().unwrap();
+        loop {
+            if let Some(item) = state.items.pop_front() {
+                if state.givers > 0 {
+                    self.emptied.notify_one();
+                }
+                return Some(item);
+            }
+            if state.closed {
+                return None;
+            }
+            state.takers += 1;
+            state = self.filled.wait(state).unwrap();
+            state.takers -= 1;
+        }
+    }
+
+    /// Closes the queue: nothing more is added, and once the items left are taken,
+    /// [`pop`](Self::pop) answers `None`. Wakes every waiting thread.
+    pub(crate) fn close(&self) {
+        self.state.lock().unwrap().closed = true;
+        self.filled.notify_all();
+        self.emptied.notify_all();
+    }
+}
+
+/// Closes a queue when dropped: the thread that feeds a queue holds one, so that the threads
+/// taking from it end even if the feeder ends early.
+pub(crate) struct CloseOnDrop<'a, T>(pub(crate) &'a Queue<T>);
+
+impl<T> Drop for CloseOnDrop<'_, T> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Queue;
+    use std::sync::Arc;
+
+    #[test]
+    fn first_in_first_out() {
+        let q = Queue::unbounded();
+        for i in 0..5 {
+            q.push(i).unwrap();
+        }
+        let taken: Vec<_> = (0..5).map(|_| q.pop().unwrap()).collect();
+        assert_eq!(taken, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn closing_hands_out_what_is_left_then_ends() {
+        let q = Queue::unbounded();
+        q.push("a").unwrap();
+        q.close();
+        assert_eq!(q.push("b"), Err("b"));
+        assert_eq!(q.pop(), Some("a"));
+        assert_eq!(q.pop(), None);
+    }
+
+    #[test]
+    fn a_full_queue_waits_for_room_and_keeps_order_across_threads() {
+        let q = Arc::new(Queue::bounded(2));
+        let giver = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..1000 {
+                    q.push(i).unwrap();
+                }
+                q.close();
+            })
+        };
+        let mut taken = Vec::new();
+        while let Some(i) = q.pop() {
+            taken.push(i);
+        }
+        giver.join().unwrap();
+        assert_eq!(taken, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn closing_wakes_waiting_threads() {
+        let q = Arc::new(Queue::<u8>::bounded(1));
+        let takers: Vec<_> = (0..3)
+            .map(|_| {
+                let q = q.clone();
+                std::thread::spawn(move || q.pop())
+            })
+            .collect();
+        q.close();
+        for t in takers {
+            assert_eq!(t.join().unwrap(), None);
+        }
+        // A giver waiting for room is answered its item back.
+        let q = Arc::new(Queue::bounded(1));
+        q.push(1).unwrap();
+        let giver = {
+            let q = q.clone();
+            std::thread::spawn(move || q.push(2))
+        };
+        q.close();
+        assert_eq!(giver.join().unwrap(), Err(2));
+    }
+}
