@@ -95,17 +95,31 @@ pub fn make_auth(robot: &RobotKey, method: &str, url: &str, body: Option<&[u8]>)
     let mut aux = [0u8; 32];
     getrandom::fill(&mut aux).map_err(|e| anyhow!("no randomness for signing: {e}"))?;
     let sig = robot.keys.sign_schnorr_with_aux_rand(&robot.secp, id, &aux);
-    let event = serde_json::json!({
-        "id": hex(&id),
-        "pubkey": robot.pubkey_hex,
-        "created_at": created_at,
-        "kind": HTTP_AUTH_KIND,
-        "tags": tags,
-        "content": "",
-        "sig": sig.to_hex(),
-    });
-    let encoded = base64::engine::general_purpose::STANDARD.encode(event.to_string());
+    let id = hex(&id);
+    let sig = sig.to_hex();
+    let event = Event {
+        id: &id,
+        pubkey: &robot.pubkey_hex,
+        created_at,
+        kind: HTTP_AUTH_KIND,
+        tags: &tags,
+        content: "",
+        sig: &sig,
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&event)?);
     Ok(format!("Nostr {encoded}"))
+}
+
+/// A signed event as NIP-01 spells it, serialized straight from borrowed parts.
+#[derive(serde::Serialize)]
+struct Event<'a> {
+    id: &'a str,
+    pubkey: &'a str,
+    created_at: i64,
+    kind: u16,
+    tags: &'a [[&'a str; 2]],
+    content: &'a str,
+    sig: &'a str,
 }
 
 /// NIP-98's event kind.

@@ -70,8 +70,13 @@ impl InFlight {
 
     /// A worker starts syncing `id`.
     pub fn start(&mut self, id: &str) {
-        self.relays
-            .insert(id.to_string(), State::Running { dirty: false });
+        let running = State::Running { dirty: false };
+        match self.relays.get_mut(id) {
+            Some(state) => *state = running,
+            None => {
+                self.relays.insert(id.to_string(), running);
+            }
+        }
     }
 
     /// The outcome of `id`'s sync is recorded. Answers whether it must be synced once more
