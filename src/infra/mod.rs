@@ -245,6 +245,7 @@ impl Infra {
                 recv(requests) -> _ => {
                     dispatcher.take_sync_requests(&mut last_request);
                     if dispatcher.pool.settled(SETTLE) {
+                        dispatcher.pool.release_memory();
                         query.release_memory();
                         crate::memory::return_free_heap();
                     }

@@ -94,6 +94,13 @@ impl InFlight {
         }
     }
 
+    /// Gives back the room a burst left behind: the maps keep their largest size otherwise
+    /// (~0.5 MB after 10 000 relays).
+    fn shrink(&mut self) {
+        self.relays.shrink_to_fit();
+        self.requests.shrink_to_fit();
+    }
+
     /// Forgets `id` without syncing it (at shutdown). Its requests stay unanswered in the
     /// database, for the next worker.
     pub fn abandon(&mut self, id: &str) {
@@ -222,6 +229,13 @@ impl Pool {
             }
             _ => false,
         }
+    }
+
+    /// Gives back the memory a burst left in the pool's bookkeeping and queues.
+    pub fn release_memory(&self) {
+        self.shared.in_flight.lock().unwrap().shrink();
+        self.shared.jobs.shrink();
+        self.shared.ready.shrink();
     }
 
     /// Asks for a sync of relay `id` that answers manual request `request` (see

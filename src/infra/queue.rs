@@ -90,6 +90,11 @@ impl<T> Queue<T> {
         }
     }
 
+    /// Gives back the room a burst left behind, beyond what the queue holds now.
+    pub(crate) fn shrink(&self) {
+        self.state.lock().unwrap().items.shrink_to_fit();
+    }
+
     /// Closes the queue: nothing more is added, and once the items left are taken,
     /// [`pop`](Self::pop) answers `None`. Wakes every waiting thread.
     pub(crate) fn close(&self) {
