@@ -8,7 +8,8 @@
 //! 3. latency from an activity row written by another process to the request at zooid;
 //! 4. idle RSS and idle CPU of `zooid-sync run` with 10 000 synced relays, binary size;
 //! 5. the timer wheel at 1k, 10k and 100k entries;
-//! 6. startup: process start to first request with 10 000 pending relays;
+//! 6. startup: process start to first request with 10 000 pending relays, and the idle RSS
+//!    the daemon keeps after syncing them all;
 //! 7. latency-bound throughput: zooid answering after 1 ms and 5 ms (a zooid some distance
 //!    away), the worker against bare ureq threads at the same concurrency;
 //! 8. a large fleet: 1k, 10k, 100k relays with ten activity rows each: `status`, startup, idle
@@ -16,7 +17,10 @@
 //!
 //! Options: `--relays 1000,10000` (throughput sizes), `--skip-process` (skip 3, 4 and 6, which
 //! need the release binary: build it first with `cargo build --release`), `--only-latency`
-//! (section 7 alone), `--only-scale` (section 8 alone).
+//! (section 7 alone), `--only-scale` (section 8 alone), `--only-startup` (section 6 alone).
+//! `BENCH_SMAPS=<program>` runs the program with the daemon's pid once section 6's burst is
+//! over, to look at where its memory is (`/proc/<pid>/smaps`); `BENCH_THREADS=1` prints the
+//! CPU per sync of each kind of worker thread.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -66,6 +70,10 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| vec![1000, 10_000]);
     let skip_process = args.iter().any(|a| a == "--skip-process");
     let only_latency = args.iter().any(|a| a == "--only-latency");
+    if args.iter().any(|a| a == "--only-startup") {
+        println!("## 6. startup with 10 000 pending relays");
+        return startup(&release_binary()?, 10_000);
+    }
     if args.iter().any(|a| a == "--only-scale") {
         let binary = release_binary()?;
         println!("## 8. a large fleet");
@@ -603,6 +611,11 @@ fn startup(binary: &Path, n: usize) -> anyhow::Result<()> {
     // The burst is over: what the idle daemon keeps.
     std::thread::sleep(Duration::from_secs(3));
     let rss = proc_status(child.id(), "VmRSS");
+    if let Some(script) = std::env::var_os("BENCH_SMAPS") {
+        let _ = std::process::Command::new(script)
+            .arg(child.id().to_string())
+            .status();
+    }
     stop(child);
     println!(
         "process start -> first request {:.1} ms; all {n} synced after {:.2} s; idle RSS after \

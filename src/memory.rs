@@ -24,11 +24,12 @@ pub fn return_free_heap() {
 /// holds an arena gets one of its own (up to eight per core), and each keeps its high-water
 /// mark: with four workers, a writer, a dispatcher and a feed, a burst leaves several
 /// half-empty arenas behind. Two keep contention low for a worker that spends its time waiting
-/// on zooid. For the daemon; call it before the threads start.
+/// on zooid. An operator's own `MALLOC_ARENA_MAX` is left to glibc. For the daemon; call it
+/// before the threads start.
 #[cfg(feature = "cli")]
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         extern "C" {
             fn mallopt(param: i32, value: i32) -> i32;
         }
