@@ -62,6 +62,9 @@ const MIGRATIONS: &[&str] = &[
         outcome      TEXT,
         detail       TEXT NOT NULL DEFAULT ''
     );",
+    // 4: the relays waiting for a sync, oldest change first, without reading the others: the
+    //    startup reconcile, `status` and the pending count cost what is pending, not the fleet.
+    "CREATE INDEX IF NOT EXISTS relay_pending ON relay (updated_at, id) WHERE synced = 0;",
 ];
 
 /// The version a fully migrated database has.
