@@ -4,8 +4,8 @@
 //! another's request: the *preparer* takes relay ids in the order asked, reads each relay,
 //! builds its body and signs its request ([`Syncer::prepare`]); a *worker* sends a prepared
 //! request, waits for zooid and hands the outcome to the writer thread
-//! ([`Syncer::send_then`]). Relay ids and prepared syncs travel on [`Queue`]s; at most one
-//! prepared sync per worker waits, so a signature is fresh when it is sent.
+//! ([`Syncer::send_then`]). Relay ids and prepared syncs travel on [`Queue`]s; at most two
+//! prepared syncs per worker wait, so a signature is fresh when it is sent.
 //!
 //! [`InFlight`] is the per-relay bookkeeping that keeps the order right: a relay asked for while
 //! its id is still queued needs nothing more (its sync reads fresh data when it is prepared); a
@@ -175,9 +175,10 @@ impl Pool {
         let shared = Arc::new(PoolShared {
             in_flight: Mutex::new(InFlight::default()),
             jobs: Queue::unbounded(),
-            // Room for one prepared sync per worker: enough that a worker finds its next
-            // request ready, few enough that a signature is fresh when sent.
-            ready: Queue::bounded(workers),
+            // Room for two prepared syncs per worker: a worker finds its next request ready,
+            // the preparer fills the queue a few at a time (it is woken at half), and a
+            // signature is still fresh when it is sent.
+            ready: Queue::bounded(2 * workers),
             stopping: AtomicBool::new(false),
             idle_since: Mutex::new(None),
         });

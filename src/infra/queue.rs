@@ -6,6 +6,10 @@
 //! with SQLite and zooid, every spin is time taken from a thread with work to do. Here a thread
 //! that finds nothing to take (or no room) waits on a condition variable straight away, and a
 //! thread that adds or takes wakes another only when one is waiting.
+//!
+//! A full bounded queue wakes a thread waiting for room only once it is down to half: the
+//! thread that fills it then adds several items per wake-up instead of one. Each wake-up is a
+//! context switch on a busy core, paid on the critical path of whoever waits for that core.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
@@ -18,6 +22,8 @@ pub(crate) struct Queue<T> {
     /// Signalled when an item leaves or the queue closes.
     emptied: Condvar,
     capacity: usize,
+    /// A thread waiting for room is woken once the queue holds this many items or fewer.
+    refill_at: usize,
 }
 
 struct State<T> {
@@ -36,7 +42,7 @@ impl<T> Queue<T> {
     }
 
     /// A queue that holds at most `capacity` items (at least one): [`push`](Self::push)
-    /// waits for room.
+    /// waits for room, until the queue is down to half.
     pub(crate) fn bounded(capacity: usize) -> Queue<T> {
         Queue {
             state: Mutex::new(State {
@@ -48,10 +54,11 @@ impl<T> Queue<T> {
             filled: Condvar::new(),
             emptied: Condvar::new(),
             capacity: capacity.max(1),
+            refill_at: capacity.max(1) / 2,
         }
     }
 
-    /// Adds `item` at the back, once there is room. Answers the item back if the queue is
+    /// Adds `item` at the back, once there is room (see [`bounded`](Self::bounded)). Answers the item back if the queue is
     /// closed (before or while waiting).
     pub(crate) fn push(&self, item: T) -> Result<(), T> {
         let mut state = self.state.lock().unwrap();
@@ -76,7 +83,7 @@ impl<T> Queue<T> {
         let mut state = self.state.lock().unwrap();
         loop {
             if let Some(item) = state.items.pop_front() {
-                if state.givers > 0 {
+                if state.givers > 0 && state.items.len() <= self.refill_at {
                     self.emptied.notify_one();
                 }
                 return Some(item);
