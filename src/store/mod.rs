@@ -62,7 +62,7 @@ impl Default for StoreOptions {
             busy_timeout: Duration::from_secs(5),
             bus_capacity: 4096,
             max_readers: 8,
-            write_linger: Duration::from_millis(2),
+            write_linger: Duration::from_millis(8),
         }
     }
 }
