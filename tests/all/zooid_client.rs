@@ -63,6 +63,30 @@ fn create_then_patch_reaches_zooid_signed() {
 }
 
 #[test]
+fn a_body_larger_than_the_connection_buffers_is_sent_whole() {
+    let (fx, env, client) = setup();
+    let mut r = relay("long");
+    // 100 KiB, several times the client's 16 KiB output buffer.
+    r.settings.info_description = "d".repeat(100 * 1024);
+    let secret = Secret::generate(32);
+    let created = client
+        .create_relay("long", &relay_body(&r, &env, Some(&secret)).unwrap())
+        .unwrap();
+    assert_eq!(created.status, 201);
+    let stored = fx.relay("long").unwrap();
+    assert_eq!(
+        stored["info"]["description"].as_str().map(str::len),
+        Some(100 * 1024)
+    );
+    // And the connection is still good for the next request.
+    r.settings.info_name = "After".into();
+    let patched = client
+        .patch_relay("long", &relay_body(&r, &env, None).unwrap())
+        .unwrap();
+    assert_eq!(patched.status, 200);
+}
+
+#[test]
 fn errors_carry_status_and_a_cut_body() {
     let (fx, _env, client) = setup();
     let huge = format!("{{\"error\":\"{}\"}}", "x".repeat(5000));
