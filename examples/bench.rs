@@ -17,7 +17,7 @@
 //!
 //! Options: `--relays 1000,10000` (throughput sizes), `--skip-process` (skip 3, 4 and 6, which
 //! need the release binary: build it first with `cargo build --release`), `--only-latency`
-//! (section 7 alone), `--only-scale` (section 8 alone), `--only-startup` (section 6 alone).
+//! (section 7 alone), `--only-scale` (section 8 alone), `--only-startup` (section 6 alone), `--only-idle` (section 4 alone).
 //! `BENCH_SMAPS=<program>` runs the program with the daemon's pid once section 6's burst is
 //! over, to look at where its memory is (`/proc/<pid>/smaps`); `BENCH_THREADS=1` prints the
 //! CPU per sync of each kind of worker thread.
@@ -70,6 +70,10 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| vec![1000, 10_000]);
     let skip_process = args.iter().any(|a| a == "--skip-process");
     let only_latency = args.iter().any(|a| a == "--only-latency");
+    if args.iter().any(|a| a == "--only-idle") {
+        println!("## 4. footprint of `zooid-sync run` with 10 000 synced relays");
+        return footprint(&release_binary()?, 10_000);
+    }
     if args.iter().any(|a| a == "--only-startup") {
         println!("## 6. startup with 10 000 pending relays");
         return startup(&release_binary()?, 10_000);
@@ -578,16 +582,19 @@ fn proc_status(pid: u32, key: &str) -> String {
     first_line(&format!("/proc/{pid}/status"), key)
 }
 
+/// CPU time so far of process `pid`, to the nanosecond: the sum over its threads of
+/// `/proc/<pid>/task/<tid>/schedstat` (`/proc/<pid>/stat` counts 10 ms clock ticks, too coarse
+/// for an idle daemon).
 fn proc_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<u64> = after_name
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    let ticks = fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0);
-    Duration::from_millis(ticks * 10)
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 fn footprint(binary: &Path, n: usize) -> anyhow::Result<()> {
