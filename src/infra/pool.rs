@@ -10,9 +10,9 @@
 //! [`InFlight`] is the per-relay bookkeeping that keeps the order right: a relay asked for while
 //! its id is still queued needs nothing more (its sync reads fresh data when it is prepared); a
 //! relay asked for once its sync started (from the read on) is marked dirty and synced once
-//! more, from fresh data, when that sync's outcome is recorded. So a burst
-//! of updates to one relay costs at most two requests, and an older body can never overwrite a
-//! newer one at zooid.
+//! more, from fresh data, when that sync's outcome is recorded. So a burst of updates to one
+//! relay costs at most two requests, and an older body can never overwrite a newer one at
+//! zooid.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,7 +68,7 @@ impl InFlight {
         self.requests.remove(id).unwrap_or_default()
     }
 
-    /// A worker starts syncing `id`.
+    /// The preparer starts syncing `id`: from its read on, a change marks it dirty.
     pub fn start(&mut self, id: &str) {
         let running = State::Running { dirty: false };
         match self.relays.get_mut(id) {
@@ -162,9 +162,10 @@ impl PoolShared {
 
 impl Pool {
     /// Starts `workers` worker threads and the preparer, sharing `syncer`. A worker hands
-    /// each outcome to the writer thread and takes its next prepared sync; once the outcome is recorded, a success cancels the
-    /// relay's pending retry through `retries`, an outcome that could not be recorded is
-    /// retried after `retry_later`, and the relay may be synced again.
+    /// each outcome to the writer thread and takes its next prepared sync; once the outcome
+    /// is recorded, a success cancels the relay's pending retry through `retries`, an outcome
+    /// that could not be recorded is retried after `retry_later`, and the relay may be synced
+    /// again.
     pub fn start(
         workers: usize,
         syncer: Syncer,

@@ -58,8 +58,8 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Adds `item` at the back, once there is room (see [`bounded`](Self::bounded)). Answers the item back if the queue is
-    /// closed (before or while waiting).
+    /// Adds `item` at the back, once there is room (see [`bounded`](Self::bounded)). Answers
+    /// the item back if the queue is closed (before or while waiting).
     pub(crate) fn push(&self, item: T) -> Result<(), T> {
         let mut state = self.state.lock().unwrap();
         while state.items.len() >= self.capacity && !state.closed {
