@@ -228,7 +228,15 @@ impl Syncer {
     /// The first half of a sync of relay `id`: reads it, decides create or update, builds its
     /// body and signs the request. Nothing is sent. The pool's preparer thread does this ahead,
     /// while the workers wait on zooid.
+    ///
+    /// A panic while preparing one relay (a bug that some host value trips) fails that relay,
+    /// recorded and retried like any failure, instead of ending the one thread that prepares
+    /// every relay.
     pub(crate) fn prepare(&self, id: &str) -> Prepared {
+        contain_panic(id, || self.prepare_unguarded(id))
+    }
+
+    fn prepare_unguarded(&self, id: &str) -> Prepared {
         let failed = |error| {
             Prepared(Stage::Decided(Attempt::Failed {
                 relay_id: id.to_string(),
@@ -445,6 +453,26 @@ impl Syncer {
     }
 }
 
+/// Runs `prepare`; a panic in it becomes a failed sync of relay `id` that says so.
+fn contain_panic(id: &str, prepare: impl FnOnce() -> Prepared) -> Prepared {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(prepare)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Prepared(Stage::Decided(Attempt::Failed {
+            relay_id: id.to_string(),
+            error: SyncError::Unreadable(format!(
+                "preparing the sync failed unexpectedly (a bug in zooid-sync; please report \
+                 it): {}",
+                quote::remote(&what, quote::REMOTE_MAX)
+            )),
+            started: Instant::now(),
+        }))
+    })
+}
+
 /// Counts and logs a success once its recording is done.
 fn recorded_success(
     metrics: &Metrics,
@@ -492,5 +520,38 @@ fn recorded_failure(id: &str, error: SyncError, recorded: Result<()>) -> SyncOut
             log::error!("relay {id}: recording the failed sync failed: {e:#}");
             SyncOutcome::NotRecorded(format!("{e:#}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_preparing_fails_that_relay_only() {
+        let prepared = contain_panic("alpha", || panic!("index out of bounds: {}", 7));
+        match prepared {
+            Prepared(Stage::Decided(Attempt::Failed {
+                relay_id, error, ..
+            })) => {
+                assert_eq!(relay_id, "alpha");
+                assert!(
+                    error.counts(),
+                    "it counts toward giving up, like any failure"
+                );
+                let text = error.to_string();
+                assert!(text.contains("a bug in zooid-sync"), "{text}");
+                assert!(text.contains("index out of bounds: 7"), "{text}");
+            }
+            _ => panic!("a panic must become a failed sync"),
+        }
+        // Without a panic the answer passes through.
+        let gone = contain_panic("beta", || {
+            Prepared(Stage::Decided(Attempt::Quiet(SyncOutcome::Gone)))
+        });
+        assert!(matches!(
+            gone,
+            Prepared(Stage::Decided(Attempt::Quiet(SyncOutcome::Gone)))
+        ));
     }
 }
