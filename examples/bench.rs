@@ -308,14 +308,36 @@ fn raw_limit(
 
 /// CPU time so far of the calling thread.
 fn this_thread_cpu() -> Duration {
-    let sched = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    schedstat(Path::new("/proc/thread-self"))
+}
+
+/// The CPU time a task (a thread, under `/proc`) has used, to the nanosecond: the first field
+/// of its `schedstat`. (`/proc/<pid>/stat` counts 10 ms clock ticks, too coarse for an idle
+/// daemon.)
+fn schedstat(task: &Path) -> Duration {
+    let stat = std::fs::read_to_string(task.join("schedstat")).unwrap_or_default();
     Duration::from_nanos(
-        sched
-            .split_whitespace()
+        stat.split_whitespace()
             .next()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     )
+}
+
+/// CPU time so far of the threads of `process` (`/proc/self` or `/proc/<pid>`) whose name
+/// starts with `prefix` (every thread for `""`).
+fn threads_cpu(process: &str, prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("{process}/task")) else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.starts_with(prefix))
+        })
+        .map(|task| schedstat(&task.path()))
+        .sum()
 }
 
 /// The real worker syncing `n` pending relays at startup. Answers syncs/s and the CPU time
@@ -385,24 +407,7 @@ fn worker_run(
 
 /// CPU time so far of this process's threads whose name starts with `prefix`.
 fn thread_cpu(prefix: &str) -> Duration {
-    let mut ns = 0u64;
-    for task in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with(prefix) {
-            continue;
-        }
-        let sched = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        ns += sched
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-    }
-    Duration::from_nanos(ns)
+    threads_cpu("/proc/self", prefix)
 }
 
 /// Where the CPU of one sync goes, timed piece by piece on one thread.
@@ -415,8 +420,8 @@ fn cost_breakdown(n: usize) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut relays = Vec::with_capacity(n);
     for id in &ids {
-        relays.push(store.query.get_relay(id)?.unwrap());
-        store.query.has_completed_sync(id)?;
+        // One read, as the preparer makes: the relay and whether it ever completed a sync.
+        relays.push(store.query.get_relay_for_sync(id)?.unwrap().0);
     }
     let read = t.elapsed();
 
@@ -582,19 +587,9 @@ fn proc_status(pid: u32, key: &str) -> String {
     first_line(&format!("/proc/{pid}/status"), key)
 }
 
-/// CPU time so far of process `pid`, to the nanosecond: the sum over its threads of
-/// `/proc/<pid>/task/<tid>/schedstat` (`/proc/<pid>/stat` counts 10 ms clock ticks, too coarse
-/// for an idle daemon).
+/// CPU time so far of process `pid`, every thread.
 fn proc_cpu(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    let ns: u64 = tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(ns)
+    threads_cpu(&format!("/proc/{pid}"), "")
 }
 
 fn footprint(binary: &Path, n: usize) -> anyhow::Result<()> {
