@@ -428,15 +428,17 @@ impl Syncer {
         };
         match send(ready.first) {
             Err(original) if original.status() == Some(heal_on) => {
-                match self.sign(&ready.relay, fallback, &mut ready.secret) {
-                    Ok(signed) => match send(signed) {
-                        Ok(done) => {
-                            log::warn!("relay {}: healed: {why}", ready.relay.id);
-                            Ok(done)
-                        }
-                        Err(_) => Err(SyncError::Refused(original)),
-                    },
-                    Err(_) => Err(SyncError::Refused(original)),
+                // When the fallback fails too, the original error is the one reported.
+                let healed = self
+                    .sign(&ready.relay, fallback, &mut ready.secret)
+                    .ok()
+                    .and_then(|signed| send(signed).ok());
+                match healed {
+                    Some(done) => {
+                        log::warn!("relay {}: healed: {why}", ready.relay.id);
+                        Ok(done)
+                    }
+                    None => Err(SyncError::Refused(original)),
                 }
             }
             other => other.map_err(SyncError::Refused),
