@@ -507,27 +507,55 @@ pub fn is_safe_path_segment(id: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Through `send`, to the fixture zooid: what zooid receives is the header signed when
+    /// the request was made while it is fresh, and a new one once it waited too long.
+    #[cfg(feature = "fixture")]
     #[test]
     fn a_request_that_waited_is_signed_again_before_it_is_sent() {
         let robot = RobotKey::parse(&"7".repeat(64)).unwrap();
-        let env = Env::new("http://127.0.0.1:9", "relays.example.com", robot.clone()).unwrap();
+        let zooid = crate::fixture::FixtureZooid::start(&[robot.public_key().to_hex()]).unwrap();
+        let env = Env::new(&zooid.url(), "relays.example.com", robot).unwrap();
         let client = ZooidClient::new(&env).unwrap();
-        let mut request = client
-            .sign("PATCH", "/relay/alpha", Some(b"{}".to_vec()))
-            .unwrap();
-        let first = request.auth.clone();
-        request.refresh(&robot).unwrap();
-        assert_eq!(request.auth, first, "a fresh signature is kept");
+        let signed = |client: &ZooidClient| {
+            client
+                .sign("PATCH", "/relay/alpha", Some(b"{}".to_vec()))
+                .unwrap()
+        };
+
+        let fresh = signed(&client);
+        let made = fresh.auth.clone();
+        let _ = client.send(fresh);
+        let received = &zooid.requests()[0];
+        assert_eq!(received.authorization.as_deref(), Some(made.as_str()));
+
         let Some(long_ago) = Instant::now().checked_sub(RESIGN_AFTER + Duration::from_secs(1))
         else {
             return; // the clock started less than that ago: nothing can be that old
         };
-        request.signed_at = long_ago;
-        request.refresh(&robot).unwrap();
-        assert_ne!(request.auth, first, "an old signature is made again");
-        assert!(request.signed_at.elapsed() < RESIGN_AFTER);
-        assert!(format!("{request:?}").contains("PATCH /relay/alpha"));
-        assert!(!format!("{request:?}").contains("Nostr"));
+        let mut waited = signed(&client);
+        let made = waited.auth.clone();
+        waited.signed_at = long_ago;
+        let _ = client.send(waited);
+        let received = &zooid.requests()[1];
+        let sent = received.authorization.as_deref().unwrap();
+        assert_ne!(sent, made, "an old signature is made again");
+        assert_ne!(received.status, 401, "and zooid accepts the new one");
+    }
+
+    #[test]
+    fn a_signed_request_does_not_print_its_header_or_body() {
+        let robot = RobotKey::parse(&"7".repeat(64)).unwrap();
+        let env = Env::new("http://127.0.0.1:9", "relays.example.com", robot).unwrap();
+        let request = ZooidClient::new(&env)
+            .unwrap()
+            .sign(
+                "POST",
+                "/relay/alpha",
+                Some(b"{\"secret\":\"s3cr3t\"}".to_vec()),
+            )
+            .unwrap();
+        let printed = format!("{request:?}");
+        assert_eq!(printed, "SignedRequest(POST /relay/alpha)");
     }
 
     #[test]
