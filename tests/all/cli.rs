@@ -116,13 +116,7 @@ fn run_syncs_rows_written_by_another_process_and_exits_0_on_sigterm() {
 
 #[test]
 fn sync_runs_one_relay_and_its_exit_status_says_how_it_went() {
-    let fx = fixture();
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
-    store
-        .command
-        .create_relay("alpha", &settings("alpha"))
-        .unwrap();
+    let (fx, _dir, db, store) = one_relay("alpha");
     fx.inject_times(
         "alpha",
         Fault::Status {
@@ -132,11 +126,7 @@ fn sync_runs_one_relay_and_its_exit_status_says_how_it_went() {
         1,
     );
 
-    let failed = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["sync", "alpha"]);
-        c
-    });
+    let failed = run_cli(&fx, &db, &["sync", "alpha"]);
     assert_eq!(failed.status.code(), Some(1));
     let text = String::from_utf8_lossy(&failed.stdout);
     assert!(
@@ -144,11 +134,7 @@ fn sync_runs_one_relay_and_its_exit_status_says_how_it_went() {
         "{text}"
     );
 
-    let ok = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["sync", "alpha"]);
-        c
-    });
+    let ok = run_cli(&fx, &db, &["sync", "alpha"]);
     assert_eq!(
         ok.status.code(),
         Some(0),
@@ -228,18 +214,10 @@ fn members_lists_what_zooid_knows() {
     let (_dir, db) = temp_db();
     fx.put_relay("alpha", serde_json::json!({"host": "a", "schema": "alpha"}));
     fx.set_members("alpha", &[OWNER]);
-    let out = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["members", "alpha"]);
-        c
-    });
+    let out = run_cli(&fx, &db, &["members", "alpha"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), OWNER);
-    let missing = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["members", "nope"]);
-        c
-    });
+    let missing = run_cli(&fx, &db, &["members", "nope"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not know relay \"nope\""));
 }

@@ -130,6 +130,25 @@ pub fn output(mut cmd: Command) -> Output {
     cmd.output().unwrap()
 }
 
+/// `zooid-sync <args>` against `fx` and `db`, run to completion.
+pub fn run_cli(fx: &FixtureZooid, db: &std::path::Path, args: &[&str]) -> Output {
+    output({
+        let mut c = zooid_sync(fx, db);
+        c.args(args);
+        c
+    })
+}
+
+/// A fixture zooid and a fresh database (in a temporary directory, kept while the `TempDir`
+/// lives) holding one relay, `id`, not synced yet; with the store open on it.
+pub fn one_relay(id: &str) -> (FixtureZooid, tempfile::TempDir, std::path::PathBuf, Store) {
+    let fx = fixture();
+    let (dir, db) = temp_db();
+    let store = open_store(&db);
+    store.command.create_relay(id, &settings(id)).unwrap();
+    (fx, dir, db, store)
+}
+
 /// `zooid-sync run` in the background (feed every 10 ms), optionally with `--listen` on
 /// `port`; its output is dropped.
 pub fn daemon(fx: &FixtureZooid, db: &std::path::Path, listen: Option<u16>) -> Child {

@@ -602,13 +602,7 @@ fn a_zooid_that_echoes_the_request_leaves_no_secret_in_the_database_or_the_log()
 
 #[test]
 fn terminal_escapes_from_zooid_never_reach_status_or_the_log() {
-    let fx = fixture();
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
-    store
-        .command
-        .create_relay("ansi", &settings("ansi"))
-        .unwrap();
+    let (fx, _dir, db, _store) = one_relay("ansi");
     fx.inject(
         "ansi",
         Fault::Status {
@@ -616,17 +610,9 @@ fn terminal_escapes_from_zooid_never_reach_status_or_the_log() {
             body: "\u{1b}[2J\u{1b}[31mboom\u{1b}[0m\u{7}".into(),
         },
     );
-    let sync = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["sync", "ansi"]);
-        c
-    });
+    let sync = run_cli(&fx, &db, &["sync", "ansi"]);
     assert_eq!(sync.status.code(), Some(1));
-    let status = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["status"]);
-        c
-    });
+    let status = run_cli(&fx, &db, &["status"]);
     for out in [&sync.stdout, &sync.stderr, &status.stdout] {
         let text = String::from_utf8_lossy(out);
         assert!(text.contains("boom"), "{text}");
@@ -712,13 +698,7 @@ fn cleartext_to_a_remote_zooid_is_refused_at_start_by_name() {
 
 #[test]
 fn a_ca_file_with_http_is_an_error() {
-    let fx = fixture();
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
-    store
-        .command
-        .create_relay("alpha", &settings("alpha"))
-        .unwrap();
+    let (fx, _dir, db, _store) = one_relay("alpha");
     let out = output({
         let mut c = zooid_sync(&fx, &db);
         c.args(["sync", "alpha"]).env(
@@ -735,13 +715,7 @@ fn a_ca_file_with_http_is_an_error() {
 
 #[test]
 fn proxies_are_used_only_when_named_in_zooid_proxy() {
-    let fx = fixture();
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
-    store
-        .command
-        .create_relay("alpha", &settings("alpha"))
-        .unwrap();
+    let (fx, _dir, db, _store) = one_relay("alpha");
     let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
     proxy.set_nonblocking(true).unwrap();
     let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
@@ -774,13 +748,7 @@ fn proxies_are_used_only_when_named_in_zooid_proxy() {
 
 #[test]
 fn no_authorization_header_reaches_the_log_even_at_trace() {
-    let fx = fixture();
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
-    store
-        .command
-        .create_relay("alpha", &settings("alpha"))
-        .unwrap();
+    let (fx, _dir, db, _store) = one_relay("alpha");
     let out = output({
         let mut c = zooid_sync(&fx, &db);
         c.args(["sync", "alpha"])
@@ -834,11 +802,7 @@ fn unsafe_ids_never_reach_the_url() {
             "{path}: {err}"
         );
     }
-    let out = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["members", "../../admin"]);
-        c
-    });
+    let out = run_cli(&fx, &db, &["members", "../../admin"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was sent"));
     assert!(fx.requests().is_empty(), "{:?}", fx.requests());

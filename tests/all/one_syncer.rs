@@ -212,13 +212,7 @@ fn two_daemons_on_one_database_never_overlap_or_lose_an_update() {
 
 #[test]
 fn a_standby_takes_over_within_3_s_of_a_sigkill() {
-    let fx = fixture();
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
-    store
-        .command
-        .create_relay("alpha", &settings("alpha"))
-        .unwrap();
+    let (fx, _dir, db, _store) = one_relay("alpha");
     let (first_port, second_port) = (free_port(), free_port());
     let mut first = daemon(&fx, &db, Some(first_port));
     expect_within(WAIT, "the first daemon active", || {
@@ -272,11 +266,7 @@ fn sync_failed_after_an_outage_recovers_and_names_what_still_fails() {
             body: r#"{"error":"restoring from backup"}"#.into(),
         },
     );
-    let out = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["sync", "--all"]);
-        c
-    });
+    let out = run_cli(&fx, &db, &["sync", "--all"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("13 relays: 0 synced, 13 failed"));
 
@@ -290,11 +280,7 @@ fn sync_failed_after_an_outage_recovers_and_names_what_still_fails() {
         },
     );
     let mut run = daemon(&fx, &db, None);
-    let out = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["sync", "--failed"]);
-        c
-    });
+    let out = run_cli(&fx, &db, &["sync", "--failed"]);
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -310,11 +296,7 @@ fn sync_failed_after_an_outage_recovers_and_names_what_still_fails() {
     assert_eq!(left, 0, "answered requests are forgotten once read");
 
     fx.clear_faults();
-    let out = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["sync", "--failed"]);
-        c
-    });
+    let out = run_cli(&fx, &db, &["sync", "--failed"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("synced, 0 failed"), "{text}");
@@ -328,18 +310,10 @@ fn sync_of_an_unknown_relay_exits_2_with_or_without_a_daemon() {
     let fx = fixture();
     let (_dir, db) = temp_db();
     open_store(&db);
-    let out = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["sync", "nobody"]);
-        c
-    });
+    let out = run_cli(&fx, &db, &["sync", "nobody"]);
     assert_eq!(out.status.code(), Some(2));
     let mut run = daemon(&fx, &db, None);
-    let out = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["sync", "nobody"]);
-        c
-    });
+    let out = run_cli(&fx, &db, &["sync", "nobody"]);
     terminate(&mut run);
     assert_eq!(
         out.status.code(),
@@ -352,23 +326,13 @@ fn sync_of_an_unknown_relay_exits_2_with_or_without_a_daemon() {
 
 #[test]
 fn a_foreground_sync_that_reaches_zooid_clears_an_outage_no_daemon_is_watching() {
-    let fx = fixture();
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
-    store
-        .command
-        .create_relay("alpha", &settings("alpha"))
-        .unwrap();
+    let (fx, _dir, db, store) = one_relay("alpha");
     // A daemon recorded an outage and was stopped before zooid came back.
     store
         .command
         .record_zooid_outage(1, "zooid answered 503")
         .unwrap();
-    let out = output({
-        let mut c = zooid_sync(&fx, &db);
-        c.args(["sync", "alpha"]);
-        c
-    });
+    let out = run_cli(&fx, &db, &["sync", "alpha"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(store.query.zooid_outage().unwrap().is_none());
 }
