@@ -7,30 +7,58 @@
 //! `zooid-sync sync` when no worker runs) first holds the database's lease, and every other
 //! process sees it.
 //!
-//! The lease is an exclusive kernel file lock (`flock`) on `<database>.lock`, beside the
-//! database. The kernel releases it the instant its holder dies, `SIGKILL` included, so a
-//! standby takes over without waiting for any timeout and nothing needs cleaning up; a lease
-//! row with a heartbeat would need a clock, a period and a grace time, and a standby would
-//! wait out the grace time after every crash. (Like SQLite's own locks, it needs a local file
-//! system: the database must not be on NFS anyway.) The holder writes its pid and host name
-//! into the file, so that a standby can say whom it waits for.
+//! The lease is an exclusive kernel file lock (`flock`) on **the database file itself**: on
+//! its inode, not on a name. Any path to the database (a symlink, a hard link, `./` or not)
+//! finds the same lock, and no file beside it can be removed or replaced to fool it. The kernel
+//! releases it the instant its holder dies, `SIGKILL` included, so a standby takes over
+//! without waiting for any timeout; a lease row with a heartbeat would need a clock, a period
+//! and a grace time. (Like SQLite's own locks, it needs a local file system.) `flock` and the
+//! POSIX locks SQLite takes on the same file are independent on Linux.
+//!
+//! One rule makes this safe: **a process never closes a descriptor of the database file that
+//! it opened for the lease.** Closing any descriptor of a file drops every POSIX lock the
+//! process holds on it, SQLite's included, and that corrupts databases. So each process opens
+//! the database once for its leases, keeps that descriptor until it exits, and tracks in
+//! memory which of its own leases are held (`flock` does not stop a second lock through the
+//! same descriptor).
+//!
+//! The holder writes its pid and host name into `<database>.lock` (beside the database's real
+//! path), so that a standby can say whom it waits for. That file is only information: removing
+//! it changes nothing. The holder also checks ([`Lease::check`]) that its path still names the
+//! file it locked: a database replaced or removed under a running daemon makes it step down.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 /// How often a standby looks whether the lease is free.
 pub const STANDBY_POLL: Duration = Duration::from_millis(250);
 
+/// A file's identity: its device and inode.
+type FileId = (u64, u64);
+
+/// This process's descriptors of the databases it leased, by file, kept open until it exits;
+/// and whether this process holds each lease now.
+static DESCRIPTORS: LazyLock<Mutex<HashMap<FileId, Descriptor>>> = LazyLock::new(Mutex::default);
+
+struct Descriptor {
+    file: File,
+    held: bool,
+}
+
 /// The held lease. Dropping it releases it.
 #[derive(Debug)]
 pub struct Lease {
-    _file: File,
-    path: PathBuf,
+    file: FileId,
+    database: PathBuf,
+    info: PathBuf,
 }
 
 /// Who holds a lease, as its holder wrote it.
@@ -47,53 +75,64 @@ impl std::fmt::Display for Holder {
     }
 }
 
-/// The lock file of the database at `database`.
-pub fn lock_path(database: &Path) -> PathBuf {
-    let mut name = database.as_os_str().to_owned();
+/// The file beside the database where its lease's holder says who it is: next to the
+/// database's real path, so that every path to it names the same file.
+pub fn info_path(database: &Path) -> PathBuf {
+    let real = std::fs::canonicalize(database).unwrap_or_else(|_| database.to_path_buf());
+    let mut name = real.into_os_string();
     name.push(".lock");
     PathBuf::from(name)
 }
 
-fn open(database: &Path) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = lock_path(database);
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o660)
-        .open(&path)
-        .with_context(|| format!("cannot open the lease file {}", path.display()))
+fn file_id(meta: &std::fs::Metadata) -> FileId {
+    (meta.dev(), meta.ino())
+}
+
+/// The identity of the file at `database`, following links.
+fn identify(database: &Path) -> Result<FileId> {
+    let meta = std::fs::metadata(database).with_context(|| {
+        format!(
+            "cannot take the lease of the database {}: it cannot be read",
+            database.display()
+        )
+    })?;
+    Ok(file_id(&meta))
 }
 
 impl Lease {
-    /// Takes the lease of `database` if it is free; otherwise answers who holds it.
+    /// Takes the lease of `database` if it is free; otherwise answers who holds it. The
+    /// database file must exist.
     pub fn try_acquire(database: &Path) -> Result<Result<Lease, Holder>> {
-        let mut file = open(database)?;
-        match file.try_lock() {
+        let mut descriptors = DESCRIPTORS.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut id = identify(database)?;
+        if !descriptors.contains_key(&id) {
+            let file = File::open(database)
+                .with_context(|| format!("cannot open the database {}", database.display()))?;
+            // The path may have been replaced between the look and the open: the descriptor
+            // is kept under the identity of what it opened, whatever that is.
+            id = file_id(&file.metadata()?);
+            descriptors
+                .entry(id)
+                .or_insert(Descriptor { file, held: false });
+        }
+        let descriptor = descriptors.get_mut(&id).expect("inserted above");
+        let info = info_path(database);
+        if descriptor.held {
+            return Ok(Err(read_holder(&info)));
+        }
+        match descriptor.file.try_lock() {
             Ok(()) => {
-                let me = format!(
-                    "pid {} on host {}",
-                    std::process::id(),
-                    host_name().unwrap_or_else(|| "?".into())
-                );
-                file.set_len(0)?;
-                file.seek(SeekFrom::Start(0))?;
-                file.write_all(me.as_bytes())?;
-                file.flush()?;
+                descriptor.held = true;
+                write_holder(&info);
                 Ok(Ok(Lease {
-                    _file: file,
-                    path: lock_path(database),
+                    file: id,
+                    database: database.to_path_buf(),
+                    info,
                 }))
             }
-            Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                Ok(Err(Holder(crate::quote::strip_controls(holder.trim()))))
-            }
+            Err(TryLockError::WouldBlock) => Ok(Err(read_holder(&info))),
             Err(TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("cannot lock {}", lock_path(database).display()))
+                Err(e).with_context(|| format!("cannot lock the database {}", database.display()))
             }
         }
     }
@@ -123,10 +162,67 @@ impl Lease {
         }
     }
 
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Whether the database's path still names the file this lease locked. When the database
+    /// was removed or replaced (restored from a backup by renaming, say), another process
+    /// opening that path would lock another file and become a second syncer beside this one,
+    /// writing to a database nobody reads: the holder must step down.
+    pub fn check(&self) -> Result<()> {
+        match std::fs::metadata(&self.database) {
+            Ok(meta) if file_id(&meta) == self.file => Ok(()),
+            Ok(_) => bail!(
+                "the database {} was replaced by another file while this process synced it; \
+                 stopping so that a new start opens the new file",
+                self.database.display()
+            ),
+            Err(e) => bail!(
+                "the database {} is gone ({e}) while this process synced it; stopping",
+                self.database.display()
+            ),
+        }
     }
+
+    /// The file where the holder says who it is.
+    pub fn info_path(&self) -> &Path {
+        &self.info
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut descriptors = DESCRIPTORS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(descriptor) = descriptors.get_mut(&self.file) {
+            // The descriptor stays open (see the module's doc); only the lock goes.
+            let _ = descriptor.file.unlock();
+            descriptor.held = false;
+        }
+    }
+}
+
+/// Writes who holds the lease, for standbys to show. Only information: a failure to write it
+/// changes nothing but what they show.
+fn write_holder(info: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let me = format!(
+        "pid {} on host {}",
+        std::process::id(),
+        host_name().unwrap_or_else(|| "?".into())
+    );
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o660)
+        .open(info)
+        .and_then(|mut f| f.write_all(me.as_bytes()));
+    if let Err(e) = written {
+        log::debug!("cannot write {}: {e}", info.display());
+    }
+}
+
+fn read_holder(info: &Path) -> Holder {
+    let text = std::fs::read_to_string(info).unwrap_or_default();
+    let text: String = text.chars().take(200).collect();
+    Holder(crate::quote::strip_controls(text.trim()))
 }
 
 /// This machine's host name, from the kernel.
@@ -139,10 +235,16 @@ fn host_name() -> Option<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn one_holder_at_a_time_and_the_next_sees_who() {
+    fn database() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("platform.db");
+        std::fs::write(&db, b"").unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn one_holder_at_a_time_and_the_next_sees_who() {
+        let (_dir, db) = database();
         let first = Lease::try_acquire(&db).unwrap().unwrap();
         let holder = Lease::try_acquire(&db).unwrap().unwrap_err();
         assert!(
@@ -154,9 +256,61 @@ mod tests {
     }
 
     #[test]
-    fn a_standby_stops_when_asked() {
+    fn every_path_to_the_database_finds_the_same_lease() {
+        let (dir, db) = database();
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let hard = dir.path().join("hard.db");
+        std::fs::hard_link(&db, &hard).unwrap();
+        let held = Lease::try_acquire(&link).unwrap().unwrap();
+        for other in [&db, &hard, &dir.path().join(".").join("platform.db")] {
+            assert!(
+                Lease::try_acquire(other).unwrap().is_err(),
+                "{} took a second lease",
+                other.display()
+            );
+        }
+        assert_eq!(held.info_path(), info_path(&db), "one information file");
+        drop(held);
+        assert!(Lease::try_acquire(&hard).unwrap().is_ok());
+    }
+
+    #[test]
+    fn removing_the_information_file_frees_nothing() {
+        let (_dir, db) = database();
+        let held = Lease::try_acquire(&db).unwrap().unwrap();
+        std::fs::remove_file(held.info_path()).unwrap();
+        let holder = Lease::try_acquire(&db).unwrap().unwrap_err();
+        assert_eq!(holder.to_string(), "another process");
+        assert!(held.check().is_ok());
+    }
+
+    #[test]
+    fn a_replaced_or_removed_database_is_noticed_by_its_holder() {
+        let (dir, db) = database();
+        let held = Lease::try_acquire(&db).unwrap().unwrap();
+        let restored = dir.path().join("restored.db");
+        std::fs::write(&restored, b"").unwrap();
+        std::fs::rename(&restored, &db).unwrap();
+        let error = held.check().unwrap_err().to_string();
+        assert!(error.contains("was replaced"), "{error}");
+        std::fs::remove_file(&db).unwrap();
+        let error = held.check().unwrap_err().to_string();
+        assert!(error.contains("is gone"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_database_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("platform.db");
+        let db = dir.path().join("platfrom.db");
+        let error = format!("{:#}", Lease::try_acquire(&db).unwrap_err());
+        assert!(error.contains("platfrom.db"), "{error}");
+        assert!(!db.exists(), "nothing created");
+    }
+
+    #[test]
+    fn a_standby_stops_when_asked() {
+        let (_dir, db) = database();
         let _held = Lease::try_acquire(&db).unwrap().unwrap();
         let (stop, stopped) = crossbeam_channel::bounded(1);
         stop.send(()).unwrap();

@@ -240,9 +240,15 @@ impl Infra {
         }
         let requests = crossbeam_channel::tick(REQUEST_POLL);
         let mut last_request = 0;
+        let mut ended = Ok(());
         loop {
             select! {
                 recv(requests) -> _ => {
+                    if let Err(e) = lease.check() {
+                        log::error!("{e:#}");
+                        ended = Err(e);
+                        break;
+                    }
                     dispatcher.take_sync_requests(&mut last_request);
                     if dispatcher.pool.settled(SETTLE) {
                         dispatcher.pool.release_memory();
@@ -288,7 +294,7 @@ impl Infra {
         drop(due_rx);
         let _ = timer.join();
         log::info!("zooid-sync stopped");
-        Ok(())
+        ended
     }
 }
 

@@ -191,3 +191,13 @@ pub fn host_creates(conn: &Connection, id: &str) {
     .unwrap();
     conn.execute_batch("COMMIT").unwrap();
 }
+
+/// Waits up to `timeout` for `child` to exit by itself; its status, or `None` if it still runs.
+pub fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status
+}

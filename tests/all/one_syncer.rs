@@ -3,6 +3,7 @@
 //! standby beside it, and `sync --failed` after an outage. Real processes, a real SQLite
 //! file, the fixture zooid answering after random delays.
 
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -335,4 +336,86 @@ fn a_foreground_sync_that_reaches_zooid_clears_an_outage_no_daemon_is_watching()
     let out = run_cli(&fx, &db, &["sync", "alpha"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(store.query.zooid_outage().unwrap().is_none());
+}
+
+#[test]
+fn a_removed_lock_file_or_a_symlinked_path_never_makes_a_second_syncer() {
+    let fx = fixture();
+    let (dir, db) = temp_db();
+    let ids = setup(&fx, &db, 6);
+    let link = dir.path().join("same-database.db");
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    let (first_port, second_port, third_port) = (free_port(), free_port(), free_port());
+    let mut first = daemon(&fx, &db, Some(first_port));
+    expect_within(WAIT, "the first daemon active", || {
+        health(first_port).is_some_and(|h| h.starts_with("ok"))
+    });
+    let mut second = daemon(&fx, &db, Some(second_port));
+    let mut third = daemon(&fx, &link, Some(third_port));
+    for port in [second_port, third_port] {
+        expect_within(WAIT, "the others standing by", || {
+            health(port).is_some_and(|h| h.starts_with("standby"))
+        });
+    }
+    // What looks like a stale pidfile goes; the host keeps changing relays.
+    std::fs::remove_file(dir.path().join("zooid-sync.db.lock")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let host = {
+        let (db, ids, stop) = (db.clone(), ids.clone(), stop.clone());
+        std::thread::spawn(move || busy_host(db, ids, stop))
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        for port in [second_port, third_port] {
+            let h = health(port).unwrap_or_default();
+            assert!(h.starts_with("standby"), "a second syncer: {h}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Release);
+    host.join().unwrap();
+    wait_all_synced(&db, &ids);
+    // Each change went out once: no relay has more requests than the host made changes.
+    for id in &ids {
+        let changes: i64 = host_connection(&db)
+            .query_row(
+                "SELECT COUNT(*) FROM activity WHERE resource_id = ?1
+                   AND activity_type IN ('create_relay', 'update_relay')",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let sent = fx.requests_for(id).len() as i64;
+        assert!(
+            sent <= changes,
+            "{id}: {sent} requests for {changes} changes"
+        );
+    }
+    assert_no_lost_update(&fx, &db, &ids);
+    for child in [&mut first, &mut second, &mut third] {
+        terminate(child);
+    }
+}
+
+#[test]
+fn a_daemon_whose_database_is_replaced_steps_down() {
+    let (fx, dir, db, _store) = one_relay("alpha");
+    let port = free_port();
+    let mut run = zooid_sync(&fx, &db);
+    run.args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut run = run.spawn().unwrap();
+    expect_within(WAIT, "the daemon active", || {
+        health(port).is_some_and(|h| h.starts_with("ok"))
+    });
+    // An operator restores last night's copy over the live file.
+    let copy = dir.path().join("restored.db");
+    std::fs::copy(&db, &copy).unwrap();
+    std::fs::rename(&copy, &db).unwrap();
+    let status = wait_for_exit(&mut run, WAIT).expect("the daemon stepped down");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_ne!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("was replaced by another file"), "{stderr}");
 }
