@@ -85,6 +85,19 @@ pub fn serve(
                 200,
                 "standby\nanother process holds the database's lease\n".into(),
             ),
+            ("GET", "/healthz") if query.write_health().failing.is_some() => {
+                let health = query.write_health();
+                let (since, error) = health.failing.unwrap_or_default();
+                text(
+                    503,
+                    format!(
+                        "the database refuses writes since {} ({error}); {} sync outcomes \
+                         wait to be recorded\n",
+                        crate::store::format_unix(since),
+                        health.waiting
+                    ),
+                )
+            }
             ("GET", "/healthz") => match (alive.load(Ordering::Acquire), query.zooid_outage()) {
                 // zooid being down is zooid's trouble, not the worker's: still 200, so that
                 // a supervisor does not restart a worker that is doing the right thing.
@@ -99,7 +112,13 @@ pub fn serve(
                 (false, _) => text(503, "the worker has stopped\n".into()),
                 (true, Err(e)) => text(503, format!("the database does not answer: {e:#}\n")),
             },
-            ("GET", "/metrics") => text(200, metrics.render(pending.get())),
+            ("GET", "/metrics") => {
+                let read = crate::metrics::Read {
+                    pending: pending.get(),
+                    writes: Some(query.write_health()),
+                };
+                text(200, metrics.render(&read))
+            }
             (_, "/healthz" | "/metrics") => text(405, "only GET is served here\n".into()),
             _ => text(404, "not found: try /healthz or /metrics\n".into()),
         }

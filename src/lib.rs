@@ -56,8 +56,8 @@ pub use relay_config::{relay_body, InvalidRelay, RelayBody};
 pub use secret::Secret;
 pub use store::{
     activity_type, Activity, BadRow, Bus, Command, PendingRelay, Query, RecvError, Relay,
-    RelaySettings, RelayStatus, Store, StoreOptions, Subscriber, SyncAnswer, RELAY_RESOURCE,
-    SCHEMA_VERSION, ZOOID_UNAVAILABLE,
+    RelaySettings, RelayStatus, Store, StoreOptions, Subscriber, SyncAnswer, WriteHealth,
+    RELAY_RESOURCE, SCHEMA_VERSION, ZOOID_UNAVAILABLE,
 };
 pub use zooid::{Response, ZooidClient, ZooidError, PROBE_ID};
 

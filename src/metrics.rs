@@ -9,7 +9,16 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::store::BadRow;
+use crate::store::{BadRow, WriteHealth};
+
+/// What [`Metrics::render`] shows beside the counters, read from the database or the store.
+#[derive(Debug, Clone, Default)]
+pub struct Read {
+    /// Relays waiting for a sync.
+    pub pending: Option<u64>,
+    /// How this process's writes of outcomes fare.
+    pub writes: Option<WriteHealth>,
+}
 
 /// Upper bounds of the request-latency histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
@@ -105,8 +114,10 @@ impl Metrics {
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition; `pending` is the number of relays waiting for a sync.
-    pub fn render(&self, pending: Option<u64>) -> String {
+    /// The Prometheus text exposition of these counters and of `read`, what was read from
+    /// the database for it.
+    pub fn render(&self, read: &Read) -> String {
+        let pending = read.pending;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, String)]| {
@@ -186,6 +197,30 @@ impl Metrics {
                 self.in_flight.load(Ordering::Relaxed).to_string(),
             )],
         );
+        if let Some(writes) = &read.writes {
+            metric(
+                "zooid_sync_outcome_write_failures_total",
+                "counter",
+                "Writes of sync outcomes the database refused for a while (busy, locked, full, \
+                 read-only); each is written again until it is recorded.",
+                &[(String::new(), writes.failures.to_string())],
+            );
+            metric(
+                "zooid_sync_outcomes_unrecorded",
+                "gauge",
+                "Sync outcomes zooid has but the database has not recorded yet.",
+                &[(String::new(), writes.waiting.to_string())],
+            );
+            metric(
+                "zooid_sync_database_writable",
+                "gauge",
+                "0 while the database refuses this process's writes, 1 otherwise.",
+                &[(
+                    String::new(),
+                    u8::from(writes.failing.is_none()).to_string(),
+                )],
+            );
+        }
         let mut histogram: Vec<(String, String)> = BUCKETS
             .iter()
             .zip(&self.latency_buckets)
@@ -234,7 +269,14 @@ mod tests {
         m.retry_scheduled();
         m.observe(Duration::from_millis(20));
         m.observe(Duration::from_secs(3));
-        let text = m.render(Some(7));
+        let text = m.render(&Read {
+            pending: Some(7),
+            writes: Some(WriteHealth {
+                failures: 3,
+                waiting: 2,
+                failing: Some((1, "disk full".into())),
+            }),
+        });
         assert!(
             text.contains("zooid_sync_syncs_total{outcome=\"synced\"} 2"),
             "{text}"
@@ -242,14 +284,21 @@ mod tests {
         assert!(text.contains("zooid_sync_syncs_total{outcome=\"failed\"} 1"));
         assert!(text.contains("zooid_sync_retries_scheduled_total 1"));
         assert!(text.contains("zooid_sync_relays_pending 7"));
+        assert!(text.contains("zooid_sync_outcome_write_failures_total 3"));
+        assert!(text.contains("zooid_sync_outcomes_unrecorded 2"));
+        assert!(text.contains("zooid_sync_database_writable 0"));
         assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"0.01\"} 0"));
         assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"0.025\"} 1"));
         assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"5\"} 2"));
         assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("zooid_sync_request_duration_seconds_count 2"));
         let timer = m.request();
-        assert!(m.render(None).contains("zooid_sync_requests_in_flight 1"));
+        assert!(m
+            .render(&Read::default())
+            .contains("zooid_sync_requests_in_flight 1"));
         drop(timer);
-        assert!(m.render(None).contains("zooid_sync_requests_in_flight 0"));
+        assert!(m
+            .render(&Read::default())
+            .contains("zooid_sync_requests_in_flight 0"));
     }
 }

@@ -445,13 +445,13 @@ impl Syncer {
         }
     }
 
-    /// Records `outcome` as the answer to manual sync request `request`.
+    /// Records `outcome` as the answer to manual sync request `request`, through the writer
+    /// thread, which writes it again until the database takes it.
     pub fn answer(&self, request: i64, outcome: &SyncOutcome) {
         let (kind, detail) = outcome.answer();
         let detail = quote::remote(&detail, 2 * quote::REMOTE_MAX);
-        if let Err(e) = self.command.answer_sync_request(request, kind, &detail) {
-            log::error!("manual sync request {request}: {e:#}");
-        }
+        self.command
+            .answer_sync_request_later(request, kind, &detail);
     }
 }
 
@@ -482,11 +482,20 @@ fn recorded_success(
     revision: i64,
     done: Done,
     started: Instant,
-    recorded: Result<bool>,
+    recorded: Result<Option<bool>>,
 ) -> SyncOutcome {
     let ms = started.elapsed().as_millis();
     match recorded {
-        Ok(marked) => {
+        Ok(None) => {
+            log::info!(
+                "relay {relay_id}: {} {} in {ms} ms, but the relay was deleted meanwhile; \
+                 nothing recorded",
+                done.method,
+                done.status
+            );
+            SyncOutcome::Gone
+        }
+        Ok(Some(marked)) => {
             metrics.synced();
             log::info!(
                 "relay {relay_id}: {} {} in {ms} ms (revision {revision}{})",
@@ -515,9 +524,13 @@ fn recorded_success(
 }
 
 /// Answers a failure once its recording is done.
-fn recorded_failure(id: &str, error: SyncError, recorded: Result<()>) -> SyncOutcome {
+fn recorded_failure(id: &str, error: SyncError, recorded: Result<bool>) -> SyncOutcome {
     match recorded {
-        Ok(()) => SyncOutcome::Failed(error),
+        Ok(true) => SyncOutcome::Failed(error),
+        Ok(false) => {
+            log::info!("relay {id}: deleted while its sync was in flight; nothing recorded");
+            SyncOutcome::Gone
+        }
         Err(e) => {
             log::error!("relay {id}: recording the failed sync failed: {e:#}");
             SyncOutcome::NotRecorded(format!("{e:#}"))

@@ -24,8 +24,8 @@ pub use schema::SCHEMA_VERSION;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
 use rusqlite::{params, params_from_iter, Connection, OpenFlags};
@@ -130,6 +130,9 @@ struct Db {
     queued: Condvar,
     /// See [`StoreOptions::write_linger`].
     write_linger: Duration,
+    /// Whether a writer thread runs, which writes failed outcomes again until they are
+    /// recorded; without one (a foreground `sync`), a failed write is answered at once.
+    retrying: AtomicBool,
 }
 
 /// The writes waiting to be committed.
@@ -139,6 +142,85 @@ struct WriteQueue {
     /// Whether the writer thread sleeps until a write arrives. Only then is it woken for one;
     /// while it lingers, it is woken only when [`MAX_BATCH`] writes wait.
     waiting: bool,
+    /// Outcomes whose write failed for a reason that passes (the database busy, locked, full,
+    /// read-only or failing I/O): the writer thread writes them again at `retry_at`. zooid has
+    /// them already; only the record is missing, so nothing is sent again meanwhile.
+    retry: Vec<Queued>,
+    retry_at: Option<Instant>,
+    /// The wait before the next retry; doubles up to [`WRITE_RETRY_CAP`] while writes fail.
+    backoff: Duration,
+    health: WriteHealth,
+}
+
+impl WriteQueue {
+    /// Keeps `failed` to be written again after the backoff, and notes why.
+    fn keep_for_retry(&mut self, failed: Vec<Queued>, error: &str) {
+        if failed.is_empty() {
+            return;
+        }
+        self.health.failures += failed.len() as u64;
+        self.health.failing = Some(match self.health.failing.take() {
+            Some((since, _)) => (since, error.to_string()),
+            None => (now_unix(), error.to_string()),
+        });
+        self.retry.extend(failed);
+        self.backoff = (self.backoff * 2).clamp(WRITE_RETRY_BASE, WRITE_RETRY_CAP);
+        self.retry_at = Some(Instant::now() + self.backoff);
+    }
+
+    /// A commit went through: the database takes writes again, so what waits is due now.
+    fn writes_pass(&mut self) {
+        if let Some((since, _)) = self.health.failing.take() {
+            log::info!(
+                "the database takes writes again after {} s; {} waiting sync outcomes are \
+                 written now",
+                now_unix().saturating_sub(since),
+                self.retry.len()
+            );
+        }
+        self.backoff = Duration::ZERO;
+        if !self.retry.is_empty() {
+            self.retry_at = Some(Instant::now());
+        }
+    }
+}
+
+/// How the writes of this process fare: what a health check and `/metrics` show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteHealth {
+    /// Writes of sync outcomes that failed and were kept to be written again, in all.
+    pub failures: u64,
+    /// While writes fail: since when (unix seconds) and the last error.
+    pub failing: Option<(i64, String)>,
+    /// Outcomes waiting to be written again.
+    pub waiting: usize,
+}
+
+/// The first wait before an outcome whose write failed is written again, and the longest.
+const WRITE_RETRY_BASE: Duration = Duration::from_millis(250);
+const WRITE_RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// Whether a write that failed with `error` may succeed later as it is: the database was busy
+/// or locked, the disk full, the file read-only for now, or I/O failed. A constraint or a
+/// malformed statement will not pass by itself.
+fn passes(error: &anyhow::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    DatabaseBusy
+                        | DatabaseLocked
+                        | DiskFull
+                        | SystemIoFailure
+                        | ReadOnly
+                        | CannotOpen
+                        | OutOfMemory
+                )
+        )
+    })
 }
 
 /// The most writes the writer thread lets gather before it commits, however short the
@@ -175,6 +257,7 @@ impl Store {
             queue: Mutex::new(WriteQueue::default()),
             queued: Condvar::new(),
             write_linger: options.write_linger,
+            retrying: AtomicBool::new(false),
         });
         Ok(Store {
             query: Query { db: db.clone() },
@@ -330,6 +413,15 @@ impl Query {
         self.db.reader_returned.notify_all();
         if let Ok(writer) = self.db.writer.try_lock() {
             shrink(&writer);
+        }
+    }
+
+    /// How this process's writes of sync outcomes fare (see [`WriteHealth`]).
+    pub fn write_health(&self) -> WriteHealth {
+        let queue = self.db.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        WriteHealth {
+            waiting: queue.retry.len(),
+            ..queue.health.clone()
         }
     }
 
@@ -679,27 +771,40 @@ impl Command {
 
     /// Starts the writer thread, which commits queued writes in groups, so that
     /// [`write_then`](Self::write_then) never waits: once a write arrives, it lets others
-    /// gather for [`StoreOptions::write_linger`], then commits them all. Stop it with
-    /// [`Writer::stop`], which commits what is still queued first.
+    /// gather for [`StoreOptions::write_linger`], then commits them all. An outcome whose
+    /// write fails for a reason that passes is kept and written again after a backoff
+    /// (250 ms doubling to 30 s) until it is recorded; [`Query::write_health`] tells. Stop it
+    /// with [`Writer::stop`], which commits what is still queued first.
     pub(crate) fn spawn_writer(&self) -> std::io::Result<Writer> {
         let stop = Arc::new(AtomicBool::new(false));
         let (command, stopping) = (self.weak(), stop.clone());
+        self.db.retrying.store(true, Ordering::Release);
         let thread = std::thread::Builder::new()
             .name("zooid-sync-writer".into())
             .spawn(move || loop {
                 let db = &command.db;
-                let mut queue = db.queue.lock().unwrap();
+                let mut queue = db.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 while queue.writes.is_empty() {
                     if stopping.load(Ordering::Acquire) {
                         return;
                     }
+                    let retry_in = match (queue.retry.is_empty(), queue.retry_at) {
+                        (false, Some(at)) => Some(at.saturating_duration_since(Instant::now())),
+                        _ => None,
+                    };
+                    if retry_in.is_some_and(|wait| wait.is_zero()) {
+                        break;
+                    }
                     queue.waiting = true;
-                    queue = db.queued.wait(queue).unwrap();
+                    queue = match retry_in {
+                        Some(wait) => db.queued.wait_timeout(queue, wait).unwrap().0,
+                        None => db.queued.wait(queue).unwrap(),
+                    };
                     queue.waiting = false;
                 }
-                let deadline = std::time::Instant::now() + db.write_linger;
+                let deadline = Instant::now() + db.write_linger;
                 while queue.writes.len() < MAX_BATCH && !stopping.load(Ordering::Acquire) {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         break;
                     }
@@ -709,41 +814,67 @@ impl Command {
                 command.flush();
             })?;
         Ok(Writer {
-            db: self.db.clone(),
+            command: self.weak(),
             stop,
             thread: Some(thread),
         })
     }
 
     /// Applies every queued write in one transaction, answers each, publishes what committed.
-    /// Answers the callbacks to run once the writer connection is released.
+    /// Answers the callbacks to run once the writer connection is released. While a writer
+    /// thread runs, outcomes whose write failed for a reason that passes are kept for it to
+    /// write again instead of being answered.
     fn commit_queued(&self, conn: &mut Connection) -> Deferred {
         let mut later = Deferred::new();
-        let batch = std::mem::take(&mut self.db.queue.lock().unwrap().writes);
+        let retrying = self.db.retrying.load(Ordering::Acquire);
+        let batch = {
+            let mut queue = self.db.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let due = !retrying || queue.retry_at.is_some_and(|at| at <= Instant::now());
+            let mut batch = if due {
+                queue.retry_at = None;
+                std::mem::take(&mut queue.retry)
+            } else {
+                Vec::new()
+            };
+            batch.append(&mut queue.writes);
+            batch
+        };
         if batch.is_empty() {
             return later;
         }
+        // Whether a write that failed with `error` is kept to be written again.
+        let keep = |done: &Done, error: &anyhow::Error| {
+            retrying && matches!(done, Done::Then(_)) && passes(error)
+        };
+        let mut kept = Vec::new();
         let run = |conn: &Connection, sql: &str| -> rusqlite::Result<()> {
             conn.prepare_cached(sql)?.execute([]).map(|_| ())
         };
         if let Err(e) = run(conn, "BEGIN IMMEDIATE") {
+            let e = anyhow::Error::from(e);
+            let text = format!("cannot start a write transaction: {e}");
             for q in batch {
-                let what = q.write.describe();
-                let error = anyhow!("{what}: cannot start a write transaction: {e}");
-                q.done.answer(Err(error), &mut later);
+                if keep(&q.done, &e) {
+                    kept.push(q);
+                } else {
+                    let error = anyhow!("{}: {text}", q.write.describe());
+                    q.done.answer(Err(error), &mut later);
+                }
             }
+            self.retry_later(kept, &text);
             return later;
         }
         let tracking = self.own_writes.tracking.load(Ordering::Acquire);
         let mut applied = Vec::with_capacity(batch.len());
+        let mut last_error = String::new();
         for q in batch {
             let outcome = run(conn, "SAVEPOINT one_write")
                 .map_err(anyhow::Error::from)
                 .and_then(|()| q.write.apply(conn));
             match &outcome {
-                Ok((activity, _)) => {
+                Ok(done) => {
                     let _ = run(conn, "RELEASE one_write");
-                    if tracking {
+                    if let (true, Some(activity)) = (tracking, &done.activity) {
                         self.own_writes.seqs.lock().unwrap().insert(activity.seq);
                     }
                 }
@@ -752,61 +883,113 @@ impl Command {
                     let _ = run(conn, "RELEASE one_write");
                 }
             }
-            let outcome = outcome.with_context(|| q.write.describe());
-            applied.push((q.done, outcome));
+            match outcome {
+                Err(e) if keep(&q.done, &e) => {
+                    last_error = format!("{e:#}");
+                    kept.push(q);
+                }
+                outcome => {
+                    let outcome = outcome.with_context(|| q.write.describe());
+                    applied.push((q, outcome));
+                }
+            }
         }
         if let Err(e) = run(conn, "COMMIT") {
             let _ = run(conn, "ROLLBACK");
-            for (done, outcome) in applied {
-                if let Ok((activity, _)) = &outcome {
+            let e = anyhow::Error::from(e);
+            for (q, outcome) in applied {
+                if let Ok(Applied {
+                    activity: Some(activity),
+                    ..
+                }) = &outcome
+                {
                     self.own_writes.seqs.lock().unwrap().remove(&activity.seq);
                 }
-                let result = outcome.and_then(|_| Err(anyhow!("cannot commit: {e}")));
-                done.answer(result, &mut later);
+                if outcome.is_ok() && keep(&q.done, &e) {
+                    kept.push(q);
+                } else {
+                    let result = outcome.and_then(|_| Err(anyhow!("cannot commit: {e}")));
+                    q.done.answer(result, &mut later);
+                }
             }
+            self.retry_later(kept, &format!("cannot commit: {e}"));
             return later;
         }
-        for (done, outcome) in applied {
-            if let Ok((activity, _)) = &outcome {
+        {
+            let mut queue = self.db.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if kept.is_empty() {
+                queue.writes_pass();
+            }
+        }
+        self.retry_later(kept, &last_error);
+        for (q, outcome) in applied {
+            if let Ok(Applied {
+                activity: Some(activity),
+                ..
+            }) = &outcome
+            {
                 self.notify.send(activity.clone());
             }
-            done.answer(outcome, &mut later);
+            q.done.answer(outcome, &mut later);
         }
         later
     }
 
+    /// Keeps outcomes whose write failed, for the writer thread to write again.
+    fn retry_later(&self, kept: Vec<Queued>, error: &str) {
+        if kept.is_empty() {
+            return;
+        }
+        let mut queue = self.db.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = queue.health.failing.is_none();
+        queue.keep_for_retry(kept, error);
+        if first {
+            log::error!(
+                "the database refuses writes ({error}); {} sync outcomes wait and are written \
+                 again, with backoff, until it accepts them (nothing is sent to zooid again \
+                 meanwhile)",
+                queue.retry.len()
+            );
+        }
+    }
+
     /// Records a sync zooid accepted. The relay is marked synced only if its revision is still
     /// `revision`, the one the sync read: a change that landed meanwhile stays pending.
-    /// Answers whether the relay is now marked synced.
+    /// Answers whether the relay is now marked synced (not when it was deleted meanwhile:
+    /// then nothing is recorded).
     pub fn complete_relay_sync(&self, relay_id: &str, revision: i64) -> Result<bool> {
-        let (_, marked) = self.write(Write::Complete {
+        let applied = self.write(Write::Complete {
             relay_id: relay_id.to_string(),
             revision,
         })?;
-        Ok(marked)
+        Ok(applied.changed)
     }
 
     /// [`complete_relay_sync`](Self::complete_relay_sync) through the writer thread: returns
-    /// at once, `then` learns whether the relay is now marked synced.
+    /// at once, `then` learns whether the relay is now marked synced, or `None` when it was
+    /// deleted while its sync was in flight (nothing is recorded then).
     pub(crate) fn complete_relay_sync_then(
         &self,
         relay_id: &str,
         revision: i64,
-        then: impl FnOnce(Result<bool>) + Send + 'static,
+        then: impl FnOnce(Result<Option<bool>>) + Send + 'static,
     ) {
         let write = Write::Complete {
             relay_id: relay_id.to_string(),
             revision,
         };
-        self.write_then(write, move |result| then(result.map(|(_, marked)| marked)));
+        self.write_then(write, move |result| {
+            then(result.map(|a| a.activity.is_some().then_some(a.changed)))
+        });
     }
 
-    /// [`fail_relay_sync`](Self::fail_relay_sync) through the writer thread.
+    /// [`fail_relay_sync`](Self::fail_relay_sync) through the writer thread; `then` learns
+    /// whether it was recorded (not when the relay was deleted meanwhile).
     pub(crate) fn fail_relay_sync_then(
         &self,
         relay_id: &str,
         error: &str,
-        then: impl FnOnce(Result<()>) + Send + 'static,
+        then: impl FnOnce(Result<bool>) + Send + 'static,
     ) {
         let error = if error.is_empty() {
             "unknown error"
@@ -817,7 +1000,9 @@ impl Command {
             relay_id: relay_id.to_string(),
             error: error.to_string(),
         };
-        self.write_then(write, move |result| then(result.map(|_| ())));
+        self.write_then(write, move |result| {
+            then(result.map(|a| a.activity.is_some()))
+        });
     }
 
     /// Records a failed sync with its error.
@@ -899,11 +1084,27 @@ impl Command {
     /// Answers a manual sync request: `outcome` is `synced`, `failed`, `invalid` or
     /// `unknown`.
     pub fn answer_sync_request(&self, request: i64, outcome: &str, detail: &str) -> Result<()> {
-        self.write_state(
-            "UPDATE sync_request SET outcome = ?2, detail = ?3 WHERE id = ?1",
-            params![request, outcome, detail],
-        )
-        .context("answering a manual sync request")
+        self.write(Write::Answer {
+            request,
+            outcome: outcome.to_string(),
+            detail: detail.to_string(),
+        })
+        .map(|_| ())
+    }
+
+    /// [`answer_sync_request`](Self::answer_sync_request) through the writer thread, which
+    /// writes it again until it is recorded: a `sync` waiting for it always gets its answer.
+    pub(crate) fn answer_sync_request_later(&self, request: i64, outcome: &str, detail: &str) {
+        let write = Write::Answer {
+            request,
+            outcome: outcome.to_string(),
+            detail: detail.to_string(),
+        };
+        self.write_then(write, move |result| {
+            if let Err(e) = result {
+                log::error!("manual sync request {request}: {e:#}");
+            }
+        });
     }
 
     /// One statement on zooid-sync's own state, which announces nothing on the bus: run on
@@ -926,7 +1127,7 @@ impl Command {
             id: id.to_string(),
             settings: settings.clone(),
         };
-        Ok(self.write(write)?.0)
+        self.write(write)?.activity()
     }
 
     /// Host side: replaces a relay's settings; it becomes pending at a new revision.
@@ -935,7 +1136,7 @@ impl Command {
             id: id.to_string(),
             settings: settings.clone(),
         };
-        Ok(self.write(write)?.0)
+        self.write(write)?.activity()
     }
 
     /// Host side: sets the relay's status to `active`.
@@ -959,12 +1160,29 @@ impl Command {
             status,
             activity,
         };
-        Ok(self.write(write)?.0)
+        self.write(write)?.activity()
     }
 }
 
-/// What a write answers: the activity it appended and whether the relay row changed.
-type WriteResult = Result<(Activity, bool)>;
+/// What a write answers.
+type WriteResult = Result<Applied>;
+
+/// What a write did.
+#[derive(Debug)]
+struct Applied {
+    /// The activity it appended; none when the relay it is about no longer exists.
+    activity: Option<Activity>,
+    /// Whether it changed the relay row (for a sync outcome: marked it synced).
+    changed: bool,
+}
+
+impl Applied {
+    /// The activity a host-side write always appends.
+    fn activity(self) -> Result<Activity> {
+        self.activity
+            .ok_or_else(|| anyhow!("the write appended no activity"))
+    }
+}
 
 /// A write waiting for the writer connection, and where its outcome goes.
 struct Queued {
@@ -1019,6 +1237,12 @@ enum Write {
         status: RelayStatus,
         activity: &'static str,
     },
+    /// The answer to a manual sync request.
+    Answer {
+        request: i64,
+        outcome: String,
+        detail: String,
+    },
 }
 
 impl Write {
@@ -1031,15 +1255,28 @@ impl Write {
             Write::Create { id, .. } => format!("creating relay {id:?}"),
             Write::Update { id, .. } => format!("updating relay {id:?}"),
             Write::SetStatus { id, activity, .. } => format!("{activity} {id:?}"),
+            Write::Answer { request, .. } => format!("answering manual sync request {request}"),
         }
     }
 
-    /// Applies the write inside the current transaction. Answers the activity it appended and
-    /// whether the relay row changed.
-    fn apply(&self, conn: &Connection) -> Result<(Activity, bool)> {
+    /// Applies the write inside the current transaction.
+    fn apply(&self, conn: &Connection) -> Result<Applied> {
         let no_relay = |id: &str| anyhow!("there is no relay {id:?}");
+        let appended = |activity: Activity, changed: bool| Applied {
+            activity: Some(activity),
+            changed,
+        };
+        // A relay deleted while its sync was in flight gets no outcome: there is nothing to
+        // record it on, and an activity about it would name no owner.
+        let gone = Applied {
+            activity: None,
+            changed: false,
+        };
         match self {
             Write::Complete { relay_id, revision } => {
+                if !relay_exists(conn, relay_id)? {
+                    return Ok(gone);
+                }
                 let activity = insert_activity(
                     conn,
                     relay_id,
@@ -1052,15 +1289,33 @@ impl Write {
                     )?
                     .execute(params![relay_id, revision])?
                     > 0;
-                Ok((activity, marked))
+                Ok(appended(activity, marked))
             }
             Write::Fail { relay_id, error } => {
+                if !relay_exists(conn, relay_id)? {
+                    return Ok(gone);
+                }
                 let activity =
                     insert_activity(conn, relay_id, activity_type::FAIL_RELAY_SYNC, error)?;
                 let changed = conn
                     .prepare_cached("UPDATE relay SET sync_error = ?2 WHERE id = ?1")?
                     .execute(params![relay_id, error])?;
-                Ok((activity, changed > 0))
+                Ok(appended(activity, changed > 0))
+            }
+            Write::Answer {
+                request,
+                outcome,
+                detail,
+            } => {
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE sync_request SET outcome = ?2, detail = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![request, outcome, detail])?;
+                Ok(Applied {
+                    activity: None,
+                    changed: changed > 0,
+                })
             }
             Write::Create { id, settings } => {
                 let now = now_unix();
@@ -1076,10 +1331,8 @@ impl Write {
                 let mut values: Vec<rusqlite::types::Value> = vec![id.clone().into(), now.into()];
                 values.extend(settings.to_values());
                 conn.execute(&sql, params_from_iter(values))?;
-                Ok((
-                    insert_activity(conn, id, activity_type::CREATE_RELAY, "")?,
-                    true,
-                ))
+                let activity = insert_activity(conn, id, activity_type::CREATE_RELAY, "")?;
+                Ok(appended(activity, true))
             }
             Write::Update { id, settings } => {
                 let assignments = SETTINGS_COLUMNS
@@ -1098,10 +1351,8 @@ impl Write {
                 if conn.execute(&sql, params_from_iter(values))? == 0 {
                     return Err(no_relay(id));
                 }
-                Ok((
-                    insert_activity(conn, id, activity_type::UPDATE_RELAY, "")?,
-                    true,
-                ))
+                let activity = insert_activity(conn, id, activity_type::UPDATE_RELAY, "")?;
+                Ok(appended(activity, true))
             }
             Write::SetStatus {
                 id,
@@ -1116,7 +1367,7 @@ impl Write {
                 if changed == 0 {
                     return Err(no_relay(id));
                 }
-                Ok((insert_activity(conn, id, activity, "")?, true))
+                Ok(appended(insert_activity(conn, id, activity, "")?, true))
             }
         }
     }
@@ -1147,7 +1398,7 @@ fn run_deferred(later: Deferred) {
 
 /// The running writer thread ([`Command::spawn_writer`]).
 pub(crate) struct Writer {
-    db: Arc<Db>,
+    command: Command,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -1159,13 +1410,19 @@ impl Writer {
     }
 
     fn shutdown(&mut self) {
+        let db = &self.command.db;
         self.stop.store(true, Ordering::Release);
         {
-            let _queue = self.db.queue.lock().unwrap();
-            self.db.queued.notify_all();
+            let _queue = db.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            db.queued.notify_all();
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        // One last try for the outcomes still waiting to be written; what fails now is
+        // answered as failed, and stays pending in the database for the next start.
+        if db.retrying.swap(false, Ordering::AcqRel) {
+            self.command.flush();
         }
     }
 }
@@ -1175,6 +1432,12 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Whether relay `id` exists.
+fn relay_exists(conn: &Connection, id: &str) -> Result<bool> {
+    let mut stmt = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM relay WHERE id = ?1)")?;
+    Ok(stmt.query_row([id], |r| r.get(0))?)
 }
 
 /// Appends an activity about relay `relay_id`, owned by the relay's tenant.
@@ -1211,7 +1474,70 @@ fn insert_activity(
 
 #[cfg(test)]
 mod tests {
-    use super::format_unix;
+    use super::*;
+
+    #[test]
+    fn only_failures_that_pass_are_written_again() {
+        let sqlite = |code: i32| {
+            anyhow::Error::from(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+            .context("recording the sync of relay \"a\"")
+        };
+        for code in [
+            rusqlite::ffi::SQLITE_BUSY,
+            rusqlite::ffi::SQLITE_LOCKED,
+            rusqlite::ffi::SQLITE_FULL,
+            rusqlite::ffi::SQLITE_IOERR,
+            rusqlite::ffi::SQLITE_READONLY,
+            rusqlite::ffi::SQLITE_CANTOPEN,
+            rusqlite::ffi::SQLITE_NOMEM,
+        ] {
+            assert!(passes(&sqlite(code)), "code {code}");
+        }
+        for code in [rusqlite::ffi::SQLITE_CONSTRAINT, rusqlite::ffi::SQLITE_ERROR] {
+            assert!(!passes(&sqlite(code)), "code {code}");
+        }
+        assert!(!passes(&anyhow!("there is no relay")));
+    }
+
+    #[test]
+    fn kept_writes_back_off_and_are_due_as_soon_as_writes_pass() {
+        let kept = |n: usize| {
+            (0..n)
+                .map(|i| Queued {
+                    write: Write::Answer {
+                        request: i as i64,
+                        outcome: "synced".into(),
+                        detail: String::new(),
+                    },
+                    done: Done::Then(Box::new(|_| {})),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut q = WriteQueue::default();
+        let before = Instant::now();
+        q.keep_for_retry(kept(2), "database is locked");
+        assert_eq!(q.backoff, WRITE_RETRY_BASE);
+        assert!(q.retry_at.unwrap() >= before + WRITE_RETRY_BASE);
+        let (since, error) = q.health.failing.clone().unwrap();
+        assert_eq!(error, "database is locked");
+        q.keep_for_retry(kept(1), "disk is full");
+        assert_eq!(q.backoff, 2 * WRITE_RETRY_BASE, "doubles");
+        assert_eq!(q.health.failing, Some((since, "disk is full".into())), "same start");
+        assert_eq!((q.health.failures, q.retry.len()), (3, 3));
+        for _ in 0..20 {
+            q.keep_for_retry(kept(1), "disk is full");
+        }
+        assert_eq!(q.backoff, WRITE_RETRY_CAP, "capped");
+        q.writes_pass();
+        assert!(q.health.failing.is_none());
+        assert_eq!(q.backoff, Duration::ZERO);
+        assert!(q.retry_at.unwrap() <= Instant::now(), "due at once");
+        q.keep_for_retry(kept(1), "again");
+        assert_eq!(q.backoff, WRITE_RETRY_BASE, "starts over");
+    }
 
     #[test]
     fn unix_times_read_as_utc() {

@@ -516,7 +516,7 @@ fn relay_rows_with_a_blob_or_non_utf8_id_are_skipped_and_the_rest_syncs() {
             .all(|id| store.query.get_relay(id).unwrap().is_some_and(|r| r.synced))
     });
     worker.shutdown().unwrap();
-    let text = metrics.render(None);
+    let text = metrics.render(&Default::default());
     println!("pending list of 12: 2 bad rows skipped, 10 synced");
     assert!(
         text.contains("zooid_sync_bad_rows_total{table=\"relay\"} 2"),

@@ -254,7 +254,7 @@ fn a_long_host_write_transaction_delays_outcomes_but_loses_none() {
 }
 
 #[test]
-fn outcomes_that_cannot_be_written_are_retried_until_the_database_takes_them() {
+fn outcomes_that_cannot_be_written_are_written_again_without_sending_anything_twice() {
     let fx = fixture();
     let (_dir, path) = temp_db();
     let env = env_for(&fx.url(), &path);
@@ -266,40 +266,100 @@ fn outcomes_that_cannot_be_written_are_retried_until_the_database_takes_them() {
         },
     )
     .unwrap();
-    let relays = ids("r", 4);
+    let relays = ids("r", 12);
     for id in &relays {
         store.command.create_relay(id, &settings(id)).unwrap();
     }
+    // The host holds the write lock far longer than the busy timeout.
     let host = Connection::open(&path).unwrap();
     host.execute_batch("BEGIN IMMEDIATE; UPDATE relay SET plan_id = plan_id WHERE id = 'r0';")
         .unwrap();
-    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
-        .spawn()
-        .unwrap();
-    // Every outcome fails to be written ("database is locked") and the relay is synced again
-    // later: zooid sees each relay at least twice while the lock is held.
-    let retried = fx.wait_for_requests(WAIT, |rs| rs.len() >= 8);
+    let infra = Infra::new(store.query.clone(), store.command.clone(), &env);
+    let metrics = infra.metrics();
+    let worker = infra.spawn().unwrap();
+    assert!(fx.wait_for_requests(WAIT, |rs| rs.len() >= relays.len()));
+    expect_within(WAIT, "every outcome waiting to be written", || {
+        store.query.write_health().waiting == relays.len()
+    });
+    let health = store.query.write_health();
+    assert!(health.failures >= relays.len() as u64, "{health:?}");
+    let (_, error) = health.failing.clone().expect("writes are failing");
+    assert!(error.contains("locked"), "{error}");
+    let text = metrics.render(&zooid_sync::metrics::Read {
+        pending: None,
+        writes: Some(health),
+    });
+    assert!(text.contains("zooid_sync_database_writable 0"), "{text}");
+    // Several write retries pass while the lock is held; nothing goes to zooid again.
+    let failures = store.query.write_health().failures;
+    expect_within(WAIT, "the writes tried again", || {
+        store.query.write_health().failures > failures
+    });
+    assert_eq!(fx.requests().len(), relays.len(), "nothing was sent twice");
     host.execute_batch("COMMIT").unwrap();
-    assert!(retried, "{:?}", fx.requests().len());
-    let rig_synced = || {
+    let all_synced = || {
         relays
             .iter()
             .all(|id| store.query.get_relay(id).unwrap().is_some_and(|r| r.synced))
     };
-    expect_within(WAIT, "every relay synced once the lock is gone", rig_synced);
+    expect_within(
+        WAIT,
+        "every relay recorded once the lock is gone",
+        all_synced,
+    );
+    let health = store.query.write_health();
+    assert!(
+        health.failing.is_none() && health.waiting == 0,
+        "{health:?}"
+    );
     worker.shutdown().unwrap();
+    assert_eq!(fx.requests().len(), relays.len(), "nothing was sent twice");
     let conn = Connection::open(&path).unwrap();
     for id in &relays {
-        let fails: i64 = conn
+        let (fails, completes): (i64, i64) = conn
             .query_row(
-                "SELECT COUNT(*) FROM activity WHERE resource_id = ?1 AND activity_type = 'fail_relay_sync'",
+                "SELECT COUNT(*) FILTER (WHERE activity_type = 'fail_relay_sync'),
+                        COUNT(*) FILTER (WHERE activity_type = 'complete_relay_sync')
+                 FROM activity WHERE resource_id = ?1",
                 [id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!(fails, 0, "{id}: a write failure is not a sync failure");
+        assert_eq!(
+            (fails, completes),
+            (0, 1),
+            "{id}: recorded once, as a success"
+        );
         assert_eq!(fx.relay(id).unwrap()["schema"], id.as_str());
     }
+}
+
+#[test]
+fn a_relay_deleted_while_its_sync_is_in_flight_gets_no_outcome() {
+    let rig = Rig::new(|_| {});
+    rig.create(&ids("d", 1));
+    rig.fx
+        .inject("d0", Fault::Delay(Duration::from_millis(400)));
+    let worker = rig.start();
+    assert!(rig.fx.wait_for_requests(WAIT, |rs| !rs.is_empty()));
+    let host = Connection::open(&rig.env.database_path).unwrap();
+    host.execute("DELETE FROM relay WHERE id = 'd0'", [])
+        .unwrap();
+    expect_within(WAIT, "zooid answered", || rig.fx.relay("d0").is_some());
+    rig.create(&ids("e", 1)); // an outcome after d0's, so d0's was handled
+    expect_within(WAIT, "e0 synced", || rig.all_synced(&ids("e", 1)));
+    worker.shutdown().unwrap();
+    let (outcomes, ownerless): (i64, i64) = host
+        .query_row(
+            "SELECT COUNT(*) FILTER (WHERE resource_id = 'd0'
+                                       AND activity_type LIKE '%_relay_sync'),
+                    COUNT(*) FILTER (WHERE tenant_pubkey = '')
+             FROM activity",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((outcomes, ownerless), (0, 0));
 }
 
 #[test]

@@ -419,3 +419,34 @@ fn a_daemon_whose_database_is_replaced_steps_down() {
     assert_ne!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("was replaced by another file"), "{stderr}");
 }
+
+#[test]
+fn a_manual_sync_whose_answer_cannot_be_written_at_first_still_gets_it() {
+    let (fx, _dir, db, _store) = one_relay("alpha");
+    let mut run = daemon(&fx, &db, None);
+    expect_within(WAIT, "alpha synced", || fx.relay("alpha").is_some());
+    // zooid takes a while with alpha, and meanwhile the host holds the write lock for longer
+    // than the daemon's busy timeout (5 s): the answer's first write fails.
+    fx.inject("alpha", Fault::Delay(Duration::from_millis(300)));
+    let mut sync = {
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["sync", "alpha"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    assert!(fx.wait_for_requests(WAIT, |rs| rs.len() >= 2));
+    let host = host_connection(&db);
+    host.execute_batch("BEGIN IMMEDIATE; UPDATE relay SET plan_id = plan_id WHERE id = 'alpha';")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(6500));
+    host.execute_batch("COMMIT").unwrap();
+    let status = wait_for_exit(&mut sync, WAIT);
+    let _ = sync.kill();
+    let out = sync.wait_with_output().unwrap();
+    terminate(&mut run);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(status.is_some(), "sync never got its answer");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("relay alpha: synced"), "{text}");
+}

@@ -99,7 +99,7 @@ fn zooid_down_longer_than_the_retry_schedule_then_back_every_relay_converges() {
         store.command.update_relay(id, &s).unwrap();
     }
     expect_within(WAIT, "the breaker to open", || {
-        metric(&metrics.render(None), "zooid_sync_zooid_up") == 0.0
+        metric(&metrics.render(&Default::default()), "zooid_sync_zooid_up") == 0.0
     });
     let opened = fx.requests().len();
     // Down for several times the whole retry schedule: at least eight probes.
@@ -170,7 +170,7 @@ fn zooid_down_longer_than_the_retry_schedule_then_back_every_relay_converges() {
             format!("Renamed {id}")
         );
     }
-    let text = metrics.render(None);
+    let text = metrics.render(&Default::default());
     assert_eq!(metric(&text, "zooid_sync_breaker_opened_total"), 1.0);
     assert_eq!(metric(&text, "zooid_sync_zooid_up"), 1.0);
     assert!(store.query.zooid_outage().unwrap().is_none());
@@ -212,7 +212,7 @@ fn a_relay_zooid_refuses_forever_still_gives_up_and_holds_back_no_other() {
             rs.iter().filter(|r| r.relay_id() == Some("bad")).count() > 7
         });
         assert!(!more, "{status}: tried again after giving up");
-        let text = metrics.render(None);
+        let text = metrics.render(&Default::default());
         println!(
             "{status} for one relay: {} tries, then given up; breaker opened {} times",
             fx.requests_for("bad").len(),
@@ -249,7 +249,10 @@ fn a_flapping_zooid_converges_and_opens_the_breaker_a_bounded_number_of_times() 
     expect_within(WAIT, "every relay synced", || all_synced(&store, &relays));
     let took = started.elapsed();
     worker.shutdown().unwrap();
-    let opened = metric(&metrics.render(None), "zooid_sync_breaker_opened_total");
+    let opened = metric(
+        &metrics.render(&Default::default()),
+        "zooid_sync_breaker_opened_total",
+    );
     // The bound the breaker promises over a window W: log2(cap / base) + 1 + W / cap.
     let bound = (100f64 / 20.0).log2() + 1.0 + took.as_secs_f64() / 0.1;
     println!(
