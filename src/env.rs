@@ -86,14 +86,8 @@ impl Env {
         let robot = RobotKey::parse(&required("ROBOT_SECRET")?).context("ROBOT_SECRET")?;
 
         let sync_workers = whole_number(get, "SYNC_WORKERS", 4)?;
-        if sync_workers == 0 {
-            bail!("SYNC_WORKERS is malformed: it must be at least 1");
-        }
         let retry = retry_policy_from_vars(&var)?;
         let zooid_timeout = duration(get, "ZOOID_TIMEOUT", Duration::from_secs(5))?;
-        if zooid_timeout.is_zero() {
-            bail!("ZOOID_TIMEOUT is malformed: it must be longer than zero");
-        }
 
         let env = Env {
             zooid_api_url,
@@ -123,7 +117,33 @@ impl Env {
             zooid_proxy: get("ZOOID_PROXY"),
         };
         env.check_transport()?;
+        env.check_limits()?;
         Ok(env)
+    }
+
+    /// Refuses numbers that would busy-loop, overflow a clock or panic a thread: the same
+    /// ranges [`Env::from_env`] enforces, for hosts that build an `Env` in code.
+    /// [`ZooidClient::new`](crate::ZooidClient::new) checks this too.
+    pub fn check_limits(&self) -> Result<()> {
+        let workers = u32::try_from(self.sync_workers).unwrap_or(u32::MAX);
+        if !(1..=MAX_WORKERS).contains(&workers) {
+            bail!("SYNC_WORKERS is out of range: {workers}; it must be 1 to {MAX_WORKERS}");
+        }
+        within(
+            "ZOOID_TIMEOUT",
+            self.zooid_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
+        check_retry(&self.retry)?;
+        let rate = self.sync_max_rate;
+        if !(rate == 0.0 || (MIN_RATE..=MAX_RATE).contains(&rate)) {
+            bail!(
+                "SYNC_MAX_RATE is out of range: {rate}; it must be 0 (no ceiling) or \
+                 {MIN_RATE} to {MAX_RATE} requests a second"
+            );
+        }
+        Ok(())
     }
 
     /// Refuses settings that would send secrets where they should not go: `http://` to a
@@ -195,10 +215,72 @@ pub fn retry_policy_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Re
         max_attempts: whole_number(get, "SYNC_RETRY_MAX_ATTEMPTS", defaults.max_attempts)?,
         jitter: defaults.jitter,
     };
-    if retry.base.is_zero() || retry.cap < retry.base {
-        bail!("SYNC_RETRY_BASE and SYNC_RETRY_CAP are malformed: need 0 < base <= cap");
-    }
+    check_retry(&retry)?;
     Ok(retry)
+}
+
+/// Refuses a backoff that would busy-loop or overflow a clock.
+fn check_retry(retry: &RetryPolicy) -> Result<()> {
+    within(
+        "SYNC_RETRY_BASE",
+        retry.base,
+        Duration::from_millis(1),
+        Duration::from_secs(3600),
+    )?;
+    within(
+        "SYNC_RETRY_CAP",
+        retry.cap,
+        Duration::from_millis(1),
+        Duration::from_secs(24 * 3600),
+    )?;
+    if retry.cap < retry.base {
+        bail!(
+            "SYNC_RETRY_CAP ({}) is shorter than SYNC_RETRY_BASE ({}); the cap must be at \
+             least the base",
+            show_duration(retry.cap),
+            show_duration(retry.base)
+        );
+    }
+    if retry.max_attempts > MAX_ATTEMPTS {
+        bail!(
+            "SYNC_RETRY_MAX_ATTEMPTS is out of range: {}; it must be 0 to {MAX_ATTEMPTS}",
+            retry.max_attempts
+        );
+    }
+    Ok(())
+}
+
+/// The most worker threads: each holds a connection to zooid, and zooid is one process.
+const MAX_WORKERS: u32 = 64;
+/// The most retries before giving up: past ~20 the capped delay repeats anyway.
+const MAX_ATTEMPTS: u32 = 100;
+/// The range of a non-zero `SYNC_MAX_RATE`: one request every 100 s to 100 000 a second.
+const MIN_RATE: f64 = 0.01;
+const MAX_RATE: f64 = 100_000.0;
+
+/// Refuses a duration outside `min..=max`, naming the setting: a zero or enormous one would
+/// busy-loop or overflow a clock.
+pub fn within(name: &str, value: Duration, min: Duration, max: Duration) -> Result<()> {
+    if value < min || value > max {
+        bail!(
+            "{name} is out of range: {}; it must be between {} and {}",
+            show_duration(value),
+            show_duration(min),
+            show_duration(max)
+        );
+    }
+    Ok(())
+}
+
+/// A duration the way settings are written: `250ms`, `30s`, `15m`, `2h`.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        _ if ms.is_multiple_of(3_600_000) && ms > 0 => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) && ms > 0 => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
 }
 
 fn duration(
@@ -220,9 +302,10 @@ fn rate(get: impl Fn(&str) -> Option<String>, name: &str, default: f64) -> Resul
     match get(name) {
         None => Ok(default),
         Some(v) => match v.trim().parse::<f64>() {
-            Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+            Ok(r) if r == 0.0 || (MIN_RATE..=MAX_RATE).contains(&r) => Ok(r),
             _ => bail!(
-                "{name} is malformed: expected requests per second (0 for no ceiling), got {v:?}"
+                "{name} is malformed: expected requests per second, 0 (no ceiling) or \
+                 {MIN_RATE} to {MAX_RATE}, got {v:?}"
             ),
         },
     }
@@ -364,6 +447,16 @@ mod tests {
             ("SYNC_RETRY_CAP", "10parsecs"),
             ("SYNC_RETRY_MAX_ATTEMPTS", "-1"),
             ("ZOOID_TIMEOUT", "0s"),
+            // Values that would busy-loop, overflow a clock or panic a worker.
+            ("SYNC_WORKERS", "100000"),
+            ("SYNC_RETRY_BASE", "0ms"),
+            ("SYNC_RETRY_CAP", "99999999999h"),
+            ("SYNC_RETRY_MAX_ATTEMPTS", "4000000000"),
+            ("ZOOID_TIMEOUT", "1000000h"),
+            ("SYNC_MAX_RATE", "1e-300"),
+            ("SYNC_MAX_RATE", "1e300"),
+            ("SYNC_MAX_RATE", "NaN"),
+            ("SYNC_MAX_RATE", "-1"),
         ];
         for (name, value) in cases {
             let mut pairs = base();
@@ -401,5 +494,10 @@ mod tests {
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("5 s").is_err());
+        assert_eq!(show_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(show_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(show_duration(Duration::from_secs(900)), "15m");
+        assert_eq!(show_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(show_duration(Duration::ZERO), "0s");
     }
 }

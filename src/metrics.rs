@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::store::{BadRow, WriteHealth};
@@ -41,9 +42,61 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
+    /// Threads of the worker that ended with a panic, by name.
+    died: Mutex<Vec<String>>,
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Held by a thread of the worker for its whole life (see [`Metrics::watch_thread`]): if the
+/// thread ends with a panic, the worker is unhealthy and says so.
+pub(crate) struct ThreadWatch {
+    metrics: Arc<Metrics>,
+    name: String,
+}
+
+impl Drop for ThreadWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            log::error!(
+                "the {} thread died (a bug in zooid-sync; please report it): the worker is \
+                 unhealthy, restart it",
+                self.name
+            );
+            self.metrics
+                .died
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(self.name.clone());
+        }
+    }
 }
 
 impl Metrics {
+    /// Watches the calling thread, `name`, until the guard is dropped: a panic that ends it
+    /// is counted and turns `/healthz` to 503.
+    pub(crate) fn watch_thread(self: &Arc<Self>, name: &str) -> ThreadWatch {
+        ThreadWatch {
+            metrics: self.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The worker's threads that died of a panic.
+    pub fn dead_threads(&self) -> Vec<String> {
+        self.died
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub(crate) fn synced(&self) {
         self.synced.fetch_add(1, Ordering::Relaxed);
     }
@@ -180,6 +233,12 @@ impl Metrics {
                 ),
             ],
         );
+        metric(
+            "zooid_sync_thread_panics_total",
+            "counter",
+            "Threads of the worker that died of a panic (a bug); the worker is unhealthy.",
+            &[(String::new(), self.dead_threads().len().to_string())],
+        );
         if let Some(pending) = pending {
             metric(
                 "zooid_sync_relays_pending",
@@ -300,5 +359,23 @@ mod tests {
         assert!(m
             .render(&Read::default())
             .contains("zooid_sync_requests_in_flight 0"));
+    }
+
+    #[test]
+    fn a_thread_that_dies_of_a_panic_is_named_and_counted() {
+        let m = Arc::new(Metrics::default());
+        let quiet = m.watch_thread("quiet");
+        std::thread::spawn(move || drop(quiet)).join().unwrap();
+        let watch = m.watch_thread("zooid-sync-worker-1");
+        let died = std::thread::spawn(move || {
+            let _watch = watch;
+            panic!("a bug");
+        })
+        .join();
+        assert!(died.is_err());
+        assert_eq!(m.dead_threads(), vec!["zooid-sync-worker-1".to_string()]);
+        assert!(m
+            .render(&Read::default())
+            .contains("zooid_sync_thread_panics_total 1"));
     }
 }

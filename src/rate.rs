@@ -9,7 +9,7 @@
 //! reservation is made under the lock, so waiting callers are served in order and the rate
 //! holds however many threads ask.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// A token bucket: `rate` tokens per second, at most `burst` in hand.
@@ -43,7 +43,10 @@ impl TokenBucket {
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
+            // A rate too small to express (never from a checked Env) waits an hour, not a
+            // panic.
+            Duration::try_from_secs_f64(-self.tokens / self.rate)
+                .unwrap_or(Duration::from_secs(3600))
         }
     }
 }
@@ -68,7 +71,10 @@ impl RateLimit {
     /// Blocks until the caller may send one request.
     pub fn acquire(&self) {
         let Some(bucket) = &self.0 else { return };
-        let wait = bucket.lock().unwrap().reserve(Instant::now());
+        let wait = bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(Instant::now());
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }

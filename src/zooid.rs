@@ -151,6 +151,7 @@ impl ZooidClient {
     /// `env.zooid_proxy` names one; the `HTTP_PROXY` family is ignored.
     pub fn new(env: &Env) -> Result<ZooidClient> {
         env.check_transport()?;
+        env.check_limits()?;
         let proxy = match &env.zooid_proxy {
             Some(p) => Some(
                 // The value may hold a password: the error does not repeat it.

@@ -32,7 +32,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -229,7 +229,7 @@ impl Breaker {
                      any relay is sent",
                     crate::store::format_unix(since)
                 );
-                let mut circuit = self.circuit.lock().unwrap();
+                let mut circuit = self.circuit.lock().unwrap_or_else(PoisonError::into_inner);
                 let now = Instant::now();
                 circuit.open(now, since, last_error, None);
                 if let Some(outage) = &mut circuit.outage {
@@ -250,26 +250,32 @@ impl Breaker {
 
     /// zooid answered a request.
     pub fn answered(&self) {
-        self.circuit.lock().unwrap().answered(Instant::now());
+        self.circuit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .answered(Instant::now());
     }
 
     /// Whether relay `id`, parked in this outage, still needs its one record saying so.
     pub fn tell(&self, id: &str) -> bool {
-        self.circuit.lock().unwrap().tell(id)
+        self.circuit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tell(id)
     }
 
     /// The outage in progress, if any: since when, and the last error.
     pub fn outage(&self) -> Option<(i64, String)> {
-        let circuit = self.circuit.lock().unwrap();
+        let circuit = self.circuit.lock().unwrap_or_else(PoisonError::into_inner);
         circuit.outage().map(|o| (o.since, o.last_error.clone()))
     }
 
     /// A request that started at `started` failed with `error`, an unavailability error.
     /// Decides whether zooid is down, probing it when nothing else tells.
     pub fn verdict(&self, client: &ZooidClient, started: Instant, error: &ZooidError) -> Verdict {
-        let _one_at_a_time = self.verdict.lock().unwrap();
+        let _one_at_a_time = self.verdict.lock().unwrap_or_else(PoisonError::into_inner);
         {
-            let circuit = self.circuit.lock().unwrap();
+            let circuit = self.circuit.lock().unwrap_or_else(PoisonError::into_inner);
             if circuit.is_open() {
                 return Verdict::ZooidDown;
             }
@@ -296,12 +302,11 @@ impl Breaker {
     fn open(&self, error: &ZooidError) {
         let text = quote::remote(&error.to_string(), quote::REMOTE_MAX);
         let since = now_unix();
-        let opened = self.circuit.lock().unwrap().open(
-            Instant::now(),
-            since,
-            text.clone(),
-            error.retry_after(),
-        );
+        let opened = self
+            .circuit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open(Instant::now(), since, text.clone(), error.retry_after());
         if !opened {
             return;
         }
@@ -321,7 +326,12 @@ impl Breaker {
     fn probe(&self, client: &ZooidClient) {
         match client.probe() {
             Ok(()) => {
-                let Some(outage) = self.circuit.lock().unwrap().close(Instant::now()) else {
+                let Some(outage) = self
+                    .circuit
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .close(Instant::now())
+                else {
                     return;
                 };
                 self.metrics.set_zooid_up(true);
@@ -339,7 +349,7 @@ impl Breaker {
                 let text = quote::remote(&error.to_string(), quote::REMOTE_MAX);
                 log::debug!("probe: zooid still unavailable: {text}");
                 let changed = {
-                    let mut circuit = self.circuit.lock().unwrap();
+                    let mut circuit = self.circuit.lock().unwrap_or_else(PoisonError::into_inner);
                     let changed = circuit.outage().is_some_and(|o| o.last_error != text);
                     circuit.probe_failed(Instant::now(), text.clone(), error.retry_after());
                     changed.then(|| circuit.outage().map(|o| o.since)).flatten()
@@ -356,30 +366,47 @@ impl Breaker {
     /// Stops the prober.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
-        let _guard = self.circuit.lock().unwrap();
+        let _guard = self.circuit.lock().unwrap_or_else(PoisonError::into_inner);
         self.changed.notify_all();
     }
 }
 
 /// Starts the prober thread: while the circuit is open, it probes zooid when due.
-pub fn spawn_prober(breaker: Arc<Breaker>, client: ZooidClient) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn_prober(
+    breaker: Arc<Breaker>,
+    client: ZooidClient,
+    watch: crate::metrics::ThreadWatch,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("zooid-sync-prober".into())
         .spawn(move || loop {
+            let _watch = &watch;
             {
-                let mut circuit = breaker.circuit.lock().unwrap();
+                let mut circuit = breaker
+                    .circuit
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 loop {
                     if breaker.stopping.load(Ordering::Acquire) {
                         return;
                     }
                     match circuit.next_probe() {
-                        None => circuit = breaker.changed.wait(circuit).unwrap(),
+                        None => {
+                            circuit = breaker
+                                .changed
+                                .wait(circuit)
+                                .unwrap_or_else(PoisonError::into_inner)
+                        }
                         Some(due) => {
                             let now = Instant::now();
                             if due <= now {
                                 break;
                             }
-                            circuit = breaker.changed.wait_timeout(circuit, due - now).unwrap().0;
+                            circuit = breaker
+                                .changed
+                                .wait_timeout(circuit, due - now)
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0;
                         }
                     }
                 }

@@ -62,6 +62,8 @@ pub struct Infra {
     metrics: Arc<Metrics>,
     /// The database's lease, when the caller took it already.
     lease: Option<Lease>,
+    #[cfg(feature = "fixture")]
+    injected: Arc<sync::InjectedPanics>,
 }
 
 /// A running [`Infra`] on its own thread.
@@ -111,7 +113,17 @@ impl Infra {
             command,
             metrics: Arc::default(),
             lease: None,
+            #[cfg(feature = "fixture")]
+            injected: Arc::default(),
         }
+    }
+
+    /// Makes the next `times` syncs of relay `id` panic while sending, as a bug would: for
+    /// tests of the worker's containment. Not for hosts.
+    #[cfg(feature = "fixture")]
+    #[doc(hidden)]
+    pub fn inject_panic(&self, id: &str, times: u32) {
+        self.injected.add(id, times);
     }
 
     /// A worker that runs under a lease its caller already holds, instead of taking it
@@ -140,9 +152,11 @@ impl Infra {
         let (ready_tx, ready) = crossbeam_channel::bounded::<()>(1);
         let alive = Arc::new(AtomicBool::new(true));
         let running = alive.clone();
+        let watch = self.metrics.watch_thread("zooid-sync-dispatcher");
         let thread = std::thread::Builder::new()
             .name("zooid-sync-dispatcher".into())
             .spawn(move || {
+                let _watch = watch;
                 let _ended = ended; // dropped when the worker ends, whatever the outcome
                 let result = self.run(stopped, Some(ready_tx));
                 running.store(false, Ordering::Release);
@@ -178,6 +192,8 @@ impl Infra {
             command,
             metrics,
             lease,
+            #[cfg(feature = "fixture")]
+            injected,
         } = self;
         let lease = match lease {
             Some(lease) => lease,
@@ -205,18 +221,28 @@ impl Infra {
             weak
         };
         let command_for_writer = command.clone();
-        let syncer = Syncer::with_metrics(query.clone(), command, &env, metrics.clone())?;
+        #[allow(unused_mut)]
+        let mut syncer = Syncer::with_metrics(query.clone(), command, &env, metrics.clone())?;
+        #[cfg(feature = "fixture")]
+        {
+            syncer.injected = injected;
+        }
         let breaker = syncer.breaker().clone();
         breaker.resume_recorded_outage(&query);
-        let prober = breaker::spawn_prober(breaker.clone(), syncer.client().clone())
-            .context("cannot start the prober thread")?;
+        let prober = breaker::spawn_prober(
+            breaker.clone(),
+            syncer.client().clone(),
+            metrics.watch_thread("zooid-sync-prober"),
+        )
+        .context("cannot start the prober thread")?;
 
         let (timer_tx, timer_rx) = crossbeam_channel::unbounded();
         let (due_tx, due_rx) = crossbeam_channel::unbounded();
-        let timer = timer::spawn(timer_rx, due_tx).context("cannot start the timer thread")?;
+        let timer = timer::spawn(timer_rx, due_tx, metrics.watch_thread("zooid-sync-timer"))
+            .context("cannot start the timer thread")?;
         let retries = Arc::new(Retries::new(timer_tx));
         let writer = command_for_writer
-            .spawn_writer()
+            .spawn_writer(metrics.watch_thread("zooid-sync-writer"))
             .context("cannot start the writer thread")?;
         let pool = Pool::start(env.sync_workers, syncer, retries.clone(), env.retry.base)
             .context("cannot start the worker threads")?;

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use super::queue::{CloseOnDrop, Queue};
@@ -146,7 +146,10 @@ impl PoolShared {
     /// The outcome of `id`'s sync is recorded: only now may its next sync start. Queues it
     /// again if it changed meanwhile.
     fn finished(&self, id: &str) {
-        let mut in_flight = self.in_flight.lock().unwrap();
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if in_flight.finish(id) {
             if self.stopping.load(Ordering::Acquire) {
                 in_flight.abandon(id);
@@ -155,7 +158,10 @@ impl PoolShared {
             }
         }
         if in_flight.relays.is_empty() {
-            *self.idle_since.lock().unwrap() = Some(std::time::Instant::now());
+            *self
+                .idle_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
         }
     }
 }
@@ -187,15 +193,22 @@ impl Pool {
         let spawned = (0..workers)
             .map(|n| {
                 let (shared, syncer, retries) = (shared.clone(), syncer.clone(), retries.clone());
-                std::thread::Builder::new()
-                    .name(format!("zooid-sync-worker-{n}"))
-                    .spawn(move || work(&shared, &syncer, &retries, retry_later))
+                let name = format!("zooid-sync-worker-{n}");
+                let watch = syncer.metrics().watch_thread(&name);
+                std::thread::Builder::new().name(name).spawn(move || {
+                    let _watch = watch;
+                    work(&shared, &syncer, &retries, retry_later)
+                })
             })
             .chain(std::iter::once_with(|| {
                 let (shared, syncer) = (shared.clone(), syncer.clone());
+                let watch = syncer.metrics().watch_thread("zooid-sync-preparer");
                 std::thread::Builder::new()
                     .name("zooid-sync-preparer".into())
-                    .spawn(move || prepare(&shared, &syncer))
+                    .spawn(move || {
+                        let _watch = watch;
+                        prepare(&shared, &syncer)
+                    })
             }))
             .collect::<std::io::Result<Vec<_>>>();
         let threads = match spawned {
@@ -212,7 +225,13 @@ impl Pool {
 
     /// Asks for a sync of relay `id` (see [`InFlight::request`]).
     pub fn submit(&self, id: &str) {
-        if self.shared.in_flight.lock().unwrap().request(id) {
+        if self
+            .shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .request(id)
+        {
             self.shared.queue(id);
         }
     }
@@ -220,10 +239,21 @@ impl Pool {
     /// Whether the pool has been idle for `quiet` since it last did work, and has not said so
     /// yet: true once after each burst, the moment to give memory back.
     pub fn settled(&self, quiet: std::time::Duration) -> bool {
-        if !self.shared.in_flight.lock().unwrap().relays.is_empty() {
+        if !self
+            .shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .relays
+            .is_empty()
+        {
             return false;
         }
-        let mut idle_since = self.shared.idle_since.lock().unwrap();
+        let mut idle_since = self
+            .shared
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match *idle_since {
             Some(since) if since.elapsed() >= quiet => {
                 *idle_since = None;
@@ -235,7 +265,11 @@ impl Pool {
 
     /// Gives back the memory a burst left in the pool's bookkeeping and queues.
     pub fn release_memory(&self) {
-        self.shared.in_flight.lock().unwrap().shrink();
+        self.shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shrink();
         self.shared.jobs.shrink();
         self.shared.ready.shrink();
     }
@@ -247,7 +281,7 @@ impl Pool {
             .shared
             .in_flight
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .request_answer(id, request)
         {
             self.shared.queue(id);
@@ -281,11 +315,18 @@ fn prepare(shared: &PoolShared, syncer: &Syncer) {
     let _closing = CloseOnDrop(&shared.ready);
     while let Some(id) = shared.jobs.pop() {
         if shared.stopping.load(Ordering::Acquire) {
-            shared.in_flight.lock().unwrap().abandon(&id);
+            shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .abandon(&id);
             continue;
         }
         let answering = {
-            let mut in_flight = shared.in_flight.lock().unwrap();
+            let mut in_flight = shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             in_flight.start(&id);
             in_flight.take_requests(&id)
         };
@@ -297,7 +338,11 @@ fn prepare(shared: &PoolShared, syncer: &Syncer) {
         };
         if let Err(unsent) = shared.ready.push(job) {
             // Nothing takes prepared syncs any more: forget the relay.
-            shared.in_flight.lock().unwrap().abandon(&unsent.id);
+            shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .abandon(&unsent.id);
             break;
         }
     }
@@ -313,7 +358,11 @@ fn work(
 ) {
     while let Some(job) = shared.ready.pop() {
         if shared.stopping.load(Ordering::Acquire) {
-            shared.in_flight.lock().unwrap().abandon(&job.id);
+            shared
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .abandon(&job.id);
             continue;
         }
         let Job {

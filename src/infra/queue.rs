@@ -12,7 +12,7 @@
 //! context switch on a busy core, paid on the critical path of whoever waits for that core.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 /// A FIFO with an optional capacity, closed by [`Queue::close`].
 pub(crate) struct Queue<T> {
@@ -61,10 +61,13 @@ impl<T> Queue<T> {
     /// Adds `item` at the back, once there is room (see [`bounded`](Self::bounded)). Answers
     /// the item back if the queue is closed (before or while waiting).
     pub(crate) fn push(&self, item: T) -> Result<(), T> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         while state.items.len() >= self.capacity && !state.closed {
             state.givers += 1;
-            state = self.emptied.wait(state).unwrap();
+            state = self
+                .emptied
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
             state.givers -= 1;
         }
         if state.closed {
@@ -80,7 +83,7 @@ impl<T> Queue<T> {
     /// Takes the item at the front, waiting for one. Answers `None` once the queue is closed
     /// and empty.
     pub(crate) fn pop(&self) -> Option<T> {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(item) = state.items.pop_front() {
                 if state.givers > 0 && state.items.len() <= self.refill_at {
@@ -92,20 +95,30 @@ impl<T> Queue<T> {
                 return None;
             }
             state.takers += 1;
-            state = self.filled.wait(state).unwrap();
+            state = self
+                .filled
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
             state.takers -= 1;
         }
     }
 
     /// Gives back the room a burst left behind, beyond what the queue holds now.
     pub(crate) fn shrink(&self) {
-        self.state.lock().unwrap().items.shrink_to_fit();
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .items
+            .shrink_to_fit();
     }
 
     /// Closes the queue: nothing more is added, and once the items left are taken,
     /// [`pop`](Self::pop) answers `None`. Wakes every waiting thread.
     pub(crate) fn close(&self) {
-        self.state.lock().unwrap().closed = true;
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
         self.filled.notify_all();
         self.emptied.notify_all();
     }

@@ -49,6 +49,8 @@ pub enum SyncError {
     /// zooid is unavailable (confirmed by a probe, or the breaker was already open). Never
     /// counts toward giving up.
     ZooidUnavailable(String),
+    /// The sync panicked: a bug in zooid-sync. It fails this relay only, and is retried.
+    Bug(String),
 }
 
 impl SyncError {
@@ -65,6 +67,7 @@ impl std::fmt::Display for SyncError {
             SyncError::Invalid(e) => write!(f, "{e}"),
             SyncError::Refused(e) => write!(f, "{e}"),
             SyncError::ZooidUnavailable(e) => write!(f, "{ZOOID_UNAVAILABLE}: {e}"),
+            SyncError::Bug(e) => f.write_str(e),
         }
     }
 }
@@ -130,6 +133,38 @@ pub struct Syncer {
     env: Env,
     metrics: Arc<Metrics>,
     breaker: Arc<Breaker>,
+    /// Panics injected by tests ([`crate::Infra::inject_panic`]).
+    #[cfg(feature = "fixture")]
+    pub(crate) injected: Arc<InjectedPanics>,
+}
+
+/// Relays whose next syncs panic while sending, and how many times: the way tests reach the
+/// containment of a bug that no known input triggers.
+#[cfg(feature = "fixture")]
+#[derive(Debug, Default)]
+pub(crate) struct InjectedPanics(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+#[cfg(feature = "fixture")]
+impl InjectedPanics {
+    pub(crate) fn add(&self, relay: &str, times: u32) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry(relay.to_string()).or_default() += times;
+    }
+
+    fn maybe_panic(&self, relay: &str) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(left) = map.get_mut(relay).filter(|n| **n > 0) {
+            *left -= 1;
+            drop(map);
+            panic!("injected panic while sending relay {relay}");
+        }
+    }
 }
 
 /// A sync's exchange with zooid, before its outcome is recorded.
@@ -197,7 +232,14 @@ impl Syncer {
             env: env.clone(),
             metrics,
             breaker: Arc::new(breaker),
+            #[cfg(feature = "fixture")]
+            injected: Arc::default(),
         })
+    }
+
+    /// The counters this syncer moves.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The circuit breaker this syncer reports to.
@@ -233,7 +275,7 @@ impl Syncer {
     /// recorded and retried like any failure, instead of ending the one thread that prepares
     /// every relay.
     pub(crate) fn prepare(&self, id: &str) -> Prepared {
-        contain_panic(id, || self.prepare_unguarded(id))
+        contain_panic(id, "preparing", || self.prepare_unguarded(id))
     }
 
     fn prepare_unguarded(&self, id: &str) -> Prepared {
@@ -274,7 +316,16 @@ impl Syncer {
         then: impl FnOnce(SyncOutcome) + Send + 'static,
     ) {
         let attempt = match prepared {
-            Prepared(Stage::Ready(ready)) => self.attempt(*ready),
+            Prepared(Stage::Ready(ready)) => {
+                let id = ready.relay.id.clone();
+                let attempt = contain_panic(&id, "sending", || {
+                    Prepared(Stage::Decided(self.attempt(*ready)))
+                });
+                match attempt {
+                    Prepared(Stage::Decided(attempt)) => attempt,
+                    Prepared(Stage::Ready(_)) => unreachable!("an attempt is decided"),
+                }
+            }
             Prepared(Stage::Decided(attempt)) => attempt,
         };
         self.record_then(attempt, then)
@@ -426,6 +477,8 @@ impl Syncer {
                 "PATCH answered 404 (zooid lost it), created again with a new secret",
             ),
         };
+        #[cfg(feature = "fixture")]
+        self.injected.maybe_panic(&ready.relay.id);
         match send(ready.first) {
             Err(original) if original.status() == Some(heal_on) => {
                 // When the fallback fails too, the original error is the one reported.
@@ -455,18 +508,17 @@ impl Syncer {
     }
 }
 
-/// Runs `prepare`; a panic in it becomes a failed sync of relay `id` that says so.
-fn contain_panic(id: &str, prepare: impl FnOnce() -> Prepared) -> Prepared {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(prepare)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+/// Runs one half of a sync (`doing` says which); a panic in it becomes a failed sync of relay
+/// `id` that names the bug, recorded and retried like any failure, instead of ending the
+/// thread that syncs every relay.
+fn contain_panic(id: &str, doing: &str, half: impl FnOnce() -> Prepared) -> Prepared {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(half)).unwrap_or_else(|panic| {
+        let what = crate::metrics::panic_message(panic.as_ref());
+        log::error!("relay {id}: {doing} the sync panicked (a bug in zooid-sync): {what}");
         Prepared(Stage::Decided(Attempt::Failed {
             relay_id: id.to_string(),
-            error: SyncError::Unreadable(format!(
-                "preparing the sync failed unexpectedly (a bug in zooid-sync; please report \
+            error: SyncError::Bug(format!(
+                "{doing} the sync failed unexpectedly (a bug in zooid-sync; please report \
                  it): {}",
                 quote::remote(&what, quote::REMOTE_MAX)
             )),
@@ -544,7 +596,9 @@ mod tests {
 
     #[test]
     fn a_panic_while_preparing_fails_that_relay_only() {
-        let prepared = contain_panic("alpha", || panic!("index out of bounds: {}", 7));
+        let prepared = contain_panic("alpha", "preparing", || {
+            panic!("index out of bounds: {}", 7)
+        });
         match prepared {
             Prepared(Stage::Decided(Attempt::Failed {
                 relay_id, error, ..
@@ -555,13 +609,14 @@ mod tests {
                     "it counts toward giving up, like any failure"
                 );
                 let text = error.to_string();
+                assert!(text.starts_with("preparing the sync"), "{text}");
                 assert!(text.contains("a bug in zooid-sync"), "{text}");
                 assert!(text.contains("index out of bounds: 7"), "{text}");
             }
             _ => panic!("a panic must become a failed sync"),
         }
         // Without a panic the answer passes through.
-        let gone = contain_panic("beta", || {
+        let gone = contain_panic("beta", "sending", || {
             Prepared(Stage::Decided(Attempt::Quiet(SyncOutcome::Gone)))
         });
         assert!(matches!(

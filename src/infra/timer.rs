@@ -12,6 +12,7 @@
 //! periodic wake-ups. Due relay ids are sent to the dispatcher.
 
 use std::collections::HashMap;
+use std::sync::PoisonError;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -237,7 +238,10 @@ impl Retries {
 
     /// Retries `relay_id` after `delay`, replacing an earlier schedule.
     pub fn schedule(&self, relay_id: &str, delay: Duration) {
-        self.scheduled.lock().unwrap().insert(relay_id.to_string());
+        self.scheduled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(relay_id.to_string());
         let _ = self
             .timer
             .send(TimerCommand::Schedule(relay_id.to_string(), delay));
@@ -245,14 +249,22 @@ impl Retries {
 
     /// Cancels `relay_id`'s retry, if one is scheduled.
     pub fn cancel(&self, relay_id: &str) {
-        if self.scheduled.lock().unwrap().remove(relay_id) {
+        if self
+            .scheduled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(relay_id)
+        {
             let _ = self.timer.send(TimerCommand::Cancel(relay_id.to_string()));
         }
     }
 
     /// The timer fired `relay_id`'s retry.
     pub fn fired(&self, relay_id: &str) {
-        self.scheduled.lock().unwrap().remove(relay_id);
+        self.scheduled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(relay_id);
     }
 }
 
@@ -261,10 +273,14 @@ impl Retries {
 pub fn spawn(
     commands: Receiver<TimerCommand>,
     due: Sender<String>,
+    watch: crate::metrics::ThreadWatch,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("zooid-sync-timer".into())
-        .spawn(move || run(commands, due))
+        .spawn(move || {
+            let _watch = watch;
+            run(commands, due)
+        })
 }
 
 fn run(commands: Receiver<TimerCommand>, due: Sender<String>) {
@@ -396,7 +412,8 @@ mod tests {
     fn the_thread_fires_in_order_and_honours_cancel() {
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let (due_tx, due_rx) = crossbeam_channel::unbounded();
-        let handle = spawn(cmd_rx, due_tx).unwrap();
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let handle = spawn(cmd_rx, due_tx, metrics.watch_thread("timer")).unwrap();
         let start = Instant::now();
         cmd_tx
             .send(TimerCommand::Schedule(

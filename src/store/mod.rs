@@ -363,7 +363,7 @@ impl Query {
     /// [`StoreOptions::max_readers`] are in use.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let db = &self.db;
-        let mut readers = db.readers.lock().unwrap();
+        let mut readers = db.readers.lock().unwrap_or_else(PoisonError::into_inner);
         let conn = loop {
             if let Some(conn) = readers.idle.pop() {
                 drop(readers);
@@ -375,16 +375,26 @@ impl Query {
                 match open_connection(&db.path, db.busy_timeout) {
                     Ok(conn) => break conn,
                     Err(e) => {
-                        db.readers.lock().unwrap().open -= 1;
+                        db.readers
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .open -= 1;
                         db.reader_returned.notify_one();
                         return Err(e);
                     }
                 }
             }
-            readers = db.reader_returned.wait(readers).unwrap();
+            readers = db
+                .reader_returned
+                .wait(readers)
+                .unwrap_or_else(PoisonError::into_inner);
         };
         let result = f(&conn);
-        db.readers.lock().unwrap().idle.push(conn);
+        db.readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .idle
+            .push(conn);
         db.reader_returned.notify_one();
         result
     }
@@ -400,7 +410,11 @@ impl Query {
             }
         };
         let closed = {
-            let mut readers = self.db.readers.lock().unwrap();
+            let mut readers = self
+                .db
+                .readers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let keep = readers.idle.len().min(1);
             let closed: Vec<Connection> = readers.idle.drain(keep..).collect();
             readers.open -= closed.len();
@@ -725,11 +739,20 @@ impl Command {
     /// into one; alone, it is one transaction as before.
     fn write(&self, write: Write) -> WriteResult {
         let (done, result) = crossbeam_channel::bounded(1);
-        self.db.queue.lock().unwrap().writes.push(Queued {
-            write,
-            done: Done::Wait(done),
-        });
-        let mut conn = self.db.writer.lock().unwrap();
+        self.db
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .writes
+            .push(Queued {
+                write,
+                done: Done::Wait(done),
+            });
+        let mut conn = self
+            .db
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Ok(outcome) = result.try_recv() {
             return outcome;
         }
@@ -749,7 +772,7 @@ impl Command {
     /// `then` learns the outcome once it committed (or failed). Whoever commits next runs it,
     /// after releasing the writer connection, so `then` may write again.
     fn write_then(&self, write: Write, then: impl FnOnce(WriteResult) + Send + 'static) {
-        let mut queue = self.db.queue.lock().unwrap();
+        let mut queue = self.db.queue.lock().unwrap_or_else(PoisonError::into_inner);
         queue.writes.push(Queued {
             write,
             done: Done::Then(Box::new(then)),
@@ -763,7 +786,11 @@ impl Command {
     /// committed: what a caller of [`write_then`](Self::write_then) does when no writer
     /// thread runs (a foreground `zooid-sync sync`).
     pub(crate) fn flush(&self) {
-        let mut conn = self.db.writer.lock().unwrap();
+        let mut conn = self
+            .db
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let later = self.commit_queued(&mut conn);
         drop(conn);
         run_deferred(later);
@@ -775,13 +802,17 @@ impl Command {
     /// write fails for a reason that passes is kept and written again after a backoff
     /// (250 ms doubling to 30 s) until it is recorded; [`Query::write_health`] tells. Stop it
     /// with [`Writer::stop`], which commits what is still queued first.
-    pub(crate) fn spawn_writer(&self) -> std::io::Result<Writer> {
+    pub(crate) fn spawn_writer(
+        &self,
+        watch: crate::metrics::ThreadWatch,
+    ) -> std::io::Result<Writer> {
         let stop = Arc::new(AtomicBool::new(false));
         let (command, stopping) = (self.weak(), stop.clone());
         self.db.retrying.store(true, Ordering::Release);
         let thread = std::thread::Builder::new()
             .name("zooid-sync-writer".into())
             .spawn(move || loop {
+                let _watch = &watch;
                 let db = &command.db;
                 let mut queue = db.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 while queue.writes.is_empty() {
@@ -797,8 +828,16 @@ impl Command {
                     }
                     queue.waiting = true;
                     queue = match retry_in {
-                        Some(wait) => db.queued.wait_timeout(queue, wait).unwrap().0,
-                        None => db.queued.wait(queue).unwrap(),
+                        Some(wait) => {
+                            db.queued
+                                .wait_timeout(queue, wait)
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0
+                        }
+                        None => db
+                            .queued
+                            .wait(queue)
+                            .unwrap_or_else(PoisonError::into_inner),
                     };
                     queue.waiting = false;
                 }
@@ -808,7 +847,11 @@ impl Command {
                     if left.is_zero() {
                         break;
                     }
-                    queue = db.queued.wait_timeout(queue, left).unwrap().0;
+                    queue = db
+                        .queued
+                        .wait_timeout(queue, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
                 drop(queue);
                 command.flush();
@@ -875,7 +918,11 @@ impl Command {
                 Ok(done) => {
                     let _ = run(conn, "RELEASE one_write");
                     if let (true, Some(activity)) = (tracking, &done.activity) {
-                        self.own_writes.seqs.lock().unwrap().insert(activity.seq);
+                        self.own_writes
+                            .seqs
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(activity.seq);
                     }
                 }
                 Err(_) => {
@@ -903,7 +950,11 @@ impl Command {
                     ..
                 }) = &outcome
                 {
-                    self.own_writes.seqs.lock().unwrap().remove(&activity.seq);
+                    self.own_writes
+                        .seqs
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&activity.seq);
                 }
                 if outcome.is_ok() && keep(&q.done, &e) {
                     kept.push(q);
@@ -1039,7 +1090,11 @@ impl Command {
     /// Hands manual syncs of `relay_ids` to the worker holding the lease; answers the request
     /// ids, in order.
     pub fn request_syncs(&self, relay_ids: &[String]) -> Result<Vec<i64>> {
-        let conn = self.db.writer.lock().unwrap();
+        let conn = self
+            .db
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let insert = || -> rusqlite::Result<Vec<i64>> {
             let now = now_unix();
@@ -1110,7 +1165,11 @@ impl Command {
     /// One statement on zooid-sync's own state, which announces nothing on the bus: run on
     /// the writer connection in its own transaction, between group commits.
     fn write_state(&self, sql: &str, params: impl rusqlite::Params) -> Result<()> {
-        let conn = self.db.writer.lock().unwrap();
+        let conn = self
+            .db
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         conn.execute_batch("BEGIN IMMEDIATE")?;
         match conn.execute(sql, params) {
             Ok(_) => Ok(conn.execute_batch("COMMIT")?),
@@ -1385,14 +1444,25 @@ impl Command {
     /// Whether this process wrote (and so already published) activity `seq`; forgets it.
     #[cfg(feature = "cli")]
     pub(crate) fn take_own_write(&self, seq: i64) -> bool {
-        self.own_writes.seqs.lock().unwrap().remove(&seq)
+        self.own_writes
+            .seqs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&seq)
     }
 }
 
-/// Runs the callbacks of writes that are done.
+/// Runs the callbacks of writes that are done. A callback that panics (a bug) is logged and
+/// passed over, so that the others still run and the thread that runs them survives.
 fn run_deferred(later: Deferred) {
     for (then, result) in later {
-        then(result);
+        let run = std::panic::AssertUnwindSafe(move || then(result));
+        if let Err(panic) = std::panic::catch_unwind(run) {
+            log::error!(
+                "handling a recorded outcome panicked (a bug in zooid-sync; please report it): {}",
+                crate::metrics::panic_message(panic.as_ref())
+            );
+        }
     }
 }
 
@@ -1496,7 +1566,10 @@ mod tests {
         ] {
             assert!(passes(&sqlite(code)), "code {code}");
         }
-        for code in [rusqlite::ffi::SQLITE_CONSTRAINT, rusqlite::ffi::SQLITE_ERROR] {
+        for code in [
+            rusqlite::ffi::SQLITE_CONSTRAINT,
+            rusqlite::ffi::SQLITE_ERROR,
+        ] {
             assert!(!passes(&sqlite(code)), "code {code}");
         }
         assert!(!passes(&anyhow!("there is no relay")));
@@ -1525,7 +1598,11 @@ mod tests {
         assert_eq!(error, "database is locked");
         q.keep_for_retry(kept(1), "disk is full");
         assert_eq!(q.backoff, 2 * WRITE_RETRY_BASE, "doubles");
-        assert_eq!(q.health.failing, Some((since, "disk is full".into())), "same start");
+        assert_eq!(
+            q.health.failing,
+            Some((since, "disk is full".into())),
+            "same start"
+        );
         assert_eq!((q.health.failures, q.retry.len()), (3, 3));
         for _ in 0..20 {
             q.keep_for_retry(kept(1), "disk is full");

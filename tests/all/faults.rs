@@ -363,6 +363,53 @@ fn a_relay_deleted_while_its_sync_is_in_flight_gets_no_outcome() {
 }
 
 #[test]
+fn a_panic_in_one_relays_sync_fails_that_relay_and_the_worker_goes_on() {
+    let rig = Rig::new(|_| {});
+    let relays = ids("p", 6);
+    let infra = Infra::new(rig.store.query.clone(), rig.store.command.clone(), &rig.env);
+    infra.inject_panic("p2", 2);
+    let metrics = infra.metrics();
+    let worker = infra.spawn().unwrap();
+    rig.create(&relays);
+    expect_within(WAIT, "every relay synced", || rig.all_synced(&relays));
+    worker.shutdown().unwrap();
+    assert!(
+        metrics.dead_threads().is_empty(),
+        "{:?}",
+        metrics.dead_threads()
+    );
+    let conn = Connection::open(&rig.env.database_path).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT activity_type, detail FROM activity
+             WHERE resource_id = 'p2' AND activity_type LIKE '%_relay_sync' ORDER BY seq",
+        )
+        .unwrap();
+    let history: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        history.len(),
+        3,
+        "two failures, then a success: {history:?}"
+    );
+    for (kind, detail) in &history[..2] {
+        assert_eq!(kind, "fail_relay_sync");
+        assert!(
+            detail.starts_with("sending the sync failed unexpectedly (a bug in zooid-sync"),
+            "{detail}"
+        );
+        assert!(detail.contains("injected panic"), "{detail}");
+    }
+    assert_eq!(history[2].0, "complete_relay_sync");
+    for id in relays.iter().filter(|id| *id != "p2") {
+        assert_eq!(rig.completions(id), 1, "{id}");
+    }
+}
+
+#[test]
 fn a_database_that_is_not_a_database_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let err = format!("{:#}", Store::open(dir.path()).unwrap_err());
@@ -378,7 +425,10 @@ fn a_database_that_is_not_a_database_is_a_clear_error() {
 
 #[test]
 fn each_bad_column_is_named_nothing_is_sent_for_it_and_the_rest_syncs() {
-    let rig = Rig::new(|env| env.retry.base = Duration::from_secs(60));
+    let rig = Rig::new(|env| {
+        env.retry.base = Duration::from_secs(60);
+        env.retry.cap = Duration::from_secs(60);
+    });
     let host = Connection::open(&rig.env.database_path).unwrap();
     let insert = |id: &str, column: &str, value: &str| {
         host.execute(
