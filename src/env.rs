@@ -272,13 +272,15 @@ pub fn within(name: &str, value: Duration, min: Duration, max: Duration) -> Resu
     Ok(())
 }
 
-/// A duration the way settings are written: `250ms`, `30s`, `15m`, `2h`.
+/// A duration the way settings are written: `250ms`, `30s`, `15m`, `2h`; one that is not
+/// whole seconds, above a second, to a tenth of a second (`30.8s`).
 pub fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
     match ms {
         _ if ms.is_multiple_of(3_600_000) && ms > 0 => format!("{}h", ms / 3_600_000),
         _ if ms.is_multiple_of(60_000) && ms > 0 => format!("{}m", ms / 60_000),
         _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ if ms > 1000 => format!("{:.1}s", ms as f64 / 1000.0),
         _ => format!("{ms}ms"),
     }
 }
@@ -499,5 +501,8 @@ mod tests {
         assert_eq!(show_duration(Duration::from_secs(900)), "15m");
         assert_eq!(show_duration(Duration::from_secs(7200)), "2h");
         assert_eq!(show_duration(Duration::ZERO), "0s");
+        assert_eq!(show_duration(Duration::from_millis(30_803)), "30.8s");
+        assert_eq!(show_duration(Duration::from_millis(1000)), "1s");
+        assert_eq!(show_duration(Duration::from_millis(999)), "999ms");
     }
 }

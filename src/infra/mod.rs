@@ -50,7 +50,7 @@ use crate::store::{
     activity_type, Activity, Command, Query, RecvError, RELAY_RESOURCE, ZOOID_UNAVAILABLE,
 };
 use pool::Pool;
-use retry::{random_unit, RetryDecision};
+use retry::{random_unit, RetryDecision, RetryPolicy};
 use sync::Syncer;
 use timer::Retries;
 
@@ -348,6 +348,11 @@ fn is_dispatched(activity: &Activity) -> bool {
         )
 }
 
+/// A delay to the millisecond, for a log line.
+fn round_ms(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_millis(d.as_millis() as u64)
+}
+
 /// How long the pool must have been idle after a burst before the worker gives memory back.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -428,10 +433,12 @@ impl Dispatcher<'_> {
         );
     }
 
-    /// Schedules the next attempt for a relay whose last sync failed, or gives up.
+    /// Schedules the next attempt for a relay whose last sync failed, or gives up. The delay
+    /// counts from when the last failure was recorded, so a restarted worker keeps the
+    /// schedule instead of starting each delay over.
     fn schedule_relay_sync_retry(&self, id: &str, source: &str) {
-        let attempt = match self.query.count_trailing_sync_failures(id) {
-            Ok(n) => n,
+        let (attempt, failed_at) = match self.query.trailing_sync_failures(id) {
+            Ok(found) => found,
             Err(e) => {
                 log::error!("relay {id}: cannot schedule a retry: {e:#}");
                 return;
@@ -439,7 +446,12 @@ impl Dispatcher<'_> {
         };
         match self.env.retry.decide(attempt, random_unit()) {
             RetryDecision::RetryAfter(delay) => {
-                log::warn!("relay {id}: retry {attempt} in {delay:?} ({source})");
+                let now = crate::store::now_unix();
+                let delay = RetryPolicy::remaining(delay, failed_at.unwrap_or(now), now);
+                log::warn!(
+                    "relay {id}: retry {attempt} in {} ({source})",
+                    crate::env::show_duration(round_ms(delay))
+                );
                 self.metrics.retry_scheduled();
                 self.retries.schedule(id, delay);
             }

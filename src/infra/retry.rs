@@ -64,6 +64,16 @@ impl RetryPolicy {
         }
     }
 
+    /// How much of `delay` is left when the failure it follows was recorded at `failed_at`
+    /// and it is `now` (unix seconds, as the database records them). A restart computes the
+    /// same schedule again instead of starting the delay over. Times are whole seconds, so one
+    /// second is not counted as elapsed: a retry may come up to a second late, never early.
+    /// A clock that moved back (`failed_at` in the future) counts nothing as elapsed.
+    pub fn remaining(delay: Duration, failed_at: i64, now: i64) -> Duration {
+        let elapsed = now.saturating_sub(failed_at).saturating_sub(1).max(0) as u64;
+        delay.saturating_sub(Duration::from_secs(elapsed))
+    }
+
     /// Whether a relay with `attempt` trailing failures has stopped being retried.
     pub fn gave_up(&self, attempt: u32) -> bool {
         attempt > self.max_attempts
@@ -79,6 +89,36 @@ pub fn random_unit() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn what_is_left_of_a_delay_counts_from_the_recorded_failure() {
+        let d = Duration::from_secs(120);
+        assert_eq!(RetryPolicy::remaining(d, 1000, 1000), d, "just failed");
+        assert_eq!(
+            RetryPolicy::remaining(d, 1000, 1001),
+            d,
+            "a second is not counted"
+        );
+        assert_eq!(
+            RetryPolicy::remaining(d, 1000, 1031),
+            Duration::from_secs(90)
+        );
+        assert_eq!(RetryPolicy::remaining(d, 1000, 1121), Duration::ZERO, "due");
+        assert_eq!(
+            RetryPolicy::remaining(d, 1000, 9999),
+            Duration::ZERO,
+            "long due"
+        );
+        assert_eq!(
+            RetryPolicy::remaining(d, 5000, 1000),
+            d,
+            "the clock moved back"
+        );
+        assert_eq!(
+            RetryPolicy::remaining(d, i64::MIN, i64::MAX),
+            Duration::ZERO
+        );
+    }
+
     use super::*;
 
     #[test]

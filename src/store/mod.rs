@@ -511,14 +511,21 @@ impl Query {
     /// the number of the attempt that just failed. Failures because zooid was unavailable
     /// ([`ZOOID_UNAVAILABLE`]) are passed over: they neither count nor end the run.
     pub fn count_trailing_sync_failures(&self, relay_id: &str) -> Result<u32> {
+        Ok(self.trailing_sync_failures(relay_id)?.0)
+    }
+
+    /// [`count_trailing_sync_failures`](Self::count_trailing_sync_failures), and when the
+    /// newest of them was recorded (unix seconds): what the next retry is scheduled from.
+    pub fn trailing_sync_failures(&self, relay_id: &str) -> Result<(u32, Option<i64>)> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT activity_type, detail FROM activity
+                "SELECT activity_type, detail, created_at FROM activity
                  WHERE resource_type = 'relay' AND resource_id = ?1
                  ORDER BY seq DESC",
             )?;
             let mut rows = stmt.query([relay_id])?;
             let mut count = 0;
+            let mut newest = None;
             while let Some(row) = rows.next()? {
                 // An activity type that is not text is some other activity: it ends the run.
                 if row.get_ref(0)?.as_str().ok() != Some(activity_type::FAIL_RELAY_SYNC) {
@@ -527,9 +534,10 @@ impl Query {
                 let detail = row.get_ref(1)?.as_str().unwrap_or("");
                 if !detail.starts_with(ZOOID_UNAVAILABLE) {
                     count += 1;
+                    newest = newest.or(row.get_ref(2)?.as_i64().ok());
                 }
             }
-            Ok(count)
+            Ok((count, newest))
         })
         .with_context(|| format!("counting failed syncs of relay {relay_id:?}"))
     }

@@ -152,3 +152,49 @@ fn sigkill_during_a_burst_loses_nothing() {
         fx.requests().len()
     );
 }
+
+#[test]
+fn restarts_neither_reset_nor_hasten_a_failing_relays_retries() {
+    let (fx, _dir, db, _store) = one_relay("r");
+    fx.inject(
+        "r",
+        zooid_sync::fixture::Fault::Status {
+            status: 500,
+            body: r#"{"error":"disk trouble"}"#.into(),
+        },
+    );
+    let start = || {
+        let mut cmd = zooid_sync(&fx, &db);
+        cmd.env("RUST_LOG", "info")
+            .env("SYNC_RETRY_BASE", "1s")
+            .env("SYNC_RETRY_CAP", "8s")
+            .env("SYNC_RETRY_MAX_ATTEMPTS", "10")
+            .args(["run", "--feed-interval", "10ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    let mut run = start();
+    // Failures at about 0 s, 1 s and 3 s: the next retry is due 4 s after the third.
+    assert!(fx.wait_for_requests(Duration::from_secs(20), |rs| rs.len() >= 3));
+    let third = fx.requests_for("r")[2].started;
+    // Deploys every 0.7 s, five times, while that retry waits.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(700));
+        terminate(&mut run);
+        run = start();
+    }
+    assert!(fx.wait_for_requests(Duration::from_secs(20), |rs| rs.len() >= 4));
+    terminate(&mut run);
+    let fourth = fx.requests_for("r")[3].started;
+    let waited = fourth - third;
+    println!("retry 3 came {waited:?} after failure 3, across five restarts");
+    assert!(
+        waited >= Duration::from_millis(3000),
+        "hastened by the restarts: {waited:?}"
+    );
+    assert!(
+        waited <= Duration::from_millis(6000),
+        "started over at each restart: {waited:?}"
+    );
+}
