@@ -167,7 +167,9 @@ fn open_existing(path: &std::path::Path) -> Result<Store> {
     Store::open(path)
 }
 
-/// A channel that receives once SIGTERM or SIGINT arrives.
+/// A channel that receives once SIGTERM or SIGINT arrives. A second one ends the process at
+/// once, without waiting for the requests in flight (their relays stay pending and are synced
+/// at the next start).
 fn stop_on_signal() -> Result<crossbeam_channel::Receiver<()>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
@@ -176,9 +178,20 @@ fn stop_on_signal() -> Result<crossbeam_channel::Receiver<()>> {
     std::thread::Builder::new()
         .name("zooid-sync-signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                log::info!("received signal {signal}; stopping");
+            let mut received = signals.forever();
+            if let Some(signal) = received.next() {
+                log::info!(
+                    "received signal {signal}; stopping once the requests in flight are \
+                     answered (a second signal stops at once)"
+                );
                 let _ = tx.send(());
+            }
+            if let Some(signal) = received.next() {
+                log::warn!(
+                    "received signal {signal} again; stopping now (relays whose sync was in \
+                     flight are synced at the next start)"
+                );
+                std::process::exit(128 + signal);
             }
         })?;
     Ok(rx)

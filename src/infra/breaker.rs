@@ -177,6 +177,8 @@ pub enum Verdict {
     ZooidUp,
     /// zooid is down; the breaker is open.
     ZooidDown,
+    /// The worker is stopping: nobody probes, and no outage is opened on the way out.
+    Stopping,
 }
 
 /// The breaker shared by the worker threads, the prober thread and the dispatcher.
@@ -274,6 +276,9 @@ impl Breaker {
     /// Decides whether zooid is down, probing it when nothing else tells.
     pub fn verdict(&self, client: &ZooidClient, started: Instant, error: &ZooidError) -> Verdict {
         let _one_at_a_time = self.verdict.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.stopping.load(Ordering::Acquire) {
+            return Verdict::Stopping;
+        }
         {
             let circuit = self.circuit.lock().unwrap_or_else(PoisonError::into_inner);
             if circuit.is_open() {
@@ -285,11 +290,18 @@ impl Breaker {
         }
         // A kept-alive connection that zooid (or a proxy) closed fails the first request sent
         // on it; a second probe goes out on a fresh one. Only two failed probes say "down".
-        match client.probe().or_else(|_| client.probe()) {
+        // A stop that comes meanwhile ends the verdict: no outage is opened on the way out.
+        let stopping = || self.stopping.load(Ordering::Acquire);
+        let probed = client.probe().or_else(|first| match stopping() {
+            true => Err(first),
+            false => client.probe(),
+        });
+        match probed {
             Ok(()) => {
                 self.answered();
                 Verdict::ZooidUp
             }
+            Err(_) if stopping() => Verdict::Stopping,
             Err(probe_error) => {
                 log::debug!("verdict probe: {probe_error}");
                 self.open(error);

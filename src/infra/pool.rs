@@ -378,7 +378,10 @@ fn work(
             match outcome {
                 SyncOutcome::Synced { .. } => retries.cancel(&relay),
                 SyncOutcome::NotRecorded(_) => retries.schedule(&relay, retry_later),
-                SyncOutcome::Failed(_) | SyncOutcome::Parked | SyncOutcome::Gone => {}
+                SyncOutcome::Failed(_)
+                | SyncOutcome::Parked
+                | SyncOutcome::Gone
+                | SyncOutcome::Interrupted => {}
             }
             shared.finished(&relay);
         });

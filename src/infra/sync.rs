@@ -89,6 +89,9 @@ pub enum SyncOutcome {
     Parked,
     /// The relay no longer exists; nothing was sent or recorded.
     Gone,
+    /// The worker stopped before zooid answered; nothing was recorded, and the relay is
+    /// synced at the next start.
+    Interrupted,
     /// The outcome could not be written to the database (it stays pending there).
     NotRecorded(String),
 }
@@ -117,6 +120,10 @@ impl SyncOutcome {
             SyncOutcome::Failed(e) => ("failed", e.to_string()),
             SyncOutcome::Parked => ("failed", format!("{ZOOID_UNAVAILABLE}; it waits for zooid")),
             SyncOutcome::Gone => ("unknown", "there is no such relay".into()),
+            SyncOutcome::Interrupted => (
+                "failed",
+                "the worker stopped before zooid answered; it is synced at its next start".into(),
+            ),
             SyncOutcome::NotRecorded(e) => {
                 ("failed", format!("the outcome could not be recorded: {e}"))
             }
@@ -402,6 +409,15 @@ impl Syncer {
                     Verdict::ZooidDown => {
                         self.breaker.tell(&relay_id);
                         SyncError::ZooidUnavailable(e.to_string())
+                    }
+                    Verdict::Stopping => {
+                        // Whether zooid got it or not, the relay stays pending as it was:
+                        // the next start syncs it.
+                        log::info!(
+                            "relay {relay_id}: stopping before zooid answered ({e}); it is \
+                             synced at the next start"
+                        );
+                        return Attempt::Quiet(SyncOutcome::Interrupted);
                     }
                 }
             }

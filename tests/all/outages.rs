@@ -383,3 +383,82 @@ fn a_catch_up_never_exceeds_the_rate_ceiling() {
         "{busiest_after_burst} in one second"
     );
 }
+
+/// `zooid-sync run` with a relay whose request hangs at zooid; answers the daemon once the
+/// request is in flight, with its standard error piped.
+fn daemon_with_a_hanging_request(
+    fx: &zooid_sync::fixture::FixtureZooid,
+    db: &std::path::Path,
+    timeout: &str,
+) -> std::process::Child {
+    fx.inject("*", Fault::Hang);
+    let mut cmd = zooid_sync(fx, db);
+    cmd.env("RUST_LOG", "info")
+        .env("ZOOID_TIMEOUT", timeout)
+        .args(["run", "--feed-interval", "10ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    assert!(fx.wait_for_requests(Duration::from_secs(20), |rs| !rs.is_empty()));
+    child
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+#[test]
+fn stopping_while_zooid_hangs_probes_nothing_and_records_no_outage() {
+    let (fx, _dir, db, store) = one_relay("alpha");
+    let mut run = daemon_with_a_hanging_request(&fx, &db, "1s");
+    signal(&run, "TERM");
+    let status = wait_for_exit(&mut run, Duration::from_secs(20)).expect("stopped");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let probes = fx
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains(zooid_sync::PROBE_ID))
+        .count();
+    assert_eq!(probes, 0, "probed while stopping: {stderr}");
+    assert!(store.query.zooid_outage().unwrap().is_none(), "{stderr}");
+    assert!(!stderr.contains("zooid is unavailable"), "{stderr}");
+    assert!(stderr.contains("synced at the next start"), "{stderr}");
+    let alpha = store.query.get_relay("alpha").unwrap().unwrap();
+    assert!(!alpha.synced && alpha.sync_error.is_empty(), "{alpha:?}");
+    assert_eq!(
+        store.query.count_trailing_sync_failures("alpha").unwrap(),
+        0
+    );
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let (fx, _dir, db, _store) = one_relay("alpha");
+    let mut run = daemon_with_a_hanging_request(&fx, &db, "60s");
+    // Pending signals of one kind coalesce: the second goes once the first was taken.
+    let (told, heard) = crossbeam_channel::unbounded();
+    let stderr = run.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("received signal") {
+                let _ = told.send(());
+            }
+        }
+    });
+    signal(&run, "TERM");
+    heard.recv_timeout(Duration::from_secs(10)).unwrap();
+    signal(&run, "TERM");
+    let status = wait_for_exit(&mut run, Duration::from_secs(10));
+    let _ = run.kill();
+    let status = status.expect("the second SIGTERM stopped it before the 60 s timeout");
+    assert_eq!(status.code(), Some(128 + 15));
+}
