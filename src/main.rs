@@ -123,9 +123,9 @@ fn run(command: Cmd) -> Result<ExitCode> {
             let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
             let retry = retry_policy_from_vars(var)?;
             let path = var("DATABASE_PATH").unwrap_or_else(|| "zooid-sync.db".into());
-            let store = open_existing(std::path::Path::new(&path))?;
-            let rows = status::report(&store.query, var("RELAY_DOMAIN").as_deref(), &retry)?;
-            let zooid = status::zooid_line(&store.query)?;
+            let query = zooid_sync::Query::open_read_only(&path).context("DATABASE_PATH")?;
+            let rows = status::report(&query, var("RELAY_DOMAIN").as_deref(), &retry)?;
+            let zooid = status::zooid_line(&query)?;
             if json {
                 // Standard output stays one JSON document; the outage goes beside it.
                 if let Some(line) = zooid {

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::{params, params_from_iter, Connection, OpenFlags};
 
 pub use bus::{Bus, RecvError, Subscriber};
@@ -118,6 +118,8 @@ impl PendingRelay {
 
 struct Db {
     path: PathBuf,
+    /// Whether every connection is opened read-only ([`Query::open_read_only`]).
+    read_only: bool,
     busy_timeout: Duration,
     readers: Mutex<Readers>,
     /// Signalled when a read connection goes back to the pool.
@@ -247,8 +249,23 @@ impl Store {
         let mut writer = open_connection(&path, options.busy_timeout)?;
         schema::migrate(&mut writer)
             .with_context(|| format!("cannot prepare the database {}", path.display()))?;
-        let db = Arc::new(Db {
+        let db = Arc::new(Db::new(path, false, writer, &options));
+        Ok(Store {
+            query: Query { db: db.clone() },
+            command: Command {
+                db,
+                notify: Bus::new(options.bus_capacity),
+                own_writes: Arc::new(OwnWrites::default()),
+            },
+        })
+    }
+}
+
+impl Db {
+    fn new(path: PathBuf, read_only: bool, writer: Connection, options: &StoreOptions) -> Db {
+        Db {
             path,
+            read_only,
             busy_timeout: options.busy_timeout,
             readers: Mutex::new(Readers::default()),
             reader_returned: Condvar::new(),
@@ -258,14 +275,25 @@ impl Store {
             queued: Condvar::new(),
             write_linger: options.write_linger,
             retrying: AtomicBool::new(false),
-        });
-        Ok(Store {
-            query: Query { db: db.clone() },
-            command: Command {
-                db,
-                notify: Bus::new(options.bus_capacity),
-                own_writes: Arc::new(OwnWrites::default()),
-            },
+        }
+    }
+}
+
+impl Query {
+    /// Opens the database at `path` only to read it, for commands that report (`status`):
+    /// every connection is read-only, no lock beyond a reader's is ever taken, and nothing
+    /// is created or migrated. The file must exist and its schema be current.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Query> {
+        let path = path.as_ref().to_path_buf();
+        if !path.exists() {
+            bail!("there is no database at {}", path.display());
+        }
+        let options = StoreOptions::default();
+        let conn = open_read_only_connection(&path, options.busy_timeout)?;
+        schema::require_current(&conn)
+            .with_context(|| format!("cannot read the database {}", path.display()))?;
+        Ok(Query {
+            db: Arc::new(Db::new(path, true, conn, &options)),
         })
     }
 }
@@ -313,6 +341,16 @@ pub(crate) fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Con
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // 1 MiB of page cache per connection (SQLite's default is 2 MiB): the working set of a
     // sync is a handful of pages, and a daemon holds several connections.
+    conn.pragma_update(None, "cache_size", -1024)?;
+    Ok(conn)
+}
+
+/// Opens one connection that can only read: no `journal_mode` change, no creation.
+fn open_read_only_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("cannot open the database {} to read it", path.display()))?;
+    conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "cache_size", -1024)?;
     Ok(conn)
 }
@@ -372,7 +410,11 @@ impl Query {
             if readers.open < db.max_readers {
                 readers.open += 1;
                 drop(readers);
-                match open_connection(&db.path, db.busy_timeout) {
+                let opened = match db.read_only {
+                    true => open_read_only_connection(&db.path, db.busy_timeout),
+                    false => open_connection(&db.path, db.busy_timeout),
+                };
+                match opened {
                     Ok(conn) => break conn,
                     Err(e) => {
                         db.readers

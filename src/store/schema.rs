@@ -70,10 +70,36 @@ const MIGRATIONS: &[&str] = &[
 /// The version a fully migrated database has.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The database's schema version (`PRAGMA user_version`).
+pub fn version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+/// Refuses a database that is not at [`SCHEMA_VERSION`], for commands that only read and so
+/// cannot migrate it.
+pub fn require_current(conn: &Connection) -> Result<()> {
+    match version(conn)? {
+        SCHEMA_VERSION => Ok(()),
+        v if v > SCHEMA_VERSION => bail!(
+            "the database is at schema version {v}, newer than this zooid-sync understands \
+             ({SCHEMA_VERSION}); upgrade zooid-sync"
+        ),
+        v => bail!(
+            "the database is at schema version {v}, older than this zooid-sync's \
+             ({SCHEMA_VERSION}); start `zooid-sync run` once to bring it up to date"
+        ),
+    }
+}
+
 /// Brings the database up to [`SCHEMA_VERSION`]. Refuses a database from a newer zooid-sync,
 /// and one whose version is negative (no migration would run, and it would be left without
 /// tables).
 pub fn migrate(conn: &mut Connection) -> Result<()> {
+    // A current database is only read: no write lock is taken and nothing is written, so a
+    // start never waits for a host that holds the lock.
+    if version(conn)? == SCHEMA_VERSION {
+        return Ok(());
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {

@@ -336,3 +336,48 @@ fn no_secret_reaches_the_log_even_at_trace() {
         }
     }
 }
+
+#[test]
+fn status_only_reads_even_while_the_host_holds_the_write_lock() {
+    let (fx, dir, db, store) = one_relay("alpha");
+    store
+        .command
+        .fail_relay_sync("alpha", "zooid answered 500")
+        .unwrap();
+    drop(store); // the last connection closes: no -wal or -shm file is left
+    assert!(!dir.path().join("zooid-sync.db-wal").exists());
+    let before = std::fs::read(&db).unwrap();
+    let out = run_cli(&fx, &db, &["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alpha"));
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "status wrote to the database"
+    );
+
+    // The host holds the write lock: a command that took it would wait 5 s and fail.
+    let host = rusqlite::Connection::open(&db).unwrap();
+    host.execute_batch("BEGIN IMMEDIATE; UPDATE relay SET plan_id = 'pro' WHERE id = 'alpha';")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let out = run_cli(&fx, &db, &["status", "--json"]);
+    let took = started.elapsed();
+    host.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("zooid answered 500"));
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "status waited {took:?} for the lock"
+    );
+}
