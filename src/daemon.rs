@@ -17,6 +17,7 @@ use crate::env::Env;
 use crate::feed::Feed;
 use crate::infra::Infra;
 use crate::lease::{Holder, Lease};
+use crate::notify::{watchdog_interval, Notifier, Watchdog};
 use crate::store::Store;
 use crate::zooid::ZooidClient;
 
@@ -62,11 +63,25 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
         }
         None => None,
     };
+    let notifier = Notifier::from_env().map(Arc::new);
+    let notify = |state: &str| {
+        if let Some(n) = &notifier {
+            n.notify(state)
+        }
+    };
+    let _watchdog = match (&notifier, watchdog_interval()) {
+        (Some(n), Some(interval)) => Some(Watchdog::start(n.clone(), interval, metrics.clone())?),
+        _ => None,
+    };
     let database = env.database_path.display();
     let standing_by = |holder: &Holder| {
-        log::info!("standing by: {holder} syncs {database}; taking over when it stops")
+        log::info!("standing by: {holder} syncs {database}; taking over when it stops");
+        notify(&format!(
+            "READY=1\nSTATUS=standing by: {holder} syncs the database"
+        ));
     };
     let Some(lease) = Lease::wait(&env.database_path, &stop, standing_by)? else {
+        notify("STOPPING=1");
         return Ok(()); // stopped while standing by
     };
     let feed = Feed::start(
@@ -77,10 +92,12 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
     )?;
     let worker = infra.with_lease(lease).spawn()?;
     drop(store);
+    notify("READY=1\nSTATUS=syncing");
     select! {
         recv(stop) -> _ => {}
         recv(worker.finished()) -> _ => {}
     }
+    notify("STOPPING=1");
     alive.store(false, Ordering::Release);
     feed.stop();
     worker.shutdown()

@@ -85,13 +85,9 @@ pub fn serve(
                 200,
                 "standby\nanother process holds the database's lease\n".into(),
             ),
-            ("GET", "/healthz") if !metrics.dead_threads().is_empty() => text(
-                503,
-                format!(
-                    "threads of the worker died: {} (a bug in zooid-sync; restart it)\n",
-                    metrics.dead_threads().join(", ")
-                ),
-            ),
+            ("GET", "/healthz") if metrics.trouble().is_some() => {
+                text(503, format!("{}\n", metrics.trouble().unwrap_or_default()))
+            }
             ("GET", "/healthz") if query.write_health().failing.is_some() => {
                 let health = query.write_health();
                 let (since, error) = health.failing.unwrap_or_default();

@@ -44,6 +44,8 @@ pub mod logging;
 #[cfg(feature = "cli")]
 pub mod manual;
 #[cfg(feature = "cli")]
+pub mod notify;
+#[cfg(feature = "cli")]
 pub mod status;
 
 pub use env::{BlossomS3, Env, Livekit, DEFAULT_MAX_RATE};

@@ -44,6 +44,10 @@ enum Cmd {
         /// Every relay: a full re-push, paced by the workers and SYNC_MAX_RATE.
         #[arg(long, conflicts_with_all = ["ids", "failed"])]
         all: bool,
+        /// Through a running daemon: how long to wait for its next answer before the relays
+        /// still unanswered fail, naming the daemon that did not answer (e.g. 30s, 10m).
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Show every relay: host, status, synced, attempts, next retry, last error.
     Status {
@@ -86,7 +90,12 @@ fn run(command: Cmd) -> Result<ExitCode> {
             daemon::run(&env, &options, stop)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Sync { ids, failed, all } => {
+        Cmd::Sync {
+            ids,
+            failed,
+            all,
+            timeout,
+        } => {
             let env = Env::from_env()?;
             let store = open_existing(&env.database_path)?;
             let selection = match (failed, all) {
@@ -94,7 +103,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 (_, true) => Selection::All,
                 _ => Selection::Ids(ids),
             };
-            let report = manual::run(&env, &store, &selection)?;
+            let report = manual::run(&env, &store, &selection, timeout)?;
             match &selection {
                 Selection::Ids(_) => {
                     for a in &report.answers {

@@ -11,13 +11,13 @@
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
 use crate::env::Env;
 use crate::infra::sync::Syncer;
-use crate::lease::Lease;
+use crate::lease::{Holder, Lease};
 use crate::store::{Store, SyncAnswer};
 
 /// Which relays to sync.
@@ -63,9 +63,16 @@ impl Report {
 /// How often the answers are looked for while a worker syncs.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long `sync` waits for the lease holder's next answer by default before it says the
+/// holder does not answer. A relay's sync takes at most two requests of `ZOOID_TIMEOUT`
+/// once the worker takes it; two minutes leaves room for a queue of other work before it.
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Runs the manual syncs of `selection` on `store`; shows a progress line on standard error
-/// when it is a terminal.
-pub fn run(env: &Env, store: &Store, selection: &Selection) -> Result<Report> {
+/// when it is a terminal. Through a worker, it waits at most `timeout` for each next answer:
+/// the relays still unanswered then fail with an error naming the worker that did not
+/// answer and what to do.
+pub fn run(env: &Env, store: &Store, selection: &Selection, timeout: Duration) -> Result<Report> {
     let ids = match selection {
         Selection::Ids(ids) => ids.clone(),
         Selection::Failed => store.query.relay_ids(true)?,
@@ -87,7 +94,7 @@ pub fn run(env: &Env, store: &Store, selection: &Selection) -> Result<Report> {
                 "handing {} manual syncs to the worker of {holder}",
                 ids.len()
             );
-            let answers = through_worker(env, store, &ids, &mut progress)?;
+            let answers = through_worker(env, store, &ids, &holder, timeout, &mut progress)?;
             progress.end();
             Ok(Report { answers })
         }
@@ -100,6 +107,8 @@ fn through_worker(
     env: &Env,
     store: &Store,
     ids: &[String],
+    holder: &Holder,
+    timeout: Duration,
     progress: &mut Progress,
 ) -> Result<Vec<SyncAnswer>> {
     let requests = store.command.request_syncs(ids)?;
@@ -107,6 +116,7 @@ fn through_worker(
     if last - first + 1 != requests.len() as i64 {
         bail!("the manual sync requests were not numbered in one run");
     }
+    let mut last_progress = (0, Instant::now());
     loop {
         let (answered, synced) = store.query.count_sync_answers(first, last)?;
         progress.show(answered as usize, synced as usize);
@@ -114,6 +124,11 @@ fn through_worker(
             let answers = store.query.sync_answers(first, last)?;
             store.command.forget_sync_requests(first, last)?;
             return Ok(answers);
+        }
+        if answered > last_progress.0 {
+            last_progress = (answered, Instant::now());
+        } else if last_progress.1.elapsed() >= timeout {
+            return unanswered(store, first, last, &requests, ids, holder, timeout);
         }
         if let Ok(lease) = Lease::try_acquire(&env.database_path)? {
             // The worker stopped: what it did not answer, this does.
@@ -147,6 +162,42 @@ fn through_worker(
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// The answers so far, and a failure for each relay the worker did not answer within
+/// `timeout`; the requests are forgotten (a worker that comes back syncs nothing for them).
+fn unanswered(
+    store: &Store,
+    first: i64,
+    last: i64,
+    requests: &[i64],
+    ids: &[String],
+    holder: &Holder,
+    timeout: Duration,
+) -> Result<Vec<SyncAnswer>> {
+    let answered = store.query.sync_answers(first, last)?;
+    store.command.forget_sync_requests(first, last)?;
+    let detail = format!(
+        "no answer from the worker of {holder} within {}: it may be hung or busy with a \
+         long backlog. Check its /healthz or `systemctl status zooid-sync` (under systemd's \
+         watchdog a hung daemon is restarted); wait longer with --timeout, or stop it and run \
+         this again to sync here",
+        crate::env::show_duration(timeout)
+    );
+    log::warn!("{detail}");
+    let mut answers: Vec<SyncAnswer> = answered;
+    for (request, relay) in requests.iter().zip(ids) {
+        if !answers.iter().any(|a| a.request == *request) {
+            answers.push(SyncAnswer {
+                request: *request,
+                relay: relay.clone(),
+                outcome: "failed".into(),
+                detail: detail.clone(),
+            });
+        }
+    }
+    answers.sort_by_key(|a| a.request);
+    Ok(answers)
 }
 
 /// Syncs `ids` here, with `SYNC_WORKERS` threads, while this process holds the lease.

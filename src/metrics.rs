@@ -44,6 +44,46 @@ pub struct Metrics {
     latency_sum_micros: AtomicU64,
     /// Threads of the worker that ended with a panic, by name.
     died: Mutex<Vec<String>>,
+    /// When the dispatcher's loop last went round, in [`clock`] milliseconds (0: not running).
+    dispatcher_beat: AtomicU64,
+    /// Since when the writer thread has been committing, in [`clock`] milliseconds (0: not
+    /// committing).
+    writer_busy_since: AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock that starts with the process, never 0.
+pub(crate) fn clock() -> u64 {
+    static START: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    START.elapsed().as_millis() as u64 + 1
+}
+
+/// How long the dispatcher may go without a round, or the writer spend on one commit, before
+/// the worker counts as stalled. The dispatcher goes round at least every 200 ms and never
+/// waits on the network; the writer's longest legitimate wait is the database's busy timeout
+/// (5 s) per attempt. Thirty seconds is far beyond both, and short enough that a watchdog
+/// restarts a hung daemon within a minute.
+pub const STALL_AFTER: Duration = Duration::from_secs(30);
+
+/// Why the worker is stalled, if it is: the dispatcher has not gone round, or the writer has
+/// been on one commit, for longer than `bound`. `now`, `beat` and `busy_since` are [`clock`]
+/// milliseconds; 0 means "not running" and "not committing".
+pub fn stalled(now: u64, beat: u64, busy_since: u64, bound: Duration) -> Option<String> {
+    let bound_ms = bound.as_millis() as u64;
+    let age = |t: u64| now.saturating_sub(t);
+    if beat != 0 && age(beat) > bound_ms {
+        return Some(format!(
+            "the dispatcher has not moved for {} s",
+            age(beat) / 1000
+        ));
+    }
+    if busy_since != 0 && age(busy_since) > bound_ms {
+        return Some(format!(
+            "the writer has been on one commit for {} s",
+            age(busy_since) / 1000
+        ));
+    }
+    None
 }
 
 /// The text of a panic's payload.
@@ -87,6 +127,45 @@ impl Metrics {
             metrics: self.clone(),
             name: name.to_string(),
         }
+    }
+
+    /// The dispatcher went round its loop.
+    pub(crate) fn dispatcher_beat(&self) {
+        self.dispatcher_beat.store(clock(), Ordering::Relaxed);
+    }
+
+    /// The dispatcher stopped (a stopped dispatcher is not a stalled one).
+    pub(crate) fn dispatcher_stopped(&self) {
+        self.dispatcher_beat.store(0, Ordering::Relaxed);
+    }
+
+    /// The writer starts (`true`) or ends (`false`) a commit.
+    pub(crate) fn writer_busy(&self, busy: bool) {
+        let since = if busy { clock() } else { 0 };
+        self.writer_busy_since.store(since, Ordering::Relaxed);
+    }
+
+    /// Why the worker does not make progress, if it does not (see [`stalled`]).
+    pub fn stall(&self) -> Option<String> {
+        stalled(
+            clock(),
+            self.dispatcher_beat.load(Ordering::Relaxed),
+            self.writer_busy_since.load(Ordering::Relaxed),
+            STALL_AFTER,
+        )
+    }
+
+    /// Whether the worker is healthy: no thread died and nothing is stalled. What the
+    /// daemon's watchdog pings depend on.
+    pub fn trouble(&self) -> Option<String> {
+        let dead = self.dead_threads();
+        if !dead.is_empty() {
+            return Some(format!(
+                "threads of the worker died: {} (a bug in zooid-sync; restart it)",
+                dead.join(", ")
+            ));
+        }
+        self.stall()
     }
 
     /// The worker's threads that died of a panic.
@@ -377,5 +456,36 @@ mod tests {
         assert!(m
             .render(&Read::default())
             .contains("zooid_sync_thread_panics_total 1"));
+    }
+
+    #[test]
+    fn the_worker_is_stalled_only_when_a_loop_has_not_moved_for_the_bound() {
+        let bound = Duration::from_secs(30);
+        assert_eq!(stalled(100_000, 0, 0, bound), None, "nothing running");
+        assert_eq!(stalled(100_000, 70_000, 0, bound), None, "30 s exactly");
+        let why = stalled(100_000, 69_999, 0, bound).unwrap();
+        assert!(
+            why.starts_with("the dispatcher has not moved for 30 s"),
+            "{why}"
+        );
+        assert_eq!(stalled(100_000, 99_000, 70_000, bound), None);
+        let why = stalled(100_000, 99_000, 60_000, bound).unwrap();
+        assert!(
+            why.starts_with("the writer has been on one commit for 40 s"),
+            "{why}"
+        );
+        assert_eq!(
+            stalled(1, 5_000, 5_000, bound),
+            None,
+            "a beat after now is fresh"
+        );
+        let m = Metrics::default();
+        assert_eq!(m.trouble(), None);
+        m.dispatcher_beat();
+        m.writer_busy(true);
+        assert_eq!(m.trouble(), None, "fresh beats");
+        m.writer_busy(false);
+        m.dispatcher_stopped();
+        assert_eq!(m.stall(), None);
     }
 }

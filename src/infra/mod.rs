@@ -242,7 +242,7 @@ impl Infra {
             .context("cannot start the timer thread")?;
         let retries = Arc::new(Retries::new(timer_tx));
         let writer = command_for_writer
-            .spawn_writer(metrics.watch_thread("zooid-sync-writer"))
+            .spawn_writer(metrics.clone())
             .context("cannot start the writer thread")?;
         let pool = Pool::start(env.sync_workers, syncer, retries.clone(), env.retry.base)
             .context("cannot start the worker threads")?;
@@ -268,6 +268,7 @@ impl Infra {
         let mut last_request = 0;
         let mut ended = Ok(());
         loop {
+            metrics.dispatcher_beat();
             select! {
                 recv(requests) -> _ => {
                     if let Err(e) = lease.check() {
@@ -315,6 +316,7 @@ impl Infra {
         pool.stop();
         writer.stop(); // records the outcomes still queued, before the lease goes
         metrics.set_active(false);
+        metrics.dispatcher_stopped();
         drop(lease);
         drop(retries);
         drop(due_rx);

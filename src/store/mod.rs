@@ -854,8 +854,9 @@ impl Command {
     /// with [`Writer::stop`], which commits what is still queued first.
     pub(crate) fn spawn_writer(
         &self,
-        watch: crate::metrics::ThreadWatch,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> std::io::Result<Writer> {
+        let watch = metrics.watch_thread("zooid-sync-writer");
         let stop = Arc::new(AtomicBool::new(false));
         let (command, stopping) = (self.weak(), stop.clone());
         self.db.retrying.store(true, Ordering::Release);
@@ -904,7 +905,9 @@ impl Command {
                         .0;
                 }
                 drop(queue);
+                metrics.writer_busy(true);
                 command.flush();
+                metrics.writer_busy(false);
             })?;
         Ok(Writer {
             command: self.weak(),

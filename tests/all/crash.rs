@@ -198,3 +198,72 @@ fn restarts_neither_reset_nor_hasten_a_failing_relays_retries() {
         "started over at each restart: {waited:?}"
     );
 }
+
+#[test]
+fn a_frozen_daemon_starves_the_watchdog_and_sync_says_so_within_its_bound() {
+    use std::os::unix::net::UnixDatagram;
+    let (fx, dir, db, _store) = one_relay("alpha");
+    let socket_path = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    let mut cmd = zooid_sync(&fx, &db);
+    cmd.env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000") // WatchdogSec=200ms: a ping every 100 ms
+        .args(["run", "--feed-interval", "10ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut run = cmd.spawn().unwrap();
+    let received = |timeout: Duration| -> Option<String> {
+        systemd.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = [0u8; 512];
+        let n = systemd.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let mut heard = Vec::new();
+    while !(heard.iter().any(|m: &String| m.contains("READY=1"))
+        && heard.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3)
+    {
+        heard.push(received(Duration::from_secs(20)).expect("systemd was notified"));
+    }
+    assert!(
+        heard.iter().any(|m| m.contains("STATUS=syncing")),
+        "{heard:?}"
+    );
+
+    Command::new("kill")
+        .args(["-STOP", &run.id().to_string()])
+        .status()
+        .unwrap();
+    // A ping sent just before the stop may still be in the socket.
+    while received(Duration::from_millis(150)).is_some() {}
+    assert_eq!(
+        received(Duration::from_secs(1)),
+        None,
+        "a frozen daemon fed the watchdog"
+    );
+
+    // `sync` hands its relay to the frozen holder and gives up on it within its bound.
+    let out = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.args(["sync", "alpha", "--timeout", "1s"]);
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("no answer from the worker of pid {}", run.id())),
+        "{text}"
+    );
+    assert!(text.contains("--timeout"), "says what to do: {text}");
+
+    Command::new("kill")
+        .args(["-CONT", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        received(Duration::from_secs(5)).as_deref(),
+        Some("WATCHDOG=1"),
+        "fed again once it moves"
+    );
+    terminate(&mut run);
+}

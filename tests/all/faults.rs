@@ -132,7 +132,7 @@ fn a_relay_that_gave_up_is_visible_in_status_and_recovers_with_sync() {
     assert_eq!(report[0].attempts, 3);
     rig.fx.clear_faults();
     let stuck = Selection::Ids(vec!["stuck".into()]);
-    let report = manual::run(&rig.env, &rig.store, &stuck).unwrap();
+    let report = manual::run(&rig.env, &rig.store, &stuck, manual::DEFAULT_ANSWER_TIMEOUT).unwrap();
     assert_eq!(report.answers[0].outcome, "synced", "{report:?}");
     let report = status::report(&rig.store.query, None, &rig.env.retry).unwrap();
     assert!(report[0].synced && report[0].next_retry.is_empty());

@@ -319,7 +319,7 @@ fn failures_are_recorded_and_retried_with_doubling_capped_backoff_then_given_up(
     // A manual sync (what `zooid-sync sync alpha` does) brings it back once zooid recovers.
     h.fx.clear_faults();
     let alpha = Selection::Ids(vec!["alpha".into()]);
-    let report = manual::run(&h.env, &h.store, &alpha).unwrap();
+    let report = manual::run(&h.env, &h.store, &alpha, manual::DEFAULT_ANSWER_TIMEOUT).unwrap();
     assert_eq!(report.answers[0].outcome, "synced", "{report:?}");
     assert_eq!(report.answers[0].detail, "POST 201");
     assert_eq!(h.failures("alpha"), 0);
@@ -435,7 +435,13 @@ fn an_update_during_a_sync_survives_a_crash_after_the_stale_completion() {
     let env = h.env.clone();
     let in_flight = std::thread::spawn(move || {
         let store = zooid_sync::Store::open(&env.database_path).unwrap();
-        manual::run(&env, &store, &Selection::Ids(vec!["alpha".into()])).unwrap()
+        manual::run(
+            &env,
+            &store,
+            &Selection::Ids(vec!["alpha".into()]),
+            manual::DEFAULT_ANSWER_TIMEOUT,
+        )
+        .unwrap()
     });
     expect_within(WAIT, "a request in flight", || {
         h.fx.max_in_flight("alpha") == 1
