@@ -17,7 +17,7 @@
 //!
 //! Options: `--relays 1000,10000` (throughput sizes), `--skip-process` (skip 3, 4 and 6, which
 //! need the release binary: build it first with `cargo build --release`), `--only-latency`
-//! (section 7 alone), `--only-scale` (section 8 alone), `--only-startup` (section 6 alone), `--only-idle` (section 4 alone).
+//! (section 7 alone), `--only-scale` (section 8 alone), `--only-prune` (section 9 alone), `--only-startup` (section 6 alone), `--only-idle` (section 4 alone).
 //! `BENCH_SMAPS=<program>` runs the program with the daemon's pid once section 6's burst is
 //! over, to look at where its memory is (`/proc/<pid>/smaps`); `BENCH_THREADS=1` prints the
 //! CPU per sync of each kind of worker thread.
@@ -77,6 +77,10 @@ fn main() -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--only-startup") {
         println!("## 6. startup with 10 000 pending relays");
         return startup(&release_binary()?, 10_000);
+    }
+    if args.iter().any(|a| a == "--only-prune") {
+        println!("## 9. prune: a year of a 10 000-relay fleet");
+        return prune_a_year(&release_binary()?, 10_000);
     }
     if args.iter().any(|a| a == "--only-scale") {
         let binary = release_binary()?;
@@ -734,6 +738,88 @@ fn scale(binary: &Path, n: usize) -> anyhow::Result<()> {
         status.as_secs_f64() * 1e3,
         first.as_secs_f64() * 1e3,
         latencies[latencies.len() / 2].as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// Section 9: `zooid-sync prune --older-than 90d` on a year of activity of `n` relays, each
+/// changed and synced once a week, while a host writes a change every 20 ms: how long it
+/// takes, what is left, and the longest a host write waited.
+fn prune_a_year(binary: &Path, n: usize) -> anyhow::Result<()> {
+    let s = setup(0, true, 4)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    {
+        let conn = Connection::open(&s.db)?;
+        conn.execute_batch(&format!(
+            "BEGIN;
+             WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < {n})
+             INSERT INTO relay (id, tenant_pubkey, schema, subdomain, status, synced, revision,
+                                created_at, updated_at)
+             SELECT printf('r%07d', i), '{OWNER}', printf('s%07d', i), printf('d%07d', i),
+                    'active', 1, 53, 0, 0 FROM k;
+             WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < {rows})
+             INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type,
+                                   resource_id, detail)
+             SELECT 'a' || i, '{OWNER}', {now} - (52 - (i / 2) / {n}) * 7 * 86400,
+                    CASE WHEN i % 2 = 1 THEN 'complete_relay_sync' ELSE 'update_relay' END,
+                    'relay', printf('r%07d', (i / 2) % {n}), '' FROM k;
+             COMMIT;",
+            rows = n * 2 * 53
+        ))?;
+    }
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let rows_before: i64 =
+        Connection::open(&s.db)?.query_row("SELECT COUNT(*) FROM activity", [], |r| r.get(0))?;
+    let size_before = size(&s.db);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let host = {
+        let (db, stop) = (s.db.clone(), stop.clone());
+        std::thread::spawn(move || -> anyhow::Result<Duration> {
+            let conn = Connection::open(&db)?;
+            conn.busy_timeout(Duration::from_secs(10))?;
+            let mut longest = Duration::ZERO;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let started = Instant::now();
+                conn.execute_batch(&format!(
+                    "BEGIN IMMEDIATE;
+                     UPDATE relay SET info_name = 'n{i}' WHERE id = 'r0000001';
+                     COMMIT;"
+                ))?;
+                longest = longest.max(started.elapsed());
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(longest)
+        })
+    };
+    let started = Instant::now();
+    let out = std::process::Command::new(binary)
+        .args(["prune", "--older-than", "90d"])
+        .env_clear()
+        .env("DATABASE_PATH", &s.db)
+        .output()?;
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let longest_host_wait = host.join().expect("host thread")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "prune failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conn = Connection::open(&s.db)?;
+    let rows_after: i64 = conn.query_row("SELECT COUNT(*) FROM activity", [], |r| r.get(0))?;
+    conn.execute_batch("VACUUM")?;
+    println!(
+        "{n} relays, {rows_before} activity rows ({:.0} MB): prune --older-than 90d took \
+         {:.1} s and left {rows_after} rows ({:.0} MB after VACUUM); a host write waited at \
+         most {:.1} ms meanwhile",
+        size_before as f64 / 1e6,
+        took.as_secs_f64(),
+        size(&s.db) as f64 / 1e6,
+        longest_host_wait.as_secs_f64() * 1e3
     );
     Ok(())
 }

@@ -277,6 +277,7 @@ pub fn within(name: &str, value: Duration, min: Duration, max: Duration) -> Resu
 pub fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
     match ms {
+        _ if ms.is_multiple_of(86_400_000) && ms > 0 => format!("{}d", ms / 86_400_000),
         _ if ms.is_multiple_of(3_600_000) && ms > 0 => format!("{}h", ms / 3_600_000),
         _ if ms.is_multiple_of(60_000) && ms > 0 => format!("{}m", ms / 60_000),
         _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
@@ -372,7 +373,7 @@ fn parse_relay_domain(value: &str) -> Result<String> {
     Ok(domain.to_ascii_lowercase())
 }
 
-/// Parses a duration written as a number and a unit: `250ms`, `30s`, `15m` or `1h`.
+/// Parses a duration written as a number and a unit: `250ms`, `30s`, `15m`, `1h` or `90d`.
 pub fn parse_duration(value: &str) -> Result<Duration> {
     let v = value.trim();
     let split = v
@@ -387,7 +388,8 @@ pub fn parse_duration(value: &str) -> Result<Duration> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => bail!("{value:?} has an unknown unit {unit:?}; use ms, s, m or h"),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => bail!("{value:?} has an unknown unit {unit:?}; use ms, s, m, h or d"),
     };
     Ok(d)
 }
@@ -493,6 +495,10 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration(" 1h ").unwrap(), Duration::from_secs(3600));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86_400)
+        );
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("5 s").is_err());
@@ -500,6 +506,7 @@ mod tests {
         assert_eq!(show_duration(Duration::from_secs(30)), "30s");
         assert_eq!(show_duration(Duration::from_secs(900)), "15m");
         assert_eq!(show_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(show_duration(Duration::from_secs(2 * 86_400)), "2d");
         assert_eq!(show_duration(Duration::ZERO), "0s");
         assert_eq!(show_duration(Duration::from_millis(30_803)), "30.8s");
         assert_eq!(show_duration(Duration::from_millis(1000)), "1s");

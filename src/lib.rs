@@ -46,6 +46,8 @@ pub mod manual;
 #[cfg(feature = "cli")]
 pub mod notify;
 #[cfg(feature = "cli")]
+pub mod prune;
+#[cfg(feature = "cli")]
 pub mod status;
 
 pub use env::{BlossomS3, Env, Livekit, DEFAULT_MAX_RATE};
@@ -65,7 +67,7 @@ pub use zooid::{Response, ZooidClient, ZooidError, PROBE_ID};
 
 /// What the binary parses beside [`Env`].
 #[cfg(feature = "cli")]
-pub use env::{parse_duration, retry_policy_from_vars};
+pub use env::{parse_duration, retry_policy_from_vars, show_duration};
 
 /// Pieces the benchmark (`examples/bench.rs`) times on their own. Not for hosts.
 #[cfg(feature = "cli")]

@@ -60,6 +60,13 @@ enum Cmd {
         /// The relay's id.
         id: String,
     },
+    /// Delete activity older than an age that zooid-sync no longer needs (each relay's last
+    /// completed sync and everything after it are kept). Safe beside the daemon.
+    Prune {
+        /// How old activity must be to go, e.g. 90d (at least 1h).
+        #[arg(long, value_parser = parse_duration)]
+        older_than: std::time::Duration,
+    },
     /// A self-contained demonstration: fixture zooid, fresh database, the real worker.
     Dev,
 }
@@ -155,6 +162,21 @@ fn run(command: Cmd) -> Result<ExitCode> {
             for member in client.list_relay_members(&id)? {
                 println!("{member}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Prune { older_than } => {
+            let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let path = var("DATABASE_PATH").unwrap_or_else(|| "zooid-sync.db".into());
+            let store = open_existing(std::path::Path::new(&path))?;
+            let pruned = zooid_sync::prune::prune(&store, older_than)?;
+            println!(
+                "deleted {} activity rows older than {} in {:.1} s; {} left. The file keeps its \
+                 size and reuses the freed pages (VACUUM gives them back to the disk).",
+                pruned.deleted,
+                zooid_sync::show_duration(older_than),
+                pruned.took.as_secs_f64(),
+                pruned.left
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Dev => {

@@ -734,6 +734,24 @@ impl Query {
         .context("listing relays")
     }
 
+    /// The oldest and the newest activity's `seq` (0 and 0 when there is none).
+    pub fn activity_seq_range(&self) -> Result<(i64, i64)> {
+        self.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM activity",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+    }
+
+    /// How many activity rows there are.
+    pub fn count_activity(&self) -> Result<u64> {
+        self.read(|conn| {
+            Ok(conn.query_row("SELECT COUNT(*) FROM activity", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+    }
+
     /// The newest activity's `seq`, 0 when there is none.
     pub fn last_activity_seq(&self) -> Result<i64> {
         self.read(|conn| {
@@ -1213,6 +1231,52 @@ impl Command {
                 log::error!("manual sync request {request}: {e:#}");
             }
         });
+    }
+
+    /// Deletes the activity rows with `seq` in `after + 1 ..= through` that were written
+    /// before `cutoff` (unix seconds) and that zooid-sync no longer needs, in one short write
+    /// transaction; answers how many went. What is kept, whatever its age:
+    ///
+    /// - each relay's last `complete_relay_sync` (it decides `POST` or `PATCH`), and every
+    ///   activity of the relay after it (its trailing failures: attempts, backoff, give-up);
+    /// - every activity of a relay that waits for a sync (`synced = 0`), so that no change the
+    ///   feed may not have read yet goes;
+    /// - every activity of a relay that never completed a sync.
+    ///
+    /// Rows about other kinds of resource are the host's; zooid-sync needs none of them, and
+    /// they go by age alone.
+    pub fn prune_activity(&self, after: i64, through: i64, cutoff: i64) -> Result<usize> {
+        let conn = self
+            .db
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let deleted = conn
+            .prepare_cached(
+                "DELETE FROM activity WHERE seq IN (
+                   SELECT a.seq FROM activity a
+                   WHERE a.seq > ?1 AND a.seq <= ?2 AND a.created_at < ?3
+                     AND (a.resource_type != 'relay' OR (
+                       EXISTS (SELECT 1 FROM activity c
+                               WHERE c.resource_type = 'relay'
+                                 AND c.resource_id = a.resource_id
+                                 AND c.seq > a.seq
+                                 AND c.activity_type = 'complete_relay_sync')
+                       AND NOT EXISTS (SELECT 1 FROM relay r
+                                       WHERE r.id = a.resource_id AND r.synced = 0))))",
+            )
+            .and_then(|mut stmt| stmt.execute(params![after, through, cutoff]));
+        match deleted {
+            Ok(n) => {
+                conn.execute_batch("COMMIT")?;
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e).context("pruning old activity")
+            }
+        }
     }
 
     /// One statement on zooid-sync's own state, which announces nothing on the bus: run on

@@ -294,3 +294,162 @@ fn query_and_command_work_from_many_threads_at_once() {
     }
     assert_eq!(query.activities_after(0, 10_000).unwrap().len(), 8 + 8 * 25);
 }
+
+/// Appends an activity about `resource` written `days_ago` days ago.
+fn past_activity(conn: &Connection, kind: &str, resource: &str, days_ago: i64, detail: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    conn.execute(
+        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type,
+                               resource_id, detail)
+         VALUES (hex(randomblob(16)), ?1, ?2, ?3, ?4, ?5, ?6)",
+        rusqlite::params![
+            OWNER,
+            now - days_ago * 86_400,
+            kind,
+            if resource.starts_with("tenant") {
+                "tenant"
+            } else {
+                "relay"
+            },
+            resource,
+            detail
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn prune_keeps_everything_the_worker_needs_from_a_year_of_activity() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    let conn = Connection::open(&db).unwrap();
+    let weekly: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
+    let special = ["failing", "gaveup", "never", "pending"];
+    for id in weekly.iter().map(String::as_str).chain(special) {
+        host_creates(&conn, id);
+        conn.execute("UPDATE relay SET synced = 1 WHERE id = ?1", [id])
+            .unwrap();
+    }
+    conn.execute_batch("DELETE FROM activity").unwrap();
+    // A year of weekly changes, each synced.
+    for id in &weekly {
+        past_activity(&conn, "create_relay", id, 365, "");
+        past_activity(&conn, "complete_relay_sync", id, 365, "revision 1");
+        for week in (1..52).rev() {
+            past_activity(&conn, "update_relay", id, week * 7, "");
+            past_activity(&conn, "complete_relay_sync", id, week * 7, "");
+        }
+    }
+    // Failing for 100 days (3 failures); gave up 200 days ago (7 failures); never created at
+    // zooid; and a change the worker has not synced yet.
+    for (id, fails, days) in [("failing", 3, 100), ("gaveup", 7, 200)] {
+        past_activity(&conn, "complete_relay_sync", id, 300, "");
+        past_activity(&conn, "update_relay", id, days + 1, "");
+        for k in 0..fails {
+            past_activity(&conn, "fail_relay_sync", id, days - k, "zooid answered 400");
+        }
+        conn.execute(
+            "UPDATE relay SET synced = 0, sync_error = 'zooid answered 400' WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
+    }
+    past_activity(&conn, "create_relay", "never", 365, "");
+    for k in 0..5 {
+        past_activity(
+            &conn,
+            "fail_relay_sync",
+            "never",
+            360 - k,
+            "zooid answered 400",
+        );
+    }
+    conn.execute("UPDATE relay SET synced = 0 WHERE id = 'never'", [])
+        .unwrap();
+    past_activity(&conn, "complete_relay_sync", "pending", 200, "");
+    past_activity(&conn, "update_relay", "pending", 150, "");
+    past_activity(&conn, "complete_relay_sync", "pending", 120, "");
+    conn.execute("UPDATE relay SET synced = 0 WHERE id = 'pending'", [])
+        .unwrap();
+    past_activity(&conn, "tenant_signed_up", "tenant-1", 300, "");
+
+    let ids: Vec<&str> = weekly.iter().map(String::as_str).chain(special).collect();
+    let before: Vec<(u32, bool)> = ids
+        .iter()
+        .map(|id| {
+            (
+                store.query.count_trailing_sync_failures(id).unwrap(),
+                store.query.has_completed_sync(id).unwrap(),
+            )
+        })
+        .collect();
+    let rows_before = store.query.count_activity().unwrap();
+
+    let out = run_cli(&fx, &db, &["prune", "--older-than", "90d"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    let rows_after = store.query.count_activity().unwrap();
+    assert!(
+        rows_after < rows_before / 3,
+        "{rows_before} -> {rows_after}"
+    );
+    let after: Vec<(u32, bool)> = ids
+        .iter()
+        .map(|id| {
+            (
+                store.query.count_trailing_sync_failures(id).unwrap(),
+                store.query.has_completed_sync(id).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(before, after, "attempts and create-or-update unchanged");
+    let pending_rows: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM activity WHERE resource_id = 'pending'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        pending_rows, 3,
+        "a relay waiting for a sync keeps its history"
+    );
+    let tenant_rows: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM activity WHERE resource_type = 'tenant'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        tenant_rows, 0,
+        "the host's old rows about other things go by age"
+    );
+    // Too young an age is refused by name.
+    let out = run_cli(&fx, &db, &["prune", "--older-than", "10m"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--older-than must be at least 1h"));
+
+    // The next sync of every relay that zooid has is still a PATCH; "never" is created.
+    let out = run_cli(&fx, &db, &["sync", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for id in &ids {
+        let first = &fx.requests_for(id)[0];
+        let expected = if *id == "never" { "POST" } else { "PATCH" };
+        assert_eq!(first.method, expected, "{id}");
+    }
+}
