@@ -43,6 +43,13 @@ impl Default for DaemonOptions {
 /// another process holds the database's lease it stands by (sending nothing, answering
 /// `/healthz` with `standby`) and takes over when that process stops or dies.
 pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()> {
+    if !env.database_path.exists() {
+        anyhow::bail!(
+            "DATABASE_PATH: there is no database at {} (a typo? `zooid-sync init` creates a \
+             new one); nothing was created",
+            env.database_path.display()
+        );
+    }
     crate::memory::limit_arenas();
     ZooidClient::new(env)?; // a bad CA bundle is an error now, not in the worker thread
     let store = Store::open(&env.database_path)?;

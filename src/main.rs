@@ -67,6 +67,9 @@ enum Cmd {
         #[arg(long, value_parser = parse_duration)]
         older_than: std::time::Duration,
     },
+    /// Create the database (DATABASE_PATH) with zooid-sync's tables, for a new platform;
+    /// `run` refuses a database that does not exist. Bring an existing one up to date.
+    Init,
     /// A self-contained demonstration: fixture zooid, fresh database, the real worker.
     Dev,
 }
@@ -177,6 +180,23 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 pruned.took.as_secs_f64(),
                 pruned.left
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Init => {
+            let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let path = var("DATABASE_PATH").unwrap_or_else(|| "zooid-sync.db".into());
+            let existed = std::path::Path::new(&path).exists();
+            Store::open(&path).context("DATABASE_PATH")?;
+            match existed {
+                true => println!(
+                    "{path}: the database exists; its schema is current (version {})",
+                    zooid_sync::SCHEMA_VERSION
+                ),
+                false => println!(
+                    "{path}: created, schema version {}",
+                    zooid_sync::SCHEMA_VERSION
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Dev => {

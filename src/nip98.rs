@@ -49,6 +49,14 @@ impl RobotKey {
     }
 
     /// The robot's public key; zooid's `API_WHITELIST` must contain it.
+    /// The public key as zooid's `API_WHITELIST` lists it (hex) and as Nostr clients show it
+    /// (`npub1…`).
+    pub fn public_key_names(&self) -> (String, String) {
+        let key = self.public_key();
+        let npub = nostr::nips::nip19::ToBech32::to_bech32(&key).unwrap_or_default();
+        (key.to_hex(), npub)
+    }
+
     pub fn public_key(&self) -> PublicKey {
         self.0.keys.public_key()
     }

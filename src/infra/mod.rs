@@ -253,10 +253,12 @@ impl Infra {
             retries: &retries,
             metrics: &metrics,
         };
+        let (hex, npub) = env.robot.public_key_names();
         log::info!(
-            "zooid-sync started: {} workers, zooid at {}",
+            "zooid-sync started: database {}, zooid at {}, robot {hex} ({npub}), {} workers",
+            query.path().display(),
+            env.zooid_api_url,
             env.sync_workers,
-            env.zooid_api_url
         );
 
         dispatcher.reconcile("startup");

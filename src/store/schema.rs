@@ -98,9 +98,12 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     // A current database is only read: no write lock is taken and nothing is written, so a
     // start never waits for a host that holds the lock.
     if version(conn)? == SCHEMA_VERSION {
-        return Ok(());
+        return check_contract(conn);
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Tables the host made itself must hold the contract's columns before anything is added
+    // beside them or a version is stamped on them.
+    check_contract(&tx)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         bail!(
@@ -118,7 +121,135 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         tx.execute_batch(sql)
             .with_context(|| format!("migrating the database to schema version {}", i + 1))?;
     }
+    check_contract(&tx)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+/// The columns of the host's tables that zooid-sync reads or writes: the database contract.
+pub const CONTRACT: [(&str, &[&str]); 2] = [
+    (
+        "relay",
+        &[
+            "id",
+            "tenant_pubkey",
+            "schema",
+            "subdomain",
+            "plan_id",
+            "status",
+            "sync_error",
+            "synced",
+            "info_name",
+            "info_icon",
+            "info_description",
+            "policy_public_read",
+            "policy_public_write",
+            "policy_public_join",
+            "policy_strip_signatures",
+            "groups_enabled",
+            "management_enabled",
+            "members_can_invite",
+            "blossom_enabled",
+            "livekit_enabled",
+            "push_enabled",
+            "revision",
+            "created_at",
+            "updated_at",
+        ],
+    ),
+    (
+        "activity",
+        &[
+            "seq",
+            "id",
+            "tenant_pubkey",
+            "created_at",
+            "activity_type",
+            "resource_type",
+            "resource_id",
+            "detail",
+        ],
+    ),
+];
+
+/// Refuses host tables that lack a column of the contract, naming each one missing. A table
+/// that does not exist yet is fine: the migrations create it.
+pub fn check_contract(conn: &Connection) -> Result<()> {
+    let mut missing = Vec::new();
+    for (table, columns) in CONTRACT {
+        let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+        let present: Vec<String> = stmt
+            .query_map([table], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if present.is_empty() {
+            continue;
+        }
+        missing.extend(
+            columns
+                .iter()
+                .filter(|c| !present.iter().any(|p| p.eq_ignore_ascii_case(c)))
+                .map(|c| format!("{table}.{c}")),
+        );
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the database does not hold the contract's columns: {} missing. Add them as \
+             fixtures/schema.sql (README, \"The database contract\") defines them; nothing was \
+             changed",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns(conn: &Connection, table: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .unwrap();
+        stmt.query_map([table], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn the_contract_names_every_column_of_the_hosts_tables() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        for (table, contract) in CONTRACT {
+            assert_eq!(columns(&conn, table), contract, "{table}");
+        }
+    }
+
+    #[test]
+    fn host_tables_without_a_contract_column_are_refused_by_name_and_left_unstamped() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE relay (id TEXT PRIMARY KEY, tenant_pubkey TEXT, schema TEXT,
+                                 subdomain TEXT, status TEXT, synced INTEGER);",
+        )
+        .unwrap();
+        let error = format!("{:#}", migrate(&mut conn).unwrap_err());
+        for column in ["relay.revision", "relay.sync_error", "relay.updated_at"] {
+            assert!(error.contains(column), "{error}");
+        }
+        assert!(
+            !error.contains("activity."),
+            "activity does not exist yet: {error}"
+        );
+        assert_eq!(version(&conn).unwrap(), 0, "no version stamped");
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 1, "nothing created beside it");
+    }
 }

@@ -381,3 +381,52 @@ fn status_only_reads_even_while_the_host_holds_the_write_lock() {
         "status waited {took:?} for the lock"
     );
 }
+
+#[test]
+fn run_refuses_a_database_that_does_not_exist_and_creates_nothing() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("platfrom.db");
+    let out = run_cli(&fx, &typo, &["run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("there is no database at") && err.contains("platfrom.db"),
+        "{err}"
+    );
+    assert!(err.contains("zooid-sync init"), "says what to do: {err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "created {left:?}");
+
+    let out = run_cli(&fx, &typo, &["init"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created"));
+    let out = run_cli(&fx, &typo, &["init"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schema is current"));
+}
+
+#[test]
+fn a_host_table_without_a_contract_column_is_refused_at_start_by_name() {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE relay (id TEXT PRIMARY KEY NOT NULL, tenant_pubkey TEXT NOT NULL,
+            schema TEXT NOT NULL, subdomain TEXT NOT NULL, plan_id TEXT, status TEXT,
+            sync_error TEXT, synced INTEGER, info_name TEXT, info_icon TEXT,
+            info_description TEXT, policy_public_read INTEGER, policy_public_write INTEGER,
+            policy_public_join INTEGER, policy_strip_signatures INTEGER, groups_enabled INTEGER,
+            management_enabled INTEGER, members_can_invite INTEGER, blossom_enabled INTEGER,
+            livekit_enabled INTEGER, push_enabled INTEGER, created_at INTEGER,
+            updated_at INTEGER);",
+    )
+    .unwrap();
+    let out = run_cli(&fx, &db, &["run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("relay.revision"), "{err}");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 0, "no version stamped on the host's tables");
+}

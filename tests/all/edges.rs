@@ -37,6 +37,9 @@ impl Daemon {
             .unwrap()
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        if !db.exists() {
+            open_store(db); // `zooid-sync init`: run refuses a database that does not exist
+        }
         let mut child = zooid_sync(fx, db)
             .args([
                 "run",
