@@ -15,6 +15,7 @@ pub use crate::http_server::Limits;
 use crate::http_server::{HttpRequest, HttpServer, Reply};
 use crate::metrics::Metrics;
 use crate::store::Query;
+use crate::zooid::ROBOT_REFUSED;
 
 /// The running `/healthz` and `/metrics` endpoint. Stops when dropped.
 pub struct MetricsServer {
@@ -105,6 +106,17 @@ pub fn serve(
                 // zooid being down is zooid's trouble, not the worker's: still 200, so that
                 // a supervisor does not restart a worker that is doing the right thing.
                 (true, Ok(None)) => text(200, "ok\nzooid: up\n".into()),
+                (true, Ok(Some((since, error)))) if error.starts_with(ROBOT_REFUSED) => text(
+                    200,
+                    format!(
+                        "ok\nzooid: refuses zooid-sync since {}{}; relay syncs wait for the \
+                         fix\n",
+                        crate::store::format_unix(since),
+                        error
+                            .trim_start_matches(ROBOT_REFUSED)
+                            .trim_end_matches('.')
+                    ),
+                ),
                 (true, Ok(Some((since, error)))) => text(
                     200,
                     format!(

@@ -37,6 +37,8 @@ pub struct Metrics {
     active: AtomicBool,
     /// 1 while zooid answers, 0 while the breaker is open.
     zooid_down: AtomicBool,
+    /// While the breaker is open because zooid refuses the robot (401, 403, not its API).
+    robot_refused: AtomicBool,
     bad_activity_rows: AtomicU64,
     in_flight: AtomicI64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -210,6 +212,15 @@ impl Metrics {
         self.zooid_down.store(!up, Ordering::Relaxed);
     }
 
+    pub(crate) fn set_robot_refused(&self, refused: bool) {
+        self.robot_refused.store(refused, Ordering::Relaxed);
+    }
+
+    /// Whether zooid refuses this robot (relay syncs wait for the operator to fix it).
+    pub fn robot_refused(&self) -> bool {
+        self.robot_refused.load(Ordering::Relaxed)
+    }
+
     /// Whether zooid answers, as far as the breaker knows.
     pub fn zooid_up(&self) -> bool {
         !self.zooid_down.load(Ordering::Relaxed)
@@ -290,6 +301,13 @@ impl Metrics {
             "gauge",
             "1 while zooid answers, 0 while the circuit breaker is open.",
             &[(String::new(), (self.zooid_up() as u8).to_string())],
+        );
+        metric(
+            "zooid_sync_zooid_refuses_robot",
+            "gauge",
+            "1 while zooid refuses this robot (401, 403, or a host name that is not its API): \
+             relay syncs wait until the operator fixes zooid's side.",
+            &[(String::new(), (self.robot_refused() as u8).to_string())],
         );
         metric(
             "zooid_sync_breaker_opened_total",

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::infra::retry::RetryPolicy;
 use crate::quote;
 use crate::store::{format_unix, now_unix, Query};
+use crate::zooid::ROBOT_REFUSED;
 
 /// One relay's line in the status report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -100,18 +101,31 @@ pub fn report(
     Ok(out)
 }
 
-/// While the breaker is open: `zooid unreachable since <time> (<last error>); N relays
-/// waiting`, for the first line of `zooid-sync status`.
+/// While the breaker is open, the first line of `zooid-sync status`: `zooid unreachable
+/// since <time> (<last error>); N relays waiting`, or, when zooid refuses the robot,
+/// `zooid refuses zooid-sync since <time>: <what to do>; N relays waiting`.
 pub fn zooid_line(query: &Query) -> Result<Option<String>> {
     let Some((since, error)) = query.zooid_outage()? else {
         return Ok(None);
     };
-    let waiting = query.count_pending()?;
-    Ok(Some(format!(
-        "zooid unreachable since {} ({}); {waiting} relays waiting",
-        format_unix(since),
-        quote::remote(&error, quote::REMOTE_MAX)
-    )))
+    let waiting = plural(query.count_pending()?, "relay", "relays");
+    let error = quote::remote(&error, quote::REMOTE_MAX);
+    let since = format_unix(since);
+    Ok(Some(match error.strip_prefix(ROBOT_REFUSED) {
+        Some(why) => format!(
+            "{ROBOT_REFUSED} since {since}{why}; {waiting} waiting",
+            why = why.trim_end_matches('.')
+        ),
+        None => format!("zooid unreachable since {since} ({error}); {waiting} waiting"),
+    }))
+}
+
+/// `1 relay`, `2 relays`.
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
 }
 
 /// The report as an aligned text table; long errors are shortened to keep one line a relay.

@@ -64,6 +64,45 @@ pub enum ZooidError {
     UnsafePath { method: &'static str, path: String },
 }
 
+/// How an error begins when zooid refuses this robot as a whole (see
+/// [`ZooidClient::robot_refusal`]).
+pub const ROBOT_REFUSED: &str = "zooid refuses zooid-sync";
+
+/// Why a probe found zooid unfit for relay syncs.
+#[derive(Debug, Clone)]
+pub enum ProbeFailure {
+    /// No usable answer, or 429/502/503/504.
+    Unavailable(ZooidError),
+    /// zooid answers, but refuses this robot; what to do (starts with [`ROBOT_REFUSED`]).
+    RobotRefused(String),
+}
+
+impl ProbeFailure {
+    /// What `Retry-After` asked for, if anything.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProbeFailure::Unavailable(e) => e.retry_after(),
+            ProbeFailure::RobotRefused(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeFailure::Unavailable(e) => write!(f, "{e}"),
+            ProbeFailure::RobotRefused(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Whether `body` is zooid's own error JSON (`{"error": "..."}`).
+fn is_zooid_error(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("error").is_some_and(|e| e.is_string()))
+}
+
 impl ZooidError {
     /// The HTTP status, when zooid answered one.
     pub fn status(&self) -> Option<u16> {
@@ -355,11 +394,46 @@ impl ZooidClient {
     /// Asks whether zooid is there, with a signed request that depends on no relay:
     /// `GET /relay/zooid-sync-probe/members`. Any answer that is not unavailability (404, the
     /// usual one, included) means zooid is up; the error says why it is not.
-    pub fn probe(&self) -> Result<(), ZooidError> {
+    pub fn probe(&self) -> Result<(), ProbeFailure> {
         match self.request("GET", &format!("/relay/{PROBE_ID}/members"), None) {
-            Err(e) if e.is_unavailable() => Err(e),
-            _ => Ok(()),
+            Err(e) if e.is_unavailable() => Err(ProbeFailure::Unavailable(e)),
+            Err(e) => match self.robot_refusal(&e) {
+                Some(why) => Err(ProbeFailure::RobotRefused(why)),
+                None => Ok(()),
+            },
+            Ok(_) => Ok(()),
         }
+    }
+
+    /// When `error` is zooid refusing this robot as a whole rather than one request, what is
+    /// wrong and what to do, starting with [`ROBOT_REFUSED`]: a `401` (the signature: clock,
+    /// URL scheme, host), a `403` (the robot's key is not in `API_WHITELIST`), or a `404` that
+    /// is not zooid's JSON (zooid serves its API only on its `API_HOST`, and answers any other
+    /// host name with a plain `Not Found`). None of them says anything about a relay.
+    pub fn robot_refusal(&self, error: &ZooidError) -> Option<String> {
+        let ZooidError::Status { status, body, .. } = error else {
+            return None;
+        };
+        let why = match status {
+            401 => format!(
+                "it rejects the robot's signature (401: {body}). Check this machine's clock, \
+                 that ZOOID_API_URL's scheme is what zooid sees (behind a TLS proxy zooid needs \
+                 X-Forwarded-Proto: https) and that its host and port are zooid's API_HOST"
+            ),
+            403 => format!(
+                "the robot's key is not in zooid's API_WHITELIST (403: {body}). Add {} to it \
+                 and restart zooid",
+                self.robot.public_key().to_hex()
+            ),
+            404 if !is_zooid_error(body) => format!(
+                "{} is not zooid's API (a 404 that is not zooid's JSON: {body}). \
+                 ZOOID_API_URL must name zooid exactly as its API_HOST (host and port), and a \
+                 proxy must pass the Host header unchanged",
+                self.base_url
+            ),
+            _ => return None,
+        };
+        Some(format!("{ROBOT_REFUSED}: {why}"))
     }
 
     /// `GET /relay/{id}/members`: the relay's member pubkeys. An unknown relay is an error
@@ -507,6 +581,45 @@ pub fn is_safe_path_segment(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_of_the_robot_are_told_apart_from_answers_about_a_request() {
+        let robot = RobotKey::parse(&"7".repeat(64)).unwrap();
+        let hex = robot.public_key().to_hex();
+        let env = Env::new("http://127.0.0.1:3334", "relays.example.com", robot).unwrap();
+        let client = ZooidClient::new(&env).unwrap();
+        let answer = |status: u16, body: &str| ZooidError::Status {
+            method: "PATCH",
+            path: "/relay/a".into(),
+            status,
+            body: body.into(),
+            retry_after: None,
+        };
+        let refusal = |status, body| client.robot_refusal(&answer(status, body));
+        let forbidden = refusal(403, r#"{"error":"pubkey not in whitelist"}"#).unwrap();
+        assert!(forbidden.starts_with(ROBOT_REFUSED), "{forbidden}");
+        assert!(
+            forbidden.contains(&format!("Add {hex} to it")),
+            "{forbidden}"
+        );
+        let unsigned = refusal(401, r#"{"error":"invalid signature"}"#).unwrap();
+        assert!(unsigned.contains("clock"), "{unsigned}");
+        for not_the_api in ["Not Found", "<html>404</html>", "", "{}", r#"{"error":7}"#] {
+            let why = refusal(404, not_the_api).expect(not_the_api);
+            assert!(why.contains("API_HOST"), "{why}");
+        }
+        // zooid's own JSON 404 is about the relay; the rest are about the request.
+        assert_eq!(refusal(404, r#"{"error":"relay not found"}"#), None);
+        for status in [400, 409, 500, 503] {
+            assert_eq!(refusal(status, "Not Found"), None, "{status}");
+        }
+        let transport = ZooidError::Transport {
+            method: "GET",
+            path: "/".into(),
+            message: "refused".into(),
+        };
+        assert_eq!(client.robot_refusal(&transport), None);
+    }
 
     /// Through `send`, to the fixture zooid: what zooid receives is the header signed when
     /// the request was made while it is fresh, and a new one once it waited too long.

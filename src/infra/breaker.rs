@@ -42,7 +42,7 @@ use super::retry::RetryPolicy;
 use crate::metrics::Metrics;
 use crate::quote;
 use crate::store::{now_unix, Command, Query};
-use crate::zooid::{ZooidClient, ZooidError};
+use crate::zooid::{ProbeFailure, ZooidClient, ROBOT_REFUSED};
 
 /// An outage in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +231,7 @@ impl Breaker {
                      any relay is sent",
                     crate::store::format_unix(since)
                 );
+                let refused = last_error.starts_with(ROBOT_REFUSED);
                 let mut circuit = self.circuit.lock().unwrap_or_else(PoisonError::into_inner);
                 let now = Instant::now();
                 circuit.open(now, since, last_error, None);
@@ -238,6 +239,7 @@ impl Breaker {
                     outage.next_probe = now;
                 }
                 self.metrics.set_zooid_up(false);
+                self.metrics.set_robot_refused(refused);
                 self.changed.notify_all();
             }
             Ok(None) => {}
@@ -272,9 +274,15 @@ impl Breaker {
         circuit.outage().map(|o| (o.since, o.last_error.clone()))
     }
 
-    /// A request that started at `started` failed with `error`, an unavailability error.
-    /// Decides whether zooid is down, probing it when nothing else tells.
-    pub fn verdict(&self, client: &ZooidClient, started: Instant, error: &ZooidError) -> Verdict {
+    /// A request that started at `started` failed in a way that may be zooid's rather than
+    /// the relay's: `failure` is an unavailability error, or zooid refusing the robot.
+    /// Decides whether zooid is fit for relay syncs, probing it when nothing else tells.
+    pub fn verdict(
+        &self,
+        client: &ZooidClient,
+        started: Instant,
+        failure: &ProbeFailure,
+    ) -> Verdict {
         let _one_at_a_time = self.verdict.lock().unwrap_or_else(PoisonError::into_inner);
         if self.stopping.load(Ordering::Acquire) {
             return Verdict::Stopping;
@@ -284,17 +292,19 @@ impl Breaker {
             if circuit.is_open() {
                 return Verdict::ZooidDown;
             }
-            if circuit.answered_since(started) {
+            let unavailable = matches!(failure, ProbeFailure::Unavailable(_));
+            if unavailable && circuit.answered_since(started) {
                 return Verdict::ZooidUp;
             }
         }
         // A kept-alive connection that zooid (or a proxy) closed fails the first request sent
         // on it; a second probe goes out on a fresh one. Only two failed probes say "down".
+        // A refusal of the robot is an answer: one probe confirms it.
         // A stop that comes meanwhile ends the verdict: no outage is opened on the way out.
         let stopping = || self.stopping.load(Ordering::Acquire);
-        let probed = client.probe().or_else(|first| match stopping() {
-            true => Err(first),
-            false => client.probe(),
+        let probed = client.probe().or_else(|first| match first {
+            ProbeFailure::Unavailable(_) if !stopping() => client.probe(),
+            first => Err(first),
         });
         match probed {
             Ok(()) => {
@@ -302,36 +312,53 @@ impl Breaker {
                 Verdict::ZooidUp
             }
             Err(_) if stopping() => Verdict::Stopping,
-            Err(probe_error) => {
-                log::debug!("verdict probe: {probe_error}");
-                self.open(error);
+            Err(probe_failure) => {
+                log::debug!("verdict probe: {probe_failure}");
+                // What the probe found is zooid's state now, whatever the relay's request met.
+                self.open(&probe_failure);
                 Verdict::ZooidDown
             }
         }
     }
 
     /// Opens the circuit (if it is not open yet), records the outage, tells the prober.
-    fn open(&self, error: &ZooidError) {
-        let text = quote::remote(&error.to_string(), quote::REMOTE_MAX);
+    fn open(&self, failure: &ProbeFailure) {
+        let text = quote::remote(&failure.to_string(), quote::REMOTE_MAX);
         let since = now_unix();
         let opened = self
             .circuit
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .open(Instant::now(), since, text.clone(), error.retry_after());
+            .open(Instant::now(), since, text.clone(), failure.retry_after());
         if !opened {
             return;
         }
         self.metrics.breaker_opened();
-        self.metrics.set_zooid_up(false);
-        log::warn!(
-            "zooid is unavailable ({text}); relay syncs stop until it answers a probe (one \
-             request at a time, on the backoff schedule)"
-        );
+        self.say_state(&text);
         if let Err(e) = self.command.record_zooid_outage(since, &text) {
             log::error!("cannot record the zooid outage: {e:#}");
         }
         self.changed.notify_all();
+    }
+
+    /// Sets the gauges and logs, once, what zooid's state `text` (an outage's last error)
+    /// means and what to do about it.
+    fn say_state(&self, text: &str) {
+        let refused = text.starts_with(ROBOT_REFUSED);
+        self.metrics.set_zooid_up(false);
+        self.metrics.set_robot_refused(refused);
+        if refused {
+            log::error!(
+                "{text}. Relay syncs wait (none counts a try or gives up) and resume by \
+                 themselves once zooid accepts the robot; zooid is probed one request at a \
+                 time, on the backoff schedule"
+            );
+        } else {
+            log::warn!(
+                "zooid is unavailable ({text}); relay syncs stop until it answers a probe (one \
+                 request at a time, on the backoff schedule)"
+            );
+        }
     }
 
     /// Runs one probe and acts on its answer.
@@ -347,25 +374,40 @@ impl Breaker {
                     return;
                 };
                 self.metrics.set_zooid_up(true);
+                self.metrics.set_robot_refused(false);
                 let down_for = now_unix().saturating_sub(outage.since);
-                log::info!(
-                    "zooid answers again after {down_for} s unavailable; syncing every \
-                     waiting relay"
-                );
+                match outage.last_error.starts_with(ROBOT_REFUSED) {
+                    true => log::info!(
+                        "zooid accepts zooid-sync again after {down_for} s; syncing every \
+                         waiting relay"
+                    ),
+                    false => log::info!(
+                        "zooid answers again after {down_for} s unavailable; syncing every \
+                         waiting relay"
+                    ),
+                }
                 if let Err(e) = self.command.clear_zooid_outage() {
                     log::error!("cannot clear the recorded zooid outage: {e:#}");
                 }
                 let _ = self.back.send(());
             }
-            Err(error) => {
-                let text = quote::remote(&error.to_string(), quote::REMOTE_MAX);
-                log::debug!("probe: zooid still unavailable: {text}");
-                let changed = {
+            Err(failure) => {
+                let text = quote::remote(&failure.to_string(), quote::REMOTE_MAX);
+                log::debug!("probe: zooid still unfit for relay syncs: {text}");
+                let (changed, kind_changed) = {
                     let mut circuit = self.circuit.lock().unwrap_or_else(PoisonError::into_inner);
-                    let changed = circuit.outage().is_some_and(|o| o.last_error != text);
-                    circuit.probe_failed(Instant::now(), text.clone(), error.retry_after());
-                    changed.then(|| circuit.outage().map(|o| o.since)).flatten()
+                    let before = circuit.outage().map(|o| o.last_error.clone());
+                    circuit.probe_failed(Instant::now(), text.clone(), failure.retry_after());
+                    let since = circuit.outage().map(|o| o.since);
+                    let kind_changed = before.as_deref().is_some_and(|b| {
+                        b.starts_with(ROBOT_REFUSED) != text.starts_with(ROBOT_REFUSED)
+                    });
+                    let changed = before.as_deref() != Some(text.as_str());
+                    (changed.then_some(since).flatten(), kind_changed)
                 };
+                if kind_changed {
+                    self.say_state(&text);
+                }
                 if let Some(since) = changed {
                     if let Err(e) = self.command.record_zooid_outage(since, &text) {
                         log::error!("cannot record the zooid outage: {e:#}");

@@ -35,7 +35,7 @@ use crate::quote;
 use crate::relay_config::{relay_body, InvalidRelay};
 use crate::secret::Secret;
 use crate::store::{format_unix, Command, Query, Relay, ZOOID_UNAVAILABLE};
-use crate::zooid::{SignedRequest, ZooidClient, ZooidError};
+use crate::zooid::{ProbeFailure, SignedRequest, ZooidClient, ZooidError};
 
 /// Why a sync failed, kept typed until the outcome is recorded.
 #[derive(Debug, Clone)]
@@ -403,12 +403,15 @@ impl Syncer {
                     started,
                 };
             }
-            Err(SyncError::Refused(e)) if e.is_unavailable() => {
-                match self.breaker.verdict(&self.client, started, &e) {
+            Err(SyncError::Refused(e)) if self.fleet_wide(&e).is_some() => {
+                let failure = self.fleet_wide(&e).expect("matched above");
+                match self.breaker.verdict(&self.client, started, &failure) {
                     Verdict::ZooidUp => SyncError::Refused(e),
                     Verdict::ZooidDown => {
                         self.breaker.tell(&relay_id);
-                        SyncError::ZooidUnavailable(e.to_string())
+                        // zooid's state as the breaker found it says more than this request.
+                        let state = self.breaker.outage().map(|(_, state)| state);
+                        SyncError::ZooidUnavailable(state.unwrap_or_else(|| e.to_string()))
                     }
                     Verdict::Stopping => {
                         // Whether zooid got it or not, the relay stays pending as it was:
@@ -433,6 +436,17 @@ impl Syncer {
             error,
             started,
         }
+    }
+
+    /// What `error` says about zooid as a whole, if anything: it is unavailable, or it
+    /// refuses this robot. Such a failure is the breaker's to judge, not the relay's.
+    fn fleet_wide(&self, error: &ZooidError) -> Option<ProbeFailure> {
+        if error.is_unavailable() {
+            return Some(ProbeFailure::Unavailable(error.clone()));
+        }
+        self.client
+            .robot_refusal(error)
+            .map(ProbeFailure::RobotRefused)
     }
 
     /// The text a failure is recorded with; counts and logs it.
@@ -496,7 +510,11 @@ impl Syncer {
         #[cfg(feature = "fixture")]
         self.injected.maybe_panic(&ready.relay.id);
         match send(ready.first) {
-            Err(original) if original.status() == Some(heal_on) => {
+            // A plain 404 from a host name that is not zooid's API is no lost relay.
+            Err(original)
+                if original.status() == Some(heal_on)
+                    && self.client.robot_refusal(&original).is_none() =>
+            {
                 // When the fallback fails too, the original error is the one reported.
                 let healed = self
                     .sign(&ready.relay, fallback, &mut ready.secret)

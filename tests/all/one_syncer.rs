@@ -14,24 +14,8 @@ use zooid_sync::fixture::{Fault, FixtureZooid};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn health(port: u16) -> Option<String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
-    let mut r = agent
-        .get(&format!("http://127.0.0.1:{port}/healthz"))
-        .call()
-        .ok()?;
-    r.body_mut().read_to_string().ok()
+    local_get(port, "/healthz").map(|(_, body)| body)
 }
 
 /// What a host does to change a relay: one transaction, row and activity.

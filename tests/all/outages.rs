@@ -462,3 +462,112 @@ fn a_second_signal_stops_at_once() {
     let status = status.expect("the second SIGTERM stopped it before the 60 s timeout");
     assert_eq!(status.code(), Some(128 + 15));
 }
+
+/// How zooid refuses the robot in [`zooid_refusing_the_robot_is_waited_out_then_fixed`].
+enum Refusal {
+    NotWhitelisted,
+    WrongHostName,
+}
+
+/// zooid refuses every request for much longer than the whole retry schedule, then the
+/// operator fixes zooid's side: no relay gives up, zooid is only probed meanwhile, and every
+/// relay syncs by itself soon after the fix.
+fn zooid_refusing_the_robot_is_waited_out_then_fixed(refusal: Refusal) {
+    let fx = fixture();
+    let (_dir, db) = temp_db();
+    let store = Store::open(&db).unwrap();
+    let ids: Vec<String> = (0..5).map(|i| format!("r{i}")).collect();
+    for id in &ids {
+        store.command.create_relay(id, &settings(id)).unwrap();
+    }
+    match refusal {
+        Refusal::NotWhitelisted => fx.set_whitelist(&[]),
+        Refusal::WrongHostName => fx.set_api_host(Some("zooid.example.test:3334")),
+    }
+    let port = free_port();
+    let mut run = {
+        let mut cmd = zooid_sync(&fx, &db);
+        cmd.env("RUST_LOG", "info")
+            .env("SYNC_RETRY_BASE", "50ms")
+            .env("SYNC_RETRY_CAP", "200ms")
+            .env("SYNC_RETRY_MAX_ATTEMPTS", "2") // the whole schedule: 150 ms
+            .args(["run", "--feed-interval", "10ms", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    expect_within(WAIT, "the refusal seen in /metrics", || {
+        local_get(port, "/metrics")
+            .is_some_and(|(_, m)| metric(&m, "zooid_sync_zooid_refuses_robot") == 1.0)
+    });
+    let opened = Instant::now();
+    let sent_when_opened = fx.requests().len();
+    // Ten times the whole retry schedule.
+    while opened.elapsed() < Duration::from_millis(1500) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, health) = local_get(port, "/healthz").unwrap();
+    assert_eq!(status, 200, "{health}");
+    assert!(
+        health.contains("zooid: refuses zooid-sync since"),
+        "{health}"
+    );
+    let out = run_cli(&fx, &db, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("zooid refuses zooid-sync since"),
+        "{text}"
+    );
+    match refusal {
+        Refusal::NotWhitelisted => {
+            let hex = robot().public_key().to_hex();
+            assert!(first.contains(&format!("Add {hex} to it")), "{first}");
+        }
+        Refusal::WrongHostName => assert!(first.contains("API_HOST"), "{first}"),
+    }
+    assert!(!text.contains("gave up"), "{text}");
+    for id in &ids {
+        assert_eq!(
+            store.query.count_trailing_sync_failures(id).unwrap(),
+            0,
+            "{id}"
+        );
+    }
+    let meanwhile: Vec<RecordedRequest> = fx.requests()[sent_when_opened..].to_vec();
+    assert!(
+        meanwhile.iter().all(|r| r.path.contains(PROBE_ID)),
+        "only probes while refused: {:?}",
+        meanwhile.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    // One probe per backoff interval (the cap, 200 ms, by now): at most 1500 / 200 + 1.
+    assert!(meanwhile.len() <= 9, "{} probes in 1.5 s", meanwhile.len());
+
+    match refusal {
+        Refusal::NotWhitelisted => fx.set_whitelist(&[robot().public_key().to_hex()]),
+        Refusal::WrongHostName => fx.set_api_host(None),
+    }
+    let fixed = Instant::now();
+    expect_within(
+        Duration::from_secs(10),
+        "every relay synced after the fix",
+        || all_synced(&store, &ids),
+    );
+    println!("every relay synced {:?} after the fix", fixed.elapsed());
+    expect_within(WAIT, "the refusal over in /metrics", || {
+        local_get(port, "/metrics")
+            .is_some_and(|(_, m)| metric(&m, "zooid_sync_zooid_refuses_robot") == 0.0)
+    });
+    terminate(&mut run);
+}
+
+#[test]
+fn a_robot_missing_from_the_whitelist_makes_relays_wait_not_give_up() {
+    zooid_refusing_the_robot_is_waited_out_then_fixed(Refusal::NotWhitelisted);
+}
+
+#[test]
+fn a_host_name_that_is_not_zooids_api_makes_relays_wait_not_give_up() {
+    zooid_refusing_the_robot_is_waited_out_then_fixed(Refusal::WrongHostName);
+}
