@@ -32,6 +32,8 @@ mod http_server;
 pub mod fixture;
 
 #[cfg(feature = "cli")]
+pub mod check;
+#[cfg(feature = "cli")]
 pub mod daemon;
 #[cfg(feature = "cli")]
 pub mod dev;

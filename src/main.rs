@@ -67,6 +67,12 @@ enum Cmd {
         #[arg(long, value_parser = parse_duration)]
         older_than: std::time::Duration,
     },
+    /// Check the deployment from this machine: the settings, the database and its contract,
+    /// zooid reachable (TLS), its API on this host name, the robot accepted. One line per
+    /// finding, with what to do; exit status 0 only when every check passes.
+    Check,
+    /// Print the robot's public key (hex, as zooid's API_WHITELIST lists it, and npub).
+    Pubkey,
     /// Create the database (DATABASE_PATH) with zooid-sync's tables, for a new platform;
     /// `run` refuses a database that does not exist. Bring an existing one up to date.
     Init,
@@ -180,6 +186,31 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 pruned.took.as_secs_f64(),
                 pruned.left
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check => {
+            let findings = zooid_sync::check::run(|name| std::env::var(name).ok());
+            for finding in &findings {
+                println!("{finding}");
+            }
+            let failed = findings.iter().filter(|f| !f.ok).count();
+            match failed {
+                0 => println!("every check passed"),
+                n => println!(
+                    "{} failed",
+                    zooid_sync::status::plural(n as u64, "check", "checks")
+                ),
+            }
+            Ok(ExitCode::from(u8::from(failed > 0)))
+        }
+        Cmd::Pubkey => {
+            let secret = std::env::var("ROBOT_SECRET").unwrap_or_default();
+            if secret.trim().is_empty() {
+                anyhow::bail!("ROBOT_SECRET is not set");
+            }
+            let robot = zooid_sync::RobotKey::parse(secret.trim()).context("ROBOT_SECRET")?;
+            let (hex, npub) = robot.public_key_names();
+            println!("{hex}\n{npub}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Init => {

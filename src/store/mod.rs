@@ -637,6 +637,19 @@ impl Query {
         .context("reading new activity")
     }
 
+    /// Runs `f` on one of the read connections (for checks that look at the schema).
+    #[cfg(feature = "cli")]
+    pub(crate) fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.read(f)
+    }
+
+    /// How many relays there are.
+    pub fn count_relays(&self) -> Result<u64> {
+        self.read(|conn| {
+            Ok(conn.query_row("SELECT COUNT(*) FROM relay", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+    }
+
     /// How many relays wait for a sync.
     pub fn count_pending(&self) -> Result<u64> {
         self.read(|conn| {

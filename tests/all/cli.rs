@@ -430,3 +430,99 @@ fn a_host_table_without_a_contract_column_is_refused_at_start_by_name() {
         .unwrap();
     assert_eq!(version, 0, "no version stamped on the host's tables");
 }
+
+/// `zooid-sync check` against `fx`: its exit status and output.
+fn check(fx: &zooid_sync::fixture::FixtureZooid, db: &std::path::Path, url: &str) -> (i32, String) {
+    let out = output({
+        let mut c = zooid_sync(fx, db);
+        c.env("ZOOID_API_URL", url).arg("check");
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_names_each_cause_on_one_line() {
+    let (fx, _dir, db, _store) = one_relay("alpha");
+    let (code, text) = check(&fx, &db, &fx.url());
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("ok   zooid:") && text.contains("every check passed"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&robot().public_key().to_hex()),
+        "names the robot: {text}"
+    );
+    assert!(
+        text.contains("holds the contract; 1 relay, 1 pending"),
+        "{text}"
+    );
+
+    fx.set_api_host(Some("zooid.example.test"));
+    let (code, text) = check(&fx, &db, &fx.url());
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("FAIL zooid: zooid refuses zooid-sync:") && text.contains("API_HOST"),
+        "{text}"
+    );
+    fx.set_api_host(None);
+
+    fx.set_whitelist(&[]);
+    let (code, text) = check(&fx, &db, &fx.url());
+    assert_eq!(code, 1, "{text}");
+    let hex = robot().public_key().to_hex();
+    assert!(text.contains(&format!("Add {hex} to it")), "{text}");
+    fx.set_whitelist(&[hex]);
+
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let (code, text) = check(&fx, &db, &down);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("nothing listens there: is zooid running"),
+        "{text}"
+    );
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls");
+    let tls = zooid_sync::fixture::FixtureZooid::start_with(zooid_sync::fixture::FixtureOptions {
+        whitelist: vec![robot().public_key().to_hex()],
+        strict: true,
+        tls: Some(zooid_sync::fixture::TlsIdentity {
+            cert_chain_pem: std::fs::read(format!("{dir}/server.pem")).unwrap(),
+            key_pem: std::fs::read(format!("{dir}/server.key")).unwrap(),
+        }),
+    })
+    .unwrap();
+    let (code, text) = check(&tls, &db, &tls.url());
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("set ZOOID_CA_FILE"), "{text}");
+
+    let out = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.env("DATABASE_PATH", "/nonexistent/platfrom.db")
+            .arg("check");
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAIL database: there is no database at /nonexistent/platfrom.db"),
+        "{text}"
+    );
+    for line in text.lines() {
+        assert!(
+            line.starts_with("ok   ") || line.starts_with("FAIL ") || line.ends_with("failed"),
+            "one finding a line: {line}"
+        );
+    }
+}
+
+#[test]
+fn pubkey_prints_the_robots_key_as_hex_and_npub() {
+    let (fx, _dir, db, _store) = one_relay("alpha");
+    let out = run_cli(&fx, &db, &["pubkey"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], robot().public_key().to_hex());
+    assert!(lines[1].starts_with("npub1"), "{text}");
+}
