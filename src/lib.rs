@@ -69,7 +69,7 @@ pub use zooid::{Response, ZooidClient, ZooidError, PROBE_ID};
 
 /// What the binary parses beside [`Env`].
 #[cfg(feature = "cli")]
-pub use env::{parse_duration, retry_policy_from_vars, show_duration};
+pub use env::{parse_duration, show_duration};
 
 /// Pieces the benchmark (`examples/bench.rs`) times on their own. Not for hosts.
 #[cfg(feature = "cli")]

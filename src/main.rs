@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use zooid_sync::daemon::{self, DaemonOptions};
 use zooid_sync::manual::{self, Selection};
+use zooid_sync::parse_duration;
 use zooid_sync::{dev, status, Env, Store};
-use zooid_sync::{parse_duration, retry_policy_from_vars};
 
 /// Keeps a fleet of hosted Nostr relays configured on zooid.
 ///
@@ -146,10 +146,10 @@ fn run(command: Cmd) -> Result<ExitCode> {
         }
         Cmd::Status { json } => {
             let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-            let retry = retry_policy_from_vars(var)?;
             let path = var("DATABASE_PATH").unwrap_or_else(|| "zooid-sync.db".into());
             let query = zooid_sync::Query::open_read_only(&path).context("DATABASE_PATH")?;
-            let rows = status::report(&query, var("RELAY_DOMAIN").as_deref(), &retry)?;
+            let basis = status::basis(&query.worker_settings()?, var)?;
+            let rows = status::report(&query, basis.relay_domain.as_deref(), &basis.retry)?;
             let zooid = status::zooid_line(&query)?;
             if json {
                 // Standard output stays one JSON document; the outage goes beside it.

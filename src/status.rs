@@ -28,6 +28,59 @@ pub struct RelayReport {
     pub next_retry_at: Option<i64>,
 }
 
+/// The settings a report is made by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Basis {
+    /// Relays are served at `<subdomain>.<relay_domain>`; `None`: hosts show the subdomain.
+    pub relay_domain: Option<String>,
+    pub retry: RetryPolicy,
+    /// Whether these are the settings the worker recorded (rather than this environment's).
+    pub from_worker: bool,
+}
+
+/// What `status` reports by: the settings the worker that holds (or last held) the lease
+/// recorded when it started, so that the report shows what that worker does; the caller's
+/// environment (`var`) only for what no worker recorded.
+pub fn basis(recorded: &[(String, String)], var: impl Fn(&str) -> Option<String>) -> Result<Basis> {
+    let get = |name: &str| {
+        recorded
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let ms = |name: &str| {
+        get(name)
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    };
+    let recorded_retry = match (
+        ms("retry_base_ms"),
+        ms("retry_cap_ms"),
+        get("retry_max_attempts").and_then(|v| v.parse().ok()),
+    ) {
+        (Some(base), Some(cap), Some(max_attempts)) => Some(RetryPolicy {
+            base,
+            cap,
+            max_attempts,
+            ..RetryPolicy::default()
+        }),
+        _ => None,
+    };
+    let from_worker = recorded_retry.is_some();
+    let retry = match recorded_retry {
+        Some(retry) => retry,
+        None => crate::env::retry_policy_from_vars(&var)?,
+    };
+    let relay_domain = get("relay_domain")
+        .map(str::to_string)
+        .or_else(|| var("RELAY_DOMAIN").filter(|v| !v.is_empty()));
+    Ok(Basis {
+        relay_domain,
+        retry,
+        from_worker,
+    })
+}
+
 /// Every relay, in id order. A malformed row is reported with its error instead of hiding.
 pub fn report(
     query: &Query,

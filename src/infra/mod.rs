@@ -261,6 +261,7 @@ impl Infra {
             env.sync_workers,
         );
 
+        record_settings(&env, &command_for_writer);
         dispatcher.reconcile("startup");
         metrics.set_active(true);
         if let Some(ready) = ready {
@@ -350,6 +351,27 @@ fn is_dispatched(activity: &Activity) -> bool {
                 | activity_type::DEACTIVATE_RELAY
                 | activity_type::FAIL_RELAY_SYNC
         )
+}
+
+/// Records the settings this worker runs with, for `zooid-sync status` to show what it does.
+/// A failure to record them is logged: syncing does not depend on it.
+fn record_settings(env: &Env, command: &Command) {
+    let ms = |d: std::time::Duration| d.as_millis().to_string();
+    let settings = [
+        ("retry_base_ms", ms(env.retry.base)),
+        ("retry_cap_ms", ms(env.retry.cap)),
+        ("retry_max_attempts", env.retry.max_attempts.to_string()),
+        ("relay_domain", env.relay_domain.clone()),
+        ("zooid_api_url", env.zooid_api_url.clone()),
+        ("zooid_timeout_ms", ms(env.zooid_timeout)),
+        ("sync_workers", env.sync_workers.to_string()),
+        ("sync_max_rate", env.sync_max_rate.to_string()),
+        ("pid", std::process::id().to_string()),
+        ("recorded_at", crate::store::now_unix().to_string()),
+    ];
+    if let Err(e) = command.record_worker_settings(&settings) {
+        log::warn!("{e:#}; `zooid-sync status` shows the settings of its own environment");
+    }
 }
 
 /// A delay to the millisecond, for a log line.

@@ -643,6 +643,18 @@ impl Query {
         self.read(f)
     }
 
+    /// The settings the worker that last held the lease recorded when it started: `name`
+    /// and `value` pairs (`retry_base_ms`, `retry_cap_ms`, `retry_max_attempts`,
+    /// `relay_domain`, `zooid_api_url`, ...). Empty when no worker recorded any.
+    pub fn worker_settings(&self) -> Result<Vec<(String, String)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT name, value FROM worker_settings")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .context("reading the worker's settings")
+    }
+
     /// How many relays there are.
     pub fn count_relays(&self) -> Result<u64> {
         self.read(|conn| {
@@ -1244,6 +1256,33 @@ impl Command {
                 log::error!("manual sync request {request}: {e:#}");
             }
         });
+    }
+
+    /// Records the settings the worker runs with (`name`, `value`), replacing what an earlier
+    /// worker recorded (see [`Query::worker_settings`]).
+    pub(crate) fn record_worker_settings(&self, settings: &[(&str, String)]) -> Result<()> {
+        let conn = self
+            .db
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let write = || -> rusqlite::Result<()> {
+            conn.execute("DELETE FROM worker_settings", [])?;
+            let mut stmt =
+                conn.prepare_cached("INSERT INTO worker_settings (name, value) VALUES (?1, ?2)")?;
+            for (name, value) in settings {
+                stmt.execute(params![name, value])?;
+            }
+            Ok(())
+        };
+        match write() {
+            Ok(()) => Ok(conn.execute_batch("COMMIT")?),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e).context("recording the worker's settings")
+            }
+        }
     }
 
     /// Deletes the activity rows with `seq` in `after + 1 ..= through` that were written

@@ -65,6 +65,12 @@ const MIGRATIONS: &[&str] = &[
     // 4: the relays waiting for a sync, oldest change first, without reading the others: the
     //    startup reconcile, `status` and the pending count cost what is pending, not the fleet.
     "CREATE INDEX IF NOT EXISTS relay_pending ON relay (updated_at, id) WHERE synced = 0;",
+    // 5: the settings the worker that holds the lease runs with, so that `zooid-sync status`
+    //    shows what that worker does, whatever the environment of the shell that asks.
+    "CREATE TABLE IF NOT EXISTS worker_settings (
+        name  TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    );",
 ];
 
 /// The version a fully migrated database has.

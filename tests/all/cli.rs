@@ -526,3 +526,35 @@ fn pubkey_prints_the_robots_key_as_hex_and_npub() {
     assert_eq!(lines[0], robot().public_key().to_hex());
     assert!(lines[1].starts_with("npub1"), "{text}");
 }
+
+#[test]
+fn status_in_an_empty_environment_shows_what_the_daemon_does() {
+    let (fx, _dir, db, _store) = one_relay("alpha");
+    fx.inject(
+        "alpha",
+        zooid_sync::fixture::Fault::Status {
+            status: 500,
+            body: r#"{"error":"disk trouble"}"#.into(),
+        },
+    );
+    // The daemon gives up after the first retry; the shell's defaults would say 6.
+    let mut run = {
+        let mut c = zooid_sync(&fx, &db);
+        c.env("SYNC_RETRY_MAX_ATTEMPTS", "1")
+            .args(["run", "--feed-interval", "10ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c.spawn().unwrap()
+    };
+    assert!(fx.wait_for_requests(Duration::from_secs(20), |rs| rs.len() >= 2));
+    terminate(&mut run);
+    let out = Command::new(env!("CARGO_BIN_EXE_zooid-sync"))
+        .env_clear()
+        .env("DATABASE_PATH", &db)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["host"], "alpha.relays.example.com", "{rows}");
+    assert_eq!(rows[0]["next_retry"], "gave up", "{rows}");
+}
