@@ -80,7 +80,7 @@ fn check_database(path: &Path) -> Finding {
         Ok((relays, pending)) => ok(format!(
             "database: {} holds the contract; {}, {pending} pending",
             path.display(),
-            crate::status::plural(relays, "relay", "relays")
+            crate::words::plural(relays, "relay", "relays")
         )),
         Err(e) => fail(format!("database: {e:#}")),
     }
@@ -125,7 +125,7 @@ fn unavailable(env: &Env, error: &ZooidError) -> String {
         format!(
             "no answer within ZOOID_TIMEOUT ({}): a firewall, a wrong address, or zooid is \
              overloaded",
-            crate::env::show_duration(env.zooid_timeout)
+            crate::words::show_duration(env.zooid_timeout)
         )
     } else if lower.contains("dns") || lower.contains("resolve") || lower.contains("lookup") {
         "its host name does not resolve from this machine".to_string()

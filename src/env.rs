@@ -17,6 +17,7 @@ use nostr::types::Url;
 use crate::infra::retry::RetryPolicy;
 pub use crate::nip98::RobotKey;
 use crate::secret::Secret;
+use crate::words::show_duration;
 
 /// S3 settings for relays with blossom enabled. Each is optional here; a relay that enables
 /// blossom while one is missing fails its sync with an error naming the variable.
@@ -272,20 +273,6 @@ pub fn within(name: &str, value: Duration, min: Duration, max: Duration) -> Resu
     Ok(())
 }
 
-/// A duration the way settings are written: `250ms`, `30s`, `15m`, `2h`; one that is not
-/// whole seconds, above a second, to a tenth of a second (`30.8s`).
-pub fn show_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    match ms {
-        _ if ms.is_multiple_of(86_400_000) && ms > 0 => format!("{}d", ms / 86_400_000),
-        _ if ms.is_multiple_of(3_600_000) && ms > 0 => format!("{}h", ms / 3_600_000),
-        _ if ms.is_multiple_of(60_000) && ms > 0 => format!("{}m", ms / 60_000),
-        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
-        _ if ms > 1000 => format!("{:.1}s", ms as f64 / 1000.0),
-        _ => format!("{ms}ms"),
-    }
-}
-
 fn duration(
     get: impl Fn(&str) -> Option<String>,
     name: &str,
@@ -502,14 +489,5 @@ mod tests {
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("5 s").is_err());
-        assert_eq!(show_duration(Duration::from_millis(250)), "250ms");
-        assert_eq!(show_duration(Duration::from_secs(30)), "30s");
-        assert_eq!(show_duration(Duration::from_secs(900)), "15m");
-        assert_eq!(show_duration(Duration::from_secs(7200)), "2h");
-        assert_eq!(show_duration(Duration::from_secs(2 * 86_400)), "2d");
-        assert_eq!(show_duration(Duration::ZERO), "0s");
-        assert_eq!(show_duration(Duration::from_millis(30_803)), "30.8s");
-        assert_eq!(show_duration(Duration::from_millis(1000)), "1s");
-        assert_eq!(show_duration(Duration::from_millis(999)), "999ms");
     }
 }

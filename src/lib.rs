@@ -23,6 +23,7 @@ mod rate;
 mod relay_config;
 mod secret;
 mod store;
+mod words;
 mod zooid;
 
 #[cfg(any(feature = "cli", feature = "fixture"))]
@@ -69,7 +70,8 @@ pub use zooid::{Response, ZooidClient, ZooidError, PROBE_ID};
 
 /// What the binary parses beside [`Env`].
 #[cfg(feature = "cli")]
-pub use env::{parse_duration, show_duration};
+pub use env::{parse_duration, within};
+pub use words::{plural, show_duration};
 
 /// Pieces the benchmark (`examples/bench.rs`) times on their own. Not for hosts.
 #[cfg(feature = "cli")]

@@ -11,10 +11,12 @@ use zooid_sync::{dev, status, Env, Store};
 
 /// Keeps a fleet of hosted Nostr relays configured on zooid.
 ///
-/// Configuration comes from the environment (ZOOID_API_URL, RELAY_DOMAIN, ROBOT_SECRET,
-/// DATABASE_PATH, ...; see README.md). Logs go to standard error, filtered by RUST_LOG.
+/// Configuration comes from the environment (see below). Logs go to standard error, filtered
+/// by RUST_LOG. Exit status: 0 success; 1 the work failed (a relay did not sync, a check
+/// failed, zooid refused or did not answer); 2 bad usage, configuration or input (a setting
+/// missing or out of range, no database, an unknown relay).
 #[derive(Parser)]
-#[command(name = "zooid-sync", version)]
+#[command(name = "zooid-sync", version, after_long_help = SETTINGS)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -24,19 +26,21 @@ struct Cli {
 enum Cmd {
     /// Run the daemon: sync every change until SIGTERM or SIGINT.
     Run {
-        /// How often to look for activity written by other processes (e.g. 20ms, 1s).
-        #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+        /// How often to look for activity written by other processes, 1ms to 1m (e.g. 20ms,
+        /// 1s); up to ten times less often after a quiet second.
+        #[arg(long, default_value = "20ms", value_parser = feed_interval)]
         feed_interval: std::time::Duration,
-        /// Serve /healthz and /metrics (Prometheus) on this address, e.g. 127.0.0.1:9464.
-        #[arg(long)]
+        /// Serve /healthz and /metrics (Prometheus) on this HOST:PORT, e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "HOST:PORT", value_parser = host_port)]
         listen: Option<String>,
     },
     /// Sync relays now. Through the running daemon when there is one (never beside its own
     /// sync of the same relay); otherwise here. Exit status 0: synced; 1: failed; 2: bad
     /// configuration or unknown relay.
+    #[command(override_usage = "zooid-sync sync <ID>... | --failed | --all [--timeout <TIMEOUT>]")]
     Sync {
-        /// The relays' ids.
-        #[arg(required_unless_present_any = ["failed", "all"])]
+        /// The relays' ids (or --failed, or --all).
+        #[arg(required_unless_present_any = ["failed", "all"], value_name = "ID")]
         ids: Vec<String>,
         /// Every unsynced relay whose last sync failed (waiting on its backoff or given up).
         #[arg(long, conflicts_with_all = ["ids", "all"])]
@@ -132,8 +136,8 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 _ => {
                     let failures: Vec<_> = report.failures().collect();
                     println!(
-                        "{} relays: {} synced, {} failed",
-                        report.answers.len(),
+                        "{}: {} synced, {} failed",
+                        zooid_sync::plural(report.answers.len() as u64, "relay", "relays"),
                         report.answers.len() - failures.len(),
                         failures.len()
                     );
@@ -168,8 +172,23 @@ fn run(command: Cmd) -> Result<ExitCode> {
         Cmd::Members { id } => {
             let env = Env::from_env()?;
             let client = zooid_sync::ZooidClient::new(&env)?;
-            for member in client.list_relay_members(&id)? {
-                println!("{member}");
+            match client.list_relay_members(&id) {
+                Ok(members) if members.is_empty() => eprintln!("relay {id} has no members"),
+                Ok(members) => {
+                    for member in members {
+                        println!("{member}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("zooid-sync: {e:#}");
+                    // An unknown or unsafe relay id is bad input (2); zooid failing is a
+                    // failure (1).
+                    let bad_input = e.downcast_ref::<zooid_sync::ZooidError>().is_some_and(|z| {
+                        matches!(z, zooid_sync::ZooidError::UnsafePath { .. })
+                            || (z.status() == Some(404) && client.robot_refusal(z).is_none())
+                    });
+                    return Ok(ExitCode::from(if bad_input { 2 } else { 1 }));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -196,10 +215,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             let failed = findings.iter().filter(|f| !f.ok).count();
             match failed {
                 0 => println!("every check passed"),
-                n => println!(
-                    "{} failed",
-                    zooid_sync::status::plural(n as u64, "check", "checks")
-                ),
+                n => println!("{} failed", zooid_sync::plural(n as u64, "check", "checks")),
             }
             Ok(ExitCode::from(u8::from(failed > 0)))
         }
@@ -236,6 +252,56 @@ fn run(command: Cmd) -> Result<ExitCode> {
         }
     }
 }
+
+/// `--feed-interval`: a duration from 1 ms (a zero interval would poll without a pause) to a
+/// minute (a change waits at most ten intervals when quiet).
+fn feed_interval(value: &str) -> Result<std::time::Duration> {
+    let interval = parse_duration(value)?;
+    zooid_sync::within(
+        "--feed-interval",
+        interval,
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_secs(60),
+    )?;
+    Ok(interval)
+}
+
+/// `--listen`: `HOST:PORT` (a name or an address, and a port number).
+fn host_port(value: &str) -> Result<String> {
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(value.to_string())
+        }
+        _ => anyhow::bail!("expected HOST:PORT, such as 127.0.0.1:9464"),
+    }
+}
+
+/// Every setting, for `--help`: an installed binary has no README beside it.
+const SETTINGS: &str = "\
+Settings (environment variables):
+  ZOOID_API_URL          zooid's API, http(s)://host:port, exactly as zooid's API_HOST (required
+                         for run, sync, members, check)
+  RELAY_DOMAIN           relays are served at <subdomain>.<RELAY_DOMAIN> (required)
+  ROBOT_SECRET           the robot's Nostr secret key, hex or nsec; its public key (zooid-sync
+                         pubkey) must be in zooid's API_WHITELIST (required)
+  DATABASE_PATH          the SQLite database (default zooid-sync.db; zooid-sync init creates it)
+  BLOSSOM_S3_ENDPOINT, BLOSSOM_S3_REGION, BLOSSOM_S3_BUCKET, BLOSSOM_S3_ACCESS_KEY,
+  BLOSSOM_S3_SECRET_KEY  S3 for relays with blossom (unset: such relays fail, naming it)
+  LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET
+                         LiveKit for relays with livekit
+  SYNC_WORKERS           threads making requests to zooid, 1 to 64 (default 4)
+  SYNC_RETRY_BASE        first retry delay, 1ms to 1h (default 30s)
+  SYNC_RETRY_CAP         longest retry delay, base to 24h (default 15m)
+  SYNC_RETRY_MAX_ATTEMPTS
+                         retries before giving up, at most 100 (default 6)
+  ZOOID_TIMEOUT          per-request timeout, 100ms to 10m (default 5s)
+  SYNC_MAX_RATE          most requests a second to zooid, 0 (no ceiling) or 0.01 to 100000
+                         (default 100)
+  ZOOID_CA_FILE          PEM CA bundle to trust for https to zooid
+  ZOOID_ALLOW_PLAIN_HTTP 1 to allow http:// to a zooid on another machine
+  ZOOID_PROXY            proxy to reach zooid through (http:// or socks5://)
+  RUST_LOG               log filter (default info)
+Durations are written 250ms, 30s, 15m, 2h or 90d.";
 
 /// Opens a database that must already exist: `status` and `sync` on a mistyped path should
 /// say so, not report on a new, empty database.

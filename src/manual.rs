@@ -91,8 +91,8 @@ pub fn run(env: &Env, store: &Store, selection: &Selection, timeout: Duration) -
         }
         Err(holder) => {
             log::info!(
-                "handing {} manual syncs to the worker of {holder}",
-                ids.len()
+                "handing {} to the worker of {holder}",
+                crate::words::plural(ids.len() as u64, "manual sync", "manual syncs")
             );
             let answers = through_worker(env, store, &ids, &holder, timeout, &mut progress)?;
             progress.end();
@@ -145,8 +145,8 @@ fn through_worker(
                 .filter(|(request, _)| !answered.contains(request))
                 .collect();
             log::info!(
-                "the worker stopped; syncing the {} relays left here",
-                left.len()
+                "the worker stopped; syncing the {} left here",
+                crate::words::plural(left.len() as u64, "relay", "relays")
             );
             let left_ids: Vec<String> = left.iter().map(|(_, id)| id.clone()).collect();
             let answers = in_foreground(env, store, &left_ids, progress)?;
@@ -182,7 +182,7 @@ fn unanswered(
          long backlog. Check its /healthz or `systemctl status zooid-sync` (under systemd's \
          watchdog a hung daemon is restarted); wait longer with --timeout, or stop it and run \
          this again to sync here",
-        crate::env::show_duration(timeout)
+        crate::words::show_duration(timeout)
     );
     log::warn!("{detail}");
     let mut answers: Vec<SyncAnswer> = answered;

@@ -41,7 +41,7 @@ pub fn prune(store: &Store, older_than: Duration) -> Result<Pruned> {
         bail!(
             "--older-than must be at least {}: younger activity may not have been read by a \
              running daemon yet",
-            crate::env::show_duration(MIN_AGE)
+            crate::words::show_duration(MIN_AGE)
         );
     }
     let started = Instant::now();

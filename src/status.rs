@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::infra::retry::RetryPolicy;
 use crate::quote;
 use crate::store::{format_unix, now_unix, Query};
+use crate::words::plural;
 use crate::zooid::ROBOT_REFUSED;
 
 /// One relay's line in the status report.
@@ -171,14 +172,6 @@ pub fn zooid_line(query: &Query) -> Result<Option<String>> {
         ),
         None => format!("zooid unreachable since {since} ({error}); {waiting} waiting"),
     }))
-}
-
-/// `1 relay`, `2 relays`.
-pub fn plural(n: u64, one: &str, many: &str) -> String {
-    match n {
-        1 => format!("1 {one}"),
-        n => format!("{n} {many}"),
-    }
 }
 
 /// The report as an aligned text table; long errors are shortened to keep one line a relay.

@@ -444,12 +444,16 @@ impl ZooidClient {
             members: Vec<String>,
         }
         let path = relay_path("GET", id, "/members")?;
-        let response = self
-            .request("GET", &path, None)
-            .map_err(|e| match e.status() {
-                Some(404) => anyhow!("zooid does not know relay {id:?} ({e})"),
+        let response = self.request("GET", &path, None).map_err(|e| {
+            match (self.robot_refusal(&e), e.status()) {
+                (Some(why), _) => anyhow::Error::new(e).context(why),
+                (None, Some(404)) => {
+                    let unknown = format!("zooid does not know relay {id:?}");
+                    anyhow::Error::new(e).context(unknown)
+                }
                 _ => anyhow!(e),
-            })?;
+            }
+        })?;
         let members: Members = serde_json::from_str(&response.body).map_err(|e| {
             anyhow!(
                 "zooid answered GET {path} with a body that is not {{\"members\": [...]}}: {e}: {}",

@@ -449,8 +449,8 @@ impl Dispatcher<'_> {
             }
         }
         log::info!(
-            "reconcile ({source}): {} relays pending, {now} synced now, {} after their backoff{}",
-            pending.len() - bad,
+            "reconcile ({source}): {} pending, {now} synced now, {} after their backoff{}",
+            crate::words::plural((pending.len() - bad) as u64, "relay", "relays"),
             pending.len() - bad - now,
             match bad {
                 0 => String::new(),
@@ -476,7 +476,7 @@ impl Dispatcher<'_> {
                 let delay = RetryPolicy::remaining(delay, failed_at.unwrap_or(now), now);
                 log::warn!(
                     "relay {id}: retry {attempt} in {} ({source})",
-                    crate::env::show_duration(round_ms(delay))
+                    crate::words::show_duration(round_ms(delay))
                 );
                 self.metrics.retry_scheduled();
                 self.retries.schedule(id, delay);

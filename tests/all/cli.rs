@@ -220,6 +220,27 @@ fn members_lists_what_zooid_knows() {
     let missing = run_cli(&fx, &db, &["members", "nope"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not know relay \"nope\""));
+    fx.put_relay("empty", serde_json::json!({"host": "e", "schema": "empty"}));
+    let empty = run_cli(&fx, &db, &["members", "empty"]);
+    assert!(empty.status.success());
+    assert!(
+        empty.stdout.is_empty(),
+        "standard output stays one member a line"
+    );
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("relay empty has no members"));
+    // zooid failing is a failure (1), not bad configuration (2).
+    fx.set_api_host(Some("zooid.example.test"));
+    let refused = run_cli(&fx, &db, &["members", "alpha"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("API_HOST"));
+    fx.set_api_host(None);
+    let down = output({
+        let mut c = zooid_sync(&fx, &db);
+        c.env("ZOOID_API_URL", format!("http://127.0.0.1:{}", free_port()))
+            .args(["members", "alpha"]);
+        c
+    });
+    assert_eq!(down.status.code(), Some(1));
 }
 
 #[test]
@@ -557,4 +578,34 @@ fn status_in_an_empty_environment_shows_what_the_daemon_does() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["host"], "alpha.relays.example.com", "{rows}");
     assert_eq!(rows[0]["next_retry"], "gave up", "{rows}");
+}
+
+#[test]
+fn flags_out_of_bounds_are_refused_with_what_to_write() {
+    let (fx, _dir, db, _store) = one_relay("alpha");
+    let cases: [(&[&str], &str); 4] = [
+        (&["run", "--feed-interval", "0ms"], "between 1ms and 1m"),
+        (
+            &["run", "--listen", "9464"],
+            "expected HOST:PORT, such as 127.0.0.1:9464",
+        ),
+        (&["sync"], "--failed | --all"),
+        (&["prune", "--older-than", "10m"], "at least 1h"),
+    ];
+    for (args, says) in cases {
+        let out = run_cli(&fx, &db, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let help = run_cli(&fx, &db, &["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    for setting in [
+        "SYNC_MAX_RATE",
+        "ZOOID_PROXY",
+        "LIVEKIT_API_SECRET",
+        "SYNC_RETRY_CAP",
+    ] {
+        assert!(text.contains(setting), "--help lists {setting}");
+    }
 }
