@@ -431,3 +431,73 @@ fn delays_and_hangs_hold_the_answer() {
     assert!(matches!(err, ureq::Error::Timeout(_)), "{err:?}");
     fx.stop(); // closes the hanging connection
 }
+
+/// The median of `samples`.
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+#[test]
+fn with_a_cost_model_writes_share_one_core_with_relay_users() {
+    let fx = fixture();
+    // Slices of 10 ms: a user behind four writes waits tens of milliseconds, far above what
+    // a loaded test machine adds to an idle request.
+    fx.set_cost(Some(zooid_sync::fixture::CostModel {
+        slice: Duration::from_millis(10),
+        ..zooid_sync::fixture::CostModel::writes_of(Duration::from_millis(60))
+    }));
+    let (status, _) = signed(&fx, "POST", "/relay/alpha", Some(&config("alpha")));
+    assert_eq!(status, 201);
+    let host = "alpha.relays.example.com";
+    let user = || fx.user_request(host).unwrap();
+    assert_eq!(user().1, 200, "a relay's user gets its NIP-11 document");
+    fx.set_api_host(Some("zooid.example.test"));
+    assert_eq!(fx.user_request("nobody.example.com").unwrap().1, 404);
+    fx.set_api_host(None);
+    for _ in 0..5 {
+        user(); // the first connections of a process are slower
+    }
+    let idle = median((0..15).map(|_| user().0).collect());
+
+    // Four writes at once, back to back, as an unpaced catch-up sends them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let paths: Vec<String> = (0..4)
+        .map(|k| {
+            let path = format!("/relay/w{k}");
+            let (s, _) = signed(&fx, "POST", &path, Some(&config(&format!("w{k}"))));
+            assert_eq!(s, 201);
+            path
+        })
+        .collect();
+    let busy: Vec<Duration> = std::thread::scope(|scope| {
+        for path in &paths {
+            let (fx, stop) = (&fx, &stop);
+            scope.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    signed(fx, "PATCH", path, Some(&json!({"info": {"name": "x"}})));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let samples = (0..15).map(|_| user().0).collect();
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        samples
+    });
+    let busy = median(busy);
+    println!("a relay user's median wait: idle {idle:?}, during four writes {busy:?}");
+    assert!(
+        busy > idle + Duration::from_millis(15),
+        "{idle:?} -> {busy:?}"
+    );
+    let writes: Vec<_> = fx
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    let slowest = writes.iter().map(|r| r.finished - r.started).max().unwrap();
+    assert!(
+        slowest >= Duration::from_millis(60),
+        "a write costs its 60 ms: {slowest:?}"
+    );
+}
