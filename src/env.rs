@@ -61,6 +61,9 @@ pub struct Env {
     /// Every `POST` carries a relay secret and the S3 and LiveKit secrets, so cleartext is
     /// refused unless this is set.
     pub allow_plain_http: bool,
+    /// The most of zooid's time a catch-up's writes may take (`SYNC_ZOOID_SHARE`, 0 to 1;
+    /// 0: no pacing), see `src/infra/pace.rs`.
+    pub sync_zooid_share: f64,
     /// The ceiling on requests to zooid per second, all of them together (`SYNC_MAX_RATE`);
     /// `0` for none. Bursts of up to one second's worth pass at once.
     pub sync_max_rate: f64,
@@ -115,6 +118,7 @@ impl Env {
             zooid_ca_file: get("ZOOID_CA_FILE").map(PathBuf::from),
             allow_plain_http: flag(get, "ZOOID_ALLOW_PLAIN_HTTP")?,
             sync_max_rate: rate(get, "SYNC_MAX_RATE", DEFAULT_MAX_RATE)?,
+            sync_zooid_share: share(get, "SYNC_ZOOID_SHARE", DEFAULT_ZOOID_SHARE)?,
             zooid_proxy: get("ZOOID_PROXY"),
         };
         env.check_transport()?;
@@ -137,6 +141,10 @@ impl Env {
             Duration::from_secs(600),
         )?;
         check_retry(&self.retry)?;
+        let share = self.sync_zooid_share;
+        if !(share == 0.0 || (0.01..=1.0).contains(&share)) {
+            bail!("SYNC_ZOOID_SHARE is out of range: {share}; it must be 0 or 0.01 to 1");
+        }
         let rate = self.sync_max_rate;
         if !(rate == 0.0 || (MIN_RATE..=MAX_RATE).contains(&rate)) {
             bail!(
@@ -191,6 +199,7 @@ impl Env {
             zooid_ca_file: None,
             allow_plain_http: false,
             sync_max_rate: DEFAULT_MAX_RATE,
+            sync_zooid_share: DEFAULT_ZOOID_SHARE,
             zooid_proxy: None,
         })
     }
@@ -281,6 +290,24 @@ fn duration(
     match get(name) {
         Some(v) => parse_duration(&v).with_context(|| format!("{name} is malformed")),
         None => Ok(default),
+    }
+}
+
+/// `SYNC_ZOOID_SHARE`'s default: a catch-up's writes take at most a quarter of zooid's
+/// time, so zooid spends three quarters on its users. See README for why.
+pub const DEFAULT_ZOOID_SHARE: f64 = 0.25;
+
+/// A share of zooid's time: 0 (no pacing) or 0.01 to 1.
+fn share(get: impl Fn(&str) -> Option<String>, name: &str, default: f64) -> Result<f64> {
+    match get(name) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s == 0.0 || (0.01..=1.0).contains(&s) => Ok(s),
+            _ => bail!(
+                "{name} is malformed: expected a share of zooid's time, 0.01 to 1 (0 for no \
+                 pacing), got {v:?}"
+            ),
+        },
     }
 }
 

@@ -53,7 +53,7 @@ pub mod prune;
 #[cfg(feature = "cli")]
 pub mod status;
 
-pub use env::{BlossomS3, Env, Livekit, DEFAULT_MAX_RATE};
+pub use env::{BlossomS3, Env, Livekit, DEFAULT_MAX_RATE, DEFAULT_ZOOID_SHARE};
 pub use infra::retry::RetryPolicy;
 pub use infra::{Infra, InfraHandle};
 pub use lease::{Holder, Lease};

@@ -297,6 +297,8 @@ Settings (environment variables):
   ZOOID_TIMEOUT          per-request timeout, 100ms to 10m (default 5s)
   SYNC_MAX_RATE          most requests a second to zooid, 0 (no ceiling) or 0.01 to 100000
                          (default 100)
+  SYNC_ZOOID_SHARE       the most of zooid's time a catch-up's writes may take, 0.01 to 1, 0 for
+                         no pacing (default 0.25)
   ZOOID_CA_FILE          PEM CA bundle to trust for https to zooid
   ZOOID_ALLOW_PLAIN_HTTP 1 to allow http:// to a zooid on another machine
   ZOOID_PROXY            proxy to reach zooid through (http:// or socks5://)

@@ -51,6 +51,12 @@ pub struct Metrics {
     /// Since when the writer thread has been committing, in [`clock`] milliseconds (0: not
     /// committing).
     writer_busy_since: AtomicU64,
+    /// The pacer's limit of writes in flight (0: not known yet).
+    write_limit: AtomicU64,
+    /// The pacer's spacing of a backlog's writes, in microseconds.
+    write_spacing_micros: AtomicU64,
+    /// A write's smoothed latency at zooid, in microseconds (0: not known yet).
+    write_latency_micros: AtomicU64,
 }
 
 /// Milliseconds on a monotonic clock that starts with the process, never 0.
@@ -129,6 +135,17 @@ impl Metrics {
             metrics: self.clone(),
             name: name.to_string(),
         }
+    }
+
+    /// What the pacer says now: its limit of writes in flight, its spacing of a backlog's
+    /// writes, and a write's smoothed latency.
+    pub(crate) fn set_pace(&self, (limit, spacing, latency): (usize, Duration, Option<Duration>)) {
+        self.write_limit.store(limit as u64, Ordering::Relaxed);
+        let micros = |d: Duration| d.as_micros().min(u64::MAX as u128) as u64;
+        self.write_spacing_micros
+            .store(micros(spacing), Ordering::Relaxed);
+        self.write_latency_micros
+            .store(latency.map_or(0, micros), Ordering::Relaxed);
     }
 
     /// The dispatcher went round its loop.
@@ -377,6 +394,26 @@ impl Metrics {
                 )],
             );
         }
+        let seconds = |a: &AtomicU64| format!("{}", a.load(Ordering::Relaxed) as f64 / 1e6);
+        metric(
+            "zooid_sync_write_concurrency_limit",
+            "gauge",
+            "The most writes to zooid in flight now, as the pacer learned from zooid's answers.",
+            &[(String::new(), get(&self.write_limit).to_string())],
+        );
+        metric(
+            "zooid_sync_write_spacing_seconds",
+            "gauge",
+            "The time between two writes of a catch-up: zooid's work for one write divided by \
+             SYNC_ZOOID_SHARE.",
+            &[(String::new(), seconds(&self.write_spacing_micros))],
+        );
+        metric(
+            "zooid_sync_zooid_write_seconds",
+            "gauge",
+            "How long zooid takes to answer a write, smoothed over recent writes.",
+            &[(String::new(), seconds(&self.write_latency_micros))],
+        );
         let mut histogram: Vec<(String, String)> = BUCKETS
             .iter()
             .zip(&self.latency_buckets)

@@ -19,6 +19,7 @@ use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
 
 use crate::env::Env;
+use crate::infra::pace::Pacer;
 use crate::nip98::{make_auth, RobotKey};
 use crate::quote;
 use crate::rate::RateLimit;
@@ -124,6 +125,17 @@ impl ZooidError {
         }
     }
 
+    /// Whether the request ran into the timeout (zooid did not answer in time).
+    pub fn timed_out(&self) -> bool {
+        match self {
+            ZooidError::Transport { message, .. } => {
+                let message = message.to_ascii_lowercase();
+                message.contains("timeout") || message.contains("timed out")
+            }
+            _ => false,
+        }
+    }
+
     /// How long zooid asked to be left alone (`Retry-After` on a 429 or 503).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -172,6 +184,9 @@ pub struct ZooidClient {
     robot: RobotKey,
     /// Every request, from every clone of this client, takes a token here first.
     rate: Arc<RateLimit>,
+    /// Learns what zooid's writes cost from every request's latency; the pool paces
+    /// catch-ups by it.
+    pacer: Arc<Pacer>,
 }
 
 impl fmt::Debug for ZooidClient {
@@ -186,6 +201,11 @@ impl fmt::Debug for ZooidClient {
 impl ZooidClient {
     /// A client for `env.zooid_api_url`, signing as `env.robot`, with `env.zooid_timeout`.
     /// With `env.zooid_ca_file`, https trusts exactly the certificates in that PEM bundle.
+    /// The pacer every request of this client (and its clones) feeds.
+    pub(crate) fn pacer(&self) -> &Arc<Pacer> {
+        &self.pacer
+    }
+
     /// Refuses what [`Env::check_transport`] refuses. Goes through a proxy only when
     /// `env.zooid_proxy` names one; the `HTTP_PROXY` family is ignored.
     pub fn new(env: &Env) -> Result<ZooidClient> {
@@ -248,6 +268,11 @@ impl ZooidClient {
             agent,
             base_url: env.zooid_api_url.clone(),
             robot: env.robot.clone(),
+            pacer: Arc::new(Pacer::new(
+                env.sync_zooid_share,
+                env.sync_workers,
+                env.zooid_timeout,
+            )),
             rate: Arc::new(RateLimit::per_second(env.sync_max_rate)),
         })
     }
@@ -298,8 +323,18 @@ impl ZooidClient {
 
     /// Sends a request [`sign`](Self::sign) made, once the rate limit allows; signs it again
     /// first if its signature is older than [`RESIGN_AFTER`].
-    pub(crate) fn send(&self, mut signed: SignedRequest) -> Result<Response, ZooidError> {
+    pub(crate) fn send(&self, signed: SignedRequest) -> Result<Response, ZooidError> {
         self.rate.acquire();
+        let write = matches!(signed.method, "POST" | "PUT" | "PATCH" | "DELETE");
+        let started = std::time::Instant::now();
+        let result = self.send_now(signed);
+        let timed_out = matches!(&result, Err(e) if e.timed_out());
+        self.pacer.observe(write, started.elapsed(), timed_out);
+        result
+    }
+
+    /// [`send`](Self::send), once the rate limit let it go.
+    fn send_now(&self, mut signed: SignedRequest) -> Result<Response, ZooidError> {
         let refreshed = signed.refresh(&self.robot);
         let (method, path) = (signed.method, signed.path.as_str());
         let transport = |message: String| transport(method, path, message);

@@ -30,6 +30,7 @@
 //! the bus.
 
 pub mod breaker;
+pub mod pace;
 pub mod pool;
 mod queue;
 pub mod retry;
@@ -382,6 +383,9 @@ fn round_ms(d: std::time::Duration) -> std::time::Duration {
 /// How long the pool must have been idle after a burst before the worker gives memory back.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Manual sync requests found together up to this many are urgent; more are a backlog.
+const MANUAL_URGENT: usize = 8;
+
 /// How often the worker looks for manual sync requests (`zooid-sync sync`) in the database.
 pub const REQUEST_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -392,10 +396,12 @@ impl Dispatcher<'_> {
     fn take_sync_requests(&self, last: &mut i64) {
         match self.query.unanswered_sync_requests(*last) {
             Ok(requests) => {
+                // An operator waits for a few relays; `sync --all` is a backlog.
+                let urgent = requests.len() <= MANUAL_URGENT;
                 for (request, relay) in requests {
                     log::info!("relay {relay}: manual sync requested ({request})");
                     *last = request;
-                    self.pool.submit_request(&relay, request);
+                    self.pool.submit_request(&relay, request, urgent);
                 }
             }
             Err(e) => log::error!("{e:#}"),
@@ -414,7 +420,8 @@ impl Dispatcher<'_> {
                 self.schedule_relay_sync_retry(id, "failure");
             }
         } else {
-            self.pool.submit(id);
+            // A change the host just made: someone may be waiting for it.
+            self.pool.submit_urgent(id);
         }
     }
 

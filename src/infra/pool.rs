@@ -7,6 +7,12 @@
 //! ([`Syncer::send_then`]). Relay ids and prepared syncs travel on [`Queue`]s; at most two
 //! prepared syncs per worker wait, so a signature is fresh when it is sent.
 //!
+//! The preparer admits each sync through the [`Pacer`] first: a backlog's writes are paced by
+//! what they cost zooid (see [`super::pace`]), while an *urgent* sync (a fresh change, a
+//! manual sync of a few relays) goes to the front of the queue and is admitted at once. Only
+//! the first [`URGENT_AT_ONCE`] waiting syncs count as urgent: a host that imports a thousand
+//! relays makes a backlog, paced like any other.
+//!
 //! [`InFlight`] is the per-relay bookkeeping that keeps the order right: a relay asked for while
 //! its id is still queued needs nothing more (its sync reads fresh data when it is prepared); a
 //! relay asked for once its sync started (from the read on) is marked dirty and synced once
@@ -18,10 +24,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
+use super::pace::{Admission, Pacer};
 use super::queue::{CloseOnDrop, Queue};
 use super::sync::{Prepared, SyncOutcome, Syncer};
 use super::timer::Retries;
+
+/// How many syncs may wait as urgent at once; more fresh changes than this are a backlog.
+pub const URGENT_AT_ONCE: usize = 2;
+
+/// How many relays waiting make a catch-up worth a line in the log.
+const CATCH_UP: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -51,6 +65,20 @@ impl InFlight {
                 false
             }
         }
+    }
+
+    /// An urgent sync of `id` is wanted. Answers whether a job must be queued for it: also
+    /// when one is queued already, in a backlog; the preparer then skips the copy left
+    /// behind ([`is_queued`](Self::is_queued)).
+    pub fn request_urgent(&mut self, id: &str) -> bool {
+        let queued = self.relays.get(id) == Some(&State::Queued);
+        self.request(id) || queued
+    }
+
+    /// Whether `id` waits for its sync to start: false for a job left behind by one that
+    /// went ahead of it.
+    pub fn is_queued(&self, id: &str) -> bool {
+        self.relays.get(id) == Some(&State::Queued)
     }
 
     /// Manual sync request `request` wants a sync of `id` that starts after now. Answers
@@ -109,7 +137,6 @@ impl InFlight {
     }
 
     /// How many relays are queued or running.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.relays.len()
     }
@@ -128,8 +155,14 @@ pub struct Pool {
 
 struct PoolShared {
     in_flight: Mutex<InFlight>,
-    /// Relay ids for the preparer, in the order asked; closed when the pool stops.
-    jobs: Queue<String>,
+    /// Relay ids for the preparer, with whether each is urgent (urgent ones at the front);
+    /// closed when the pool stops.
+    jobs: Queue<(String, bool)>,
+    /// Urgent syncs in `jobs`.
+    urgent_waiting: std::sync::atomic::AtomicUsize,
+    pacer: Arc<Pacer>,
+    /// While a catch-up runs: when it started, how many relays it had, how many are done.
+    catch_up: Mutex<Option<(std::time::Instant, usize, usize)>>,
     /// Prepared syncs for the workers; closed by the preparer when it ends.
     ready: Queue<Job>,
     stopping: AtomicBool,
@@ -138,9 +171,24 @@ struct PoolShared {
 }
 
 impl PoolShared {
-    /// Queues a job for `id` (unless the pool is stopping).
-    fn queue(&self, id: &str) {
-        let _ = self.jobs.push(id.to_string());
+    /// Queues a job for `id` (unless the pool is stopping): at the front when it is urgent
+    /// and few urgent ones wait, else at the back.
+    fn queue(&self, id: &str, urgent: bool) {
+        let urgent = urgent
+            && self
+                .urgent_waiting
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < URGENT_AT_ONCE).then_some(n + 1)
+                })
+                .is_ok();
+        if urgent {
+            if self.jobs.push_front((id.to_string(), true)).is_err() {
+                self.urgent_waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+            self.pacer.nudge(); // a backlog waiting for its turn lets it go first
+        } else {
+            let _ = self.jobs.push((id.to_string(), false));
+        }
     }
 
     /// The outcome of `id`'s sync is recorded: only now may its next sync start. Queues it
@@ -154,15 +202,57 @@ impl PoolShared {
             if self.stopping.load(Ordering::Acquire) {
                 in_flight.abandon(id);
             } else {
-                self.queue(id);
+                self.queue(id, false);
             }
         }
-        if in_flight.relays.is_empty() {
+        let idle = in_flight.relays.is_empty();
+        drop(in_flight);
+        let mut catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, _, done)) = catch_up.as_mut() {
+            *done += 1;
+        }
+        if idle {
+            if let Some((started, _, done)) = catch_up.take() {
+                let took = started.elapsed();
+                log::info!(
+                    "catch-up done: {} in {} ({:.1} a second)",
+                    crate::words::plural(done as u64, "relay", "relays"),
+                    crate::words::show_duration(Duration::from_secs(took.as_secs().max(1))),
+                    done as f64 / took.as_secs_f64().max(0.001)
+                );
+            }
             *self
                 .idle_since
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
         }
+    }
+
+    /// Logs, once, that a catch-up starts, when `waiting` relays make one: how many, the pace
+    /// and about how long it will take.
+    fn catching_up(&self, waiting: usize) {
+        let mut catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner);
+        if catch_up.is_some() || waiting < CATCH_UP {
+            return;
+        }
+        *catch_up = Some((std::time::Instant::now(), waiting, 0));
+        let (limit, spacing, latency) = self.pacer.state();
+        let pace = match (spacing.is_zero(), latency) {
+            (false, Some(latency)) => format!(
+                "writes paced to zooid's spare time: one every {}, {limit} at most in \
+                 flight, zooid answering in {} (about {} left)",
+                crate::words::show_duration(round_ms(spacing)),
+                crate::words::show_duration(round_ms(latency)),
+                crate::words::show_duration(Duration::from_secs(
+                    (spacing.as_secs_f64() * waiting as f64).ceil() as u64
+                ))
+            ),
+            _ => "the pace is learned from zooid's first answers".to_string(),
+        };
+        log::info!(
+            "catch-up: {} to sync; {pace}",
+            crate::words::plural(waiting as u64, "relay", "relays")
+        );
     }
 }
 
@@ -179,9 +269,13 @@ impl Pool {
         retry_later: std::time::Duration,
     ) -> std::io::Result<Pool> {
         let workers = workers.max(1);
+        let pacer = syncer.client().pacer().clone();
         let shared = Arc::new(PoolShared {
             in_flight: Mutex::new(InFlight::default()),
             jobs: Queue::unbounded(),
+            urgent_waiting: Default::default(),
+            pacer,
+            catch_up: Mutex::new(None),
             // Room for two prepared syncs per worker: a worker finds its next request ready,
             // the preparer fills the queue a few at a time (it is woken at half), and a
             // signature is still fresh when it is sent.
@@ -223,16 +317,30 @@ impl Pool {
         Ok(Pool { shared, threads })
     }
 
-    /// Asks for a sync of relay `id` (see [`InFlight::request`]).
+    /// Asks for a sync of relay `id` (see [`InFlight::request`]) as part of a backlog: paced.
     pub fn submit(&self, id: &str) {
-        if self
+        self.submit_as(id, false);
+    }
+
+    /// Asks for a sync of relay `id` that someone waits for (a fresh change): it goes first
+    /// and at once, unless [`URGENT_AT_ONCE`] urgent ones wait already.
+    pub fn submit_urgent(&self, id: &str) {
+        self.submit_as(id, true);
+    }
+
+    fn submit_as(&self, id: &str, urgent: bool) {
+        let mut in_flight = self
             .shared
             .in_flight
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .request(id)
-        {
-            self.shared.queue(id);
+            .unwrap_or_else(PoisonError::into_inner);
+        let queue = match urgent {
+            true => in_flight.request_urgent(id),
+            false => in_flight.request(id),
+        };
+        drop(in_flight);
+        if queue {
+            self.shared.queue(id, urgent);
         }
     }
 
@@ -275,16 +383,16 @@ impl Pool {
     }
 
     /// Asks for a sync of relay `id` that answers manual request `request` (see
-    /// [`InFlight::request_answer`]).
-    pub fn submit_request(&self, id: &str, request: i64) {
-        if self
+    /// [`InFlight::request_answer`]); `urgent` as for [`submit_urgent`](Self::submit_urgent).
+    pub fn submit_request(&self, id: &str, request: i64, urgent: bool) {
+        let queue = self
             .shared
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .request_answer(id, request)
-        {
-            self.shared.queue(id);
+            .request_answer(id, request);
+        if queue {
+            self.shared.queue(id, urgent);
         }
     }
 
@@ -294,6 +402,7 @@ impl Pool {
     pub fn stop(mut self) {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.jobs.close();
+        self.shared.pacer.nudge();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -306,27 +415,67 @@ struct Job {
     /// The manual sync requests this sync answers.
     answering: Vec<i64>,
     prepared: Prepared,
+    /// The pacer's leave to write; dropped once zooid answered.
+    admission: Admission,
 }
 
-/// The preparer thread's loop: takes relay ids in order, marks each running, and prepares its
-/// sync (read, body, signature) for the workers.
+/// The preparer thread's loop: takes relay ids, urgent ones first; admits each through the
+/// pacer (a backlog waits for its turn, and lets urgent ones go first meanwhile); marks it
+/// running and prepares its sync (read, body, signature) for the workers.
 fn prepare(shared: &PoolShared, syncer: &Syncer) {
     // However this thread ends, the workers learn that no more syncs come.
     let _closing = CloseOnDrop(&shared.ready);
-    while let Some(id) = shared.jobs.pop() {
-        if shared.stopping.load(Ordering::Acquire) {
-            shared
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .abandon(&id);
+    let stopping = || shared.stopping.load(Ordering::Acquire);
+    let lock = || {
+        shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    };
+    // A backlog sync that gave its turn to an urgent one.
+    let mut held: Option<String> = None;
+    loop {
+        let (id, urgent) = match shared.jobs.pop_if(|(_, urgent)| *urgent) {
+            Some(job) => job,
+            None => match held.take() {
+                Some(id) => (id, false),
+                None => match shared.jobs.pop() {
+                    Some(job) => job,
+                    None => break,
+                },
+            },
+        };
+        if urgent {
+            shared.urgent_waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        if !lock().is_queued(&id) {
+            continue; // an urgent copy of it went first
+        }
+        if stopping() {
+            lock().abandon(&id);
             continue;
         }
+        let admission = if urgent {
+            shared.pacer.admit_urgent()
+        } else {
+            let waiting = lock().len();
+            shared.catching_up(waiting);
+            if shared.pacer.wants_floor() && syncer.breaker().outage().is_none() {
+                // The cheapest request zooid answers: what any request costs, network
+                // included, and so how much of a write's time is zooid's work.
+                let _ = syncer.client().probe();
+            }
+            let urgent_waits = || stopping() || shared.jobs.front_is(|(_, urgent)| *urgent);
+            match shared.pacer.admit(urgent_waits) {
+                Some(admission) => admission,
+                None => {
+                    held = Some(id);
+                    continue;
+                }
+            }
+        };
         let answering = {
-            let mut in_flight = shared
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut in_flight = lock();
             in_flight.start(&id);
             in_flight.take_requests(&id)
         };
@@ -335,16 +484,16 @@ fn prepare(shared: &PoolShared, syncer: &Syncer) {
             id,
             answering,
             prepared,
+            admission,
         };
         if let Err(unsent) = shared.ready.push(job) {
             // Nothing takes prepared syncs any more: forget the relay.
-            shared
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .abandon(&unsent.id);
+            lock().abandon(&unsent.id);
             break;
         }
+    }
+    if let Some(id) = held {
+        lock().abandon(&id);
     }
 }
 
@@ -369,7 +518,9 @@ fn work(
             id: relay,
             answering,
             prepared,
+            admission,
         } = job;
+        let pacer = shared.pacer.clone();
         let (shared, me, retries) = (shared.clone(), syncer.clone(), retries.clone());
         syncer.send_then(prepared, move |outcome| {
             for request in answering {
@@ -377,7 +528,9 @@ fn work(
             }
             match outcome {
                 SyncOutcome::Synced { .. } => retries.cancel(&relay),
-                SyncOutcome::NotRecorded(_) => retries.schedule(&relay, retry_later),
+                SyncOutcome::NotRecorded(_) | SyncOutcome::Slow => {
+                    retries.schedule(&relay, retry_later)
+                }
                 SyncOutcome::Failed(_)
                 | SyncOutcome::Parked
                 | SyncOutcome::Gone
@@ -385,7 +538,13 @@ fn work(
             }
             shared.finished(&relay);
         });
+        drop(admission); // zooid has answered: the next write may go
+        syncer.metrics().set_pace(pacer.state());
     }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -426,6 +585,22 @@ mod tests {
         assert!(f.finish("a"), "synced again");
         assert_eq!(f.take_requests("a"), vec![7]);
         assert!(!f.finish("a"));
+    }
+
+    #[test]
+    fn an_urgent_request_goes_ahead_of_its_queued_copy_and_the_copy_is_skipped() {
+        let mut f = InFlight::default();
+        assert!(f.request("a"), "queued in a backlog");
+        assert!(f.request_urgent("a"), "queued again, at the front");
+        assert!(f.is_queued("a"));
+        f.start("a");
+        assert!(!f.is_queued("a"));
+        assert!(!f.request_urgent("a"), "running: marked dirty instead");
+        assert!(f.finish("a"), "synced once more");
+        f.start("a");
+        assert!(!f.finish("a"));
+        assert!(!f.is_queued("a"), "the copy left behind is skipped");
+        assert!(f.request_urgent("b"), "not known: queued");
     }
 
     #[test]

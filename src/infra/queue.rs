@@ -80,6 +80,43 @@ impl<T> Queue<T> {
         Ok(())
     }
 
+    /// Adds `item` at the front, whatever the capacity (for what must go first). Answers the
+    /// item back if the queue is closed.
+    pub(crate) fn push_front(&self, item: T) -> Result<(), T> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.closed {
+            return Err(item);
+        }
+        state.items.push_front(item);
+        if state.takers > 0 {
+            self.filled.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Takes the item at the front if `wanted` says so, without waiting.
+    pub(crate) fn pop_if(&self, wanted: impl FnOnce(&T) -> bool) -> Option<T> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.items.front().is_some_and(wanted) {
+            return None;
+        }
+        let item = state.items.pop_front();
+        if state.givers > 0 && state.items.len() <= self.refill_at {
+            self.emptied.notify_one();
+        }
+        item
+    }
+
+    /// Whether the item at the front is one `wanted` says so of.
+    pub(crate) fn front_is(&self, wanted: impl FnOnce(&T) -> bool) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .items
+            .front()
+            .is_some_and(wanted)
+    }
+
     /// Takes the item at the front, waiting for one. Answers `None` once the queue is closed
     /// and empty.
     pub(crate) fn pop(&self) -> Option<T> {

@@ -92,6 +92,9 @@ pub enum SyncOutcome {
     /// The worker stopped before zooid answered; nothing was recorded, and the relay is
     /// synced at the next start.
     Interrupted,
+    /// zooid did not answer the write in time while it answers other requests: it is slow.
+    /// Nothing was recorded (it does not count toward giving up); it is sent again later.
+    Slow,
     /// The outcome could not be written to the database (it stays pending there).
     NotRecorded(String),
 }
@@ -123,6 +126,10 @@ impl SyncOutcome {
             SyncOutcome::Interrupted => (
                 "failed",
                 "the worker stopped before zooid answered; it is synced at its next start".into(),
+            ),
+            SyncOutcome::Slow => (
+                "failed",
+                "zooid did not answer within ZOOID_TIMEOUT (it is slow); sent again later".into(),
             ),
             SyncOutcome::NotRecorded(e) => {
                 ("failed", format!("the outcome could not be recorded: {e}"))
@@ -406,6 +413,16 @@ impl Syncer {
             Err(SyncError::Refused(e)) if self.fleet_wide(&e).is_some() => {
                 let failure = self.fleet_wide(&e).expect("matched above");
                 match self.breaker.verdict(&self.client, started, &failure) {
+                    // zooid answers cheap requests but not this write in time: it is slow,
+                    // not refusing. The pacer has taken the timeout as this write's cost.
+                    Verdict::ZooidUp if e.timed_out() => {
+                        log::warn!(
+                            "relay {relay_id}: zooid did not answer the write within \
+                             ZOOID_TIMEOUT while it answers other requests: it is slow. Sent \
+                             again later, not counted as a failure; catch-ups slow down"
+                        );
+                        return Attempt::Quiet(SyncOutcome::Slow);
+                    }
                     Verdict::ZooidUp => SyncError::Refused(e),
                     Verdict::ZooidDown => {
                         self.breaker.tell(&relay_id);

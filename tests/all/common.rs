@@ -44,6 +44,7 @@ pub fn env_for(zooid_url: &str, db: &std::path::Path) -> Env {
     };
     env.zooid_timeout = Duration::from_secs(2);
     env.sync_max_rate = 0.0; // tests that measure the ceiling set their own
+    env.sync_zooid_share = 0.0; // and those that measure pacing, theirs
     env
 }
 
@@ -120,6 +121,7 @@ pub fn zooid_sync(fx: &FixtureZooid, db: &std::path::Path) -> Command {
         .env("SYNC_RETRY_BASE", "50ms")
         .env("SYNC_RETRY_CAP", "200ms")
         .env("SYNC_MAX_RATE", "0")
+        .env("SYNC_ZOOID_SHARE", "0")
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null());
     cmd

@@ -157,22 +157,23 @@ fn a_slow_zooid_times_out_and_never_holds_the_whole_pool() {
     rig.create(&fast);
     // Three workers hang on the slow relays; the fourth carries all the others.
     expect_within(WAIT, "the fast relays synced", || rig.all_synced(&fast));
-    expect_within(WAIT, "the slow relays failed", || {
-        slow.iter()
-            .all(|id| rig.store.query.count_trailing_sync_failures(id).unwrap() == 1)
+    // Each slow write timed out while zooid answered the others: zooid is slow, not
+    // refusing. Nothing counts toward giving up; each is sent again after the backoff.
+    expect_within(WAIT, "the slow writes timed out", || {
+        rig.fx
+            .requests()
+            .iter()
+            .filter(|r| r.relay_id().is_some_and(|id| id.starts_with("slow")))
+            .count()
+            == 3
+            && rig.fx.max_in_flight("slow0") == 1
     });
-    let error = rig
-        .store
-        .query
-        .get_relay("slow0")
-        .unwrap()
-        .unwrap()
-        .sync_error;
-    assert!(
-        error.contains("POST /relay/slow0 to zooid failed")
-            && error.to_lowercase().contains("timeout"),
-        "{error}"
-    );
+    std::thread::sleep(Duration::from_millis(500)); // past the 400 ms timeout
+    for id in &slow {
+        let relay = rig.store.query.get_relay(id).unwrap().unwrap();
+        assert!(!relay.synced && relay.sync_error.is_empty(), "{relay:?}");
+        assert_eq!(rig.store.query.count_trailing_sync_failures(id).unwrap(), 0);
+    }
     worker.shutdown().unwrap();
 }
 

@@ -16,6 +16,7 @@ mod fixture_zooid;
 mod one_syncer;
 mod operators;
 mod outages;
+mod pacing;
 mod relay_body;
 mod store;
 mod worker;
