@@ -411,6 +411,63 @@ pub fn parse_duration(value: &str) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_hold_at_their_edges() {
+        let ok = |tune: &dyn Fn(&mut Env)| {
+            let mut env = Env::from_vars(vars(&base())).unwrap();
+            tune(&mut env);
+            env.check_limits().map_err(|e| format!("{e:#}"))
+        };
+        let ms = Duration::from_millis;
+        assert!(ok(&|e| e.sync_workers = 64).is_ok());
+        assert!(ok(&|e| e.sync_workers = 65)
+            .unwrap_err()
+            .contains("SYNC_WORKERS"));
+        assert!(ok(&|e| e.sync_workers = 0).is_err());
+        assert!(ok(&|e| e.zooid_timeout = ms(100)).is_ok());
+        assert!(ok(&|e| e.zooid_timeout = ms(99))
+            .unwrap_err()
+            .contains("ZOOID_TIMEOUT"));
+        assert!(ok(&|e| e.zooid_timeout = ms(600_000)).is_ok());
+        assert!(ok(&|e| e.zooid_timeout = ms(600_001)).is_err());
+        assert!(ok(&|e| e.retry.base = ms(1)).is_ok());
+        assert!(ok(&|e| e.retry.cap = Duration::from_secs(24 * 3600)).is_ok());
+        let over = ok(&|e| e.retry.cap = Duration::from_secs(24 * 3600) + ms(1)).unwrap_err();
+        assert!(over.contains("SYNC_RETRY_CAP is out of range"), "{over}");
+        assert!(ok(&|e| e.retry.cap = e.retry.base).is_ok(), "cap = base");
+        let short = ok(&|e| e.retry.cap = e.retry.base - ms(1)).unwrap_err();
+        assert!(short.contains("shorter than SYNC_RETRY_BASE"), "{short}");
+        assert!(ok(&|e| e.retry.max_attempts = 100).is_ok());
+        assert!(ok(&|e| e.retry.max_attempts = 101).is_err());
+        for rate in [0.0, 0.01, 100_000.0] {
+            assert!(ok(&|e| e.sync_max_rate = rate).is_ok(), "{rate}");
+        }
+        for rate in [0.009, 100_001.0, f64::NAN, -1.0] {
+            let e = ok(&|e| e.sync_max_rate = rate).unwrap_err();
+            assert!(e.contains("SYNC_MAX_RATE"), "{rate}: {e}");
+        }
+        for share in [0.0, 0.01, 1.0] {
+            assert!(ok(&|e| e.sync_zooid_share = share).is_ok(), "{share}");
+        }
+        for share in [0.009, 1.01] {
+            assert!(ok(&|e| e.sync_zooid_share = share).is_err(), "{share}");
+        }
+    }
+
+    #[test]
+    fn rates_in_range_are_read() {
+        for (value, read) in [
+            ("0", 0.0),
+            ("0.01", 0.01),
+            ("100000", 100_000.0),
+            (" 5 ", 5.0),
+        ] {
+            let mut pairs = base();
+            pairs.push(("SYNC_MAX_RATE", value));
+            assert_eq!(Env::from_vars(vars(&pairs)).unwrap().sync_max_rate, read);
+        }
+    }
     use std::collections::HashMap;
 
     const KEY: &str = "5c0c523f52a5b6fad39ed2403092df8cebc36318b39383bca6c00808626fab3a";

@@ -251,6 +251,9 @@ mod tests {
             holder.0.contains(&format!("pid {}", std::process::id())),
             "{holder}"
         );
+        let host = host_name().expect("the kernel names this machine");
+        assert!(!host.is_empty());
+        assert!(holder.0.ends_with(&format!("on host {host}")), "{holder}");
         drop(first);
         assert!(Lease::try_acquire(&db).unwrap().is_ok(), "released on drop");
     }
@@ -306,6 +309,28 @@ mod tests {
         let error = format!("{:#}", Lease::try_acquire(&db).unwrap_err());
         assert!(error.contains("platfrom.db"), "{error}");
         assert!(!db.exists(), "nothing created");
+    }
+
+    #[test]
+    fn two_databases_have_two_leases() {
+        let (_dir, first) = database();
+        let (_other, second) = database();
+        let _a = Lease::try_acquire(&first).unwrap().unwrap();
+        assert!(Lease::try_acquire(&second).unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_standby_takes_the_lease_when_its_holder_lets_go() {
+        let (_dir, db) = database();
+        let held = Lease::try_acquire(&db).unwrap().unwrap();
+        let (_stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(STANDBY_POLL * 2);
+            drop(held);
+        });
+        let taken = Lease::wait(&db, &stopped, |_| {}).unwrap();
+        release.join().unwrap();
+        assert!(taken.is_some(), "it waited through its polls and took over");
     }
 
     #[test]

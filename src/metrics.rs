@@ -166,8 +166,13 @@ impl Metrics {
 
     /// Why the worker does not make progress, if it does not (see [`stalled`]).
     pub fn stall(&self) -> Option<String> {
+        self.stall_at(clock())
+    }
+
+    /// [`stall`](Self::stall) as it is at `now` ([`clock`] milliseconds).
+    fn stall_at(&self, now: u64) -> Option<String> {
         stalled(
-            clock(),
+            now,
             self.dispatcher_beat.load(Ordering::Relaxed),
             self.writer_busy_since.load(Ordering::Relaxed),
             STALL_AFTER,
@@ -508,6 +513,8 @@ mod tests {
         .join();
         assert!(died.is_err());
         assert_eq!(m.dead_threads(), vec!["zooid-sync-worker-1".to_string()]);
+        let trouble = m.trouble().expect("a dead thread is trouble");
+        assert!(trouble.contains("zooid-sync-worker-1"), "{trouble}");
         assert!(m
             .render(&Read::default())
             .contains("zooid_sync_thread_panics_total 1"));
@@ -539,8 +546,25 @@ mod tests {
         m.dispatcher_beat();
         m.writer_busy(true);
         assert_eq!(m.trouble(), None, "fresh beats");
-        m.writer_busy(false);
+        let later = clock() + 31_000;
+        let why = m
+            .stall_at(later)
+            .expect("the dispatcher has not moved since");
+        assert!(why.starts_with("the dispatcher"), "{why}");
         m.dispatcher_stopped();
-        assert_eq!(m.stall(), None);
+        let why = m
+            .stall_at(later)
+            .expect("the writer is still on its commit");
+        assert!(why.starts_with("the writer"), "{why}");
+        m.writer_busy(false);
+        assert_eq!(m.stall_at(later), None, "stopped and idle: nothing stalls");
+    }
+
+    #[test]
+    fn the_clock_starts_above_zero_and_moves() {
+        let before = clock();
+        std::thread::sleep(Duration::from_millis(3));
+        let after = clock();
+        assert!(before > 0 && after >= before + 3, "{before} -> {after}");
     }
 }

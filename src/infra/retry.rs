@@ -122,6 +122,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn jitter_adds_up_to_a_tenth_and_only_when_asked() {
+        let mut policy = RetryPolicy {
+            base: Duration::from_secs(30),
+            cap: Duration::from_secs(900),
+            max_attempts: 6,
+            jitter: true,
+        };
+        assert_eq!(
+            policy.decide(1, 0.5),
+            RetryDecision::RetryAfter(Duration::from_millis(31_500))
+        );
+        assert_eq!(
+            policy.decide(2, 1.0),
+            RetryDecision::RetryAfter(Duration::from_secs(66))
+        );
+        policy.jitter = false;
+        assert_eq!(
+            policy.decide(1, 0.5),
+            RetryDecision::RetryAfter(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn random_units_spread_over_zero_to_one() {
+        let draws: Vec<f64> = (0..200).map(|_| random_unit()).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        assert!(draws.iter().any(|u| *u > 0.5) && draws.iter().any(|u| *u < 0.5));
+    }
+
+    #[test]
     fn default_schedule_doubles_to_the_cap_then_gives_up() {
         let p = RetryPolicy {
             jitter: false,
