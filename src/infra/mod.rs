@@ -268,11 +268,21 @@ impl Infra {
         if let Some(ready) = ready {
             let _ = ready.send(());
         }
-        let requests = crossbeam_channel::tick(REQUEST_POLL);
         let mut last_request = 0;
         let mut ended = Ok(());
+        // The database as last looked at for manual requests, and how long it has been quiet.
+        let mut seen_version = None;
+        let mut look = Looks::default();
+        // Requests left by a `sync` that waited for an earlier worker are answered first.
+        match query.changed(&mut seen_version) {
+            Ok(_) => dispatcher.take_sync_requests(&mut last_request),
+            Err(e) => log::error!("looking for manual sync requests: {e:#}"),
+        }
+        // The next look is due at a fixed time, whatever activity arrives meanwhile.
+        let mut next_look = std::time::Instant::now() + look.next();
         loop {
             metrics.dispatcher_beat();
+            let requests = crossbeam_channel::at(next_look);
             select! {
                 recv(requests) -> _ => {
                     if let Err(e) = lease.check() {
@@ -280,7 +290,17 @@ impl Infra {
                         ended = Err(e);
                         break;
                     }
-                    dispatcher.take_sync_requests(&mut last_request);
+                    // Manual requests are rows another process commits: nothing to read
+                    // while nothing was committed.
+                    match query.changed(&mut seen_version) {
+                        Ok(false) => look.quiet(),
+                        Ok(true) => {
+                            look.busy();
+                            dispatcher.take_sync_requests(&mut last_request);
+                        }
+                        Err(e) => log::error!("looking for manual sync requests: {e:#}"),
+                    }
+                    next_look = std::time::Instant::now() + look.next();
                     if dispatcher.pool.settled(SETTLE) {
                         dispatcher.pool.release_memory();
                         query.release_memory();
@@ -386,8 +406,36 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Manual sync requests found together up to this many are urgent; more are a backlog.
 const MANUAL_URGENT: usize = 8;
 
-/// How often the worker looks for manual sync requests (`zooid-sync sync`) in the database.
+/// How often the worker looks for manual sync requests (`zooid-sync sync`) in the database
+/// while it is busy; after a quiet second it looks up to five times less often.
 pub const REQUEST_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long the dispatcher waits before its next look at the database: [`REQUEST_POLL`]
+/// while something changes, backing off to five times that once a second passed quietly.
+#[derive(Debug, Default)]
+struct Looks {
+    quiet_for: std::time::Duration,
+}
+
+impl Looks {
+    const QUIET_BEFORE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+    const MAX_FACTOR: u32 = 5;
+
+    fn next(&self) -> std::time::Duration {
+        match self.quiet_for >= Self::QUIET_BEFORE_BACKOFF {
+            true => REQUEST_POLL * Self::MAX_FACTOR,
+            false => REQUEST_POLL,
+        }
+    }
+
+    fn quiet(&mut self) {
+        self.quiet_for += self.next();
+    }
+
+    fn busy(&mut self) {
+        self.quiet_for = std::time::Duration::ZERO;
+    }
+}
 
 impl Dispatcher<'_> {
     /// Hands manual sync requests after `last` to the pool, and moves `last` past them. A
@@ -499,5 +547,24 @@ impl Dispatcher<'_> {
                 log::debug!("relay {id}: no failure since its last success; no retry")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_back_off_after_a_quiet_second_and_come_back_at_once() {
+        let mut look = Looks::default();
+        for _ in 0..5 {
+            assert_eq!(look.next(), REQUEST_POLL);
+            look.quiet();
+        }
+        assert_eq!(look.next(), REQUEST_POLL * 5, "quiet for a second");
+        look.quiet();
+        assert_eq!(look.next(), REQUEST_POLL * 5);
+        look.busy();
+        assert_eq!(look.next(), REQUEST_POLL);
     }
 }

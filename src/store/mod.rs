@@ -132,6 +132,9 @@ struct Db {
     queued: Condvar,
     /// See [`StoreOptions::write_linger`].
     write_linger: Duration,
+    /// The connection [`Query::changed`] asks whether anything was committed (its
+    /// `data_version` moves only for commits made through other connections).
+    watch: Mutex<Option<Connection>>,
     /// Whether a writer thread runs, which writes failed outcomes again until they are
     /// recorded; without one (a foreground `sync`), a failed write is answered at once.
     retrying: AtomicBool,
@@ -275,6 +278,7 @@ impl Db {
             queued: Condvar::new(),
             write_linger: options.write_linger,
             retrying: AtomicBool::new(false),
+            watch: Mutex::new(None),
         }
     }
 }
@@ -470,6 +474,22 @@ impl Query {
         if let Ok(writer) = self.db.writer.try_lock() {
             shrink(&writer);
         }
+    }
+
+    /// Whether any connection committed since `seen` was taken (`PRAGMA data_version` on a
+    /// connection kept for this); moves `seen` on. The first call answers true.
+    pub(crate) fn changed(&self, seen: &mut Option<i64>) -> Result<bool> {
+        let mut watch = self.db.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        if watch.is_none() {
+            *watch = Some(open_connection(&self.db.path, self.db.busy_timeout)?);
+        }
+        let conn = watch.as_ref().expect("opened above");
+        let version: i64 = conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        let changed = *seen != Some(version);
+        *seen = Some(version);
+        Ok(changed)
     }
 
     /// How this process's writes of sync outcomes fare (see [`WriteHealth`]).
