@@ -291,14 +291,14 @@ impl Pacer {
             pace.p90()
         };
         if write {
-            self.warn_when_slow(p90);
+            let _ = self.warn_when_slow(p90);
         }
     }
 
     /// One WARN when zooid's writes near the timeout (their 90th percentile above half of it),
-    /// and one INFO once they are well below again.
-    fn warn_when_slow(&self, p90: Option<Duration>) {
-        let Some(p90) = p90 else { return };
+    /// and one INFO once they are well below again (a third). Answers which it said, if any.
+    fn warn_when_slow(&self, p90: Option<Duration>) -> Option<bool> {
+        let p90 = p90?;
         let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
         if !*warned && p90 > self.timeout / 2 {
             *warned = true;
@@ -309,12 +309,16 @@ impl Pacer {
                 crate::words::show_duration(round_ms(p90)),
                 crate::words::show_duration(self.timeout)
             );
+            Some(true)
         } else if *warned && p90 < self.timeout / 3 {
             *warned = false;
             log::info!(
                 "zooid's writes take {} again (90th percentile)",
                 crate::words::show_duration(round_ms(p90))
             );
+            Some(false)
+        } else {
+            None
         }
     }
 
@@ -447,5 +451,99 @@ mod tests {
             p.write_took(n * MS);
         }
         assert_eq!(p.p90(), Some(37 * MS), "the last 32: 9..=40 ms");
+    }
+
+    #[test]
+    fn nothing_known_means_one_in_flight_and_free_work_means_the_pool() {
+        assert_eq!(
+            Pace::new(0.25, 4).limit(),
+            1,
+            "the first answer sets the pace"
+        );
+        let mut p = Pace::new(0.25, 4);
+        p.read_took(5 * MS, Instant::now());
+        p.write_took(5 * MS);
+        assert_eq!(p.spacing(), Duration::ZERO, "no work measurable");
+        assert_eq!(p.limit(), 4);
+    }
+
+    #[test]
+    fn a_backlog_waits_for_a_write_to_end_or_an_urgent_one_to_pass() {
+        let pacer = Arc::new(Pacer::new(0.25, 4, Duration::from_secs(5)));
+        pacer.observe(false, MS, false);
+        pacer.observe(true, 201 * MS, false); // one at a time, 800 ms apart
+        let first = pacer.admit(|| false).expect("the budget is full");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let waiter = {
+            let pacer = pacer.clone();
+            std::thread::spawn(move || {
+                let second = pacer.admit(|| false);
+                tx.send(second.is_some()).unwrap();
+            })
+        };
+        assert!(
+            rx.recv_timeout(50 * MS).is_err(),
+            "it waits while one is in flight"
+        );
+        drop(first);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(true));
+        waiter.join().unwrap();
+        // An urgent job makes a waiting backlog give way at once.
+        let urgent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let waiter = {
+            let (pacer, urgent) = (pacer.clone(), urgent.clone());
+            std::thread::spawn(move || {
+                let got = pacer.admit(|| urgent.load(std::sync::atomic::Ordering::Acquire));
+                tx.send(got.is_none()).unwrap();
+            })
+        };
+        assert!(rx.recv_timeout(50 * MS).is_err(), "its turn is 800 ms away");
+        urgent.store(true, std::sync::atomic::Ordering::Release);
+        pacer.nudge();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(true),
+            "it gave way"
+        );
+        waiter.join().unwrap();
+        let (limit, spacing, latency) = pacer.state();
+        assert_eq!((limit, spacing, latency), (1, 800 * MS, Some(201 * MS)));
+    }
+
+    #[test]
+    fn a_timed_out_write_costs_the_timeout_and_a_timed_out_read_says_nothing() {
+        let pacer = Pacer::new(0.5, 4, 400 * MS);
+        assert!(pacer.wants_floor());
+        pacer.observe(false, 300 * MS, true);
+        assert!(!pacer.wants_floor(), "asked once");
+        pacer.observe(true, 100 * MS, true);
+        let (_, spacing, latency) = pacer.state();
+        assert_eq!(latency, Some(400 * MS), "at least the timeout");
+        assert_eq!(
+            spacing,
+            800 * MS,
+            "no floor was measured by the failed read"
+        );
+    }
+
+    #[test]
+    fn writes_near_the_timeout_are_warned_about_once() {
+        let pacer = Pacer::new(0.25, 4, 1000 * MS);
+        assert_eq!(pacer.warn_when_slow(None), None);
+        assert_eq!(
+            pacer.warn_when_slow(Some(500 * MS)),
+            None,
+            "half is not above half"
+        );
+        assert_eq!(pacer.warn_when_slow(Some(501 * MS)), Some(true));
+        assert_eq!(pacer.warn_when_slow(Some(900 * MS)), None, "once");
+        assert_eq!(
+            pacer.warn_when_slow(Some(334 * MS)),
+            None,
+            "not yet well below"
+        );
+        assert_eq!(pacer.warn_when_slow(Some(333 * MS)), Some(false));
+        assert_eq!(pacer.warn_when_slow(Some(100 * MS)), None);
     }
 }
