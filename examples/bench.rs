@@ -17,7 +17,8 @@
 //!
 //! Options: `--relays 1000,10000` (throughput sizes), `--skip-process` (skip 3, 4 and 6, which
 //! need the release binary: build it first with `cargo build --release`), `--only-latency`
-//! (section 7 alone), `--only-scale` (section 8 alone), `--only-prune` (section 9 alone), `--only-startup` (section 6 alone), `--only-idle` (section 4 alone).
+//! (section 7 alone), `--only-scale` (section 8 alone), `--only-prune` (section 9 alone),
+//! `--only-catch-up` (section 10 alone), `--only-startup` (section 6 alone), `--only-idle` (section 4 alone).
 //! `BENCH_SMAPS=<program>` runs the program with the daemon's pid once section 6's burst is
 //! over, to look at where its memory is (`/proc/<pid>/smaps`); `BENCH_THREADS=1` prints the
 //! CPU per sync of each kind of worker thread.
@@ -77,6 +78,15 @@ fn main() -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--only-startup") {
         println!("## 6. startup with 10 000 pending relays");
         return startup(&release_binary()?, 10_000);
+    }
+    if args.iter().any(|a| a == "--only-catch-up") {
+        println!("## 10. catch-ups against a zooid whose writes cost what the real one's do");
+        for (n, write_ms) in [(200, 60), (200, 20), (1000, 60), (1000, 20)] {
+            for paced in [false, true] {
+                catch_up(n, write_ms, paced)?;
+            }
+        }
+        return Ok(());
     }
     if args.iter().any(|a| a == "--only-prune") {
         println!("## 9. prune: a year of a 10 000-relay fleet");
@@ -245,6 +255,8 @@ fn setup(n: usize, synced: bool, workers: usize) -> anyhow::Result<Setup> {
     // The worker's own cost and throughput, without SYNC_MAX_RATE's ceiling (100/s by
     // default), which would measure the ceiling instead.
     env.sync_max_rate = 0.0;
+    // And without pacing (SYNC_ZOOID_SHARE), which section 10 measures on its own.
+    env.sync_zooid_share = 0.0;
     Ok(Setup {
         _dir: dir,
         db,
@@ -820,6 +832,83 @@ fn prune_a_year(binary: &Path, n: usize) -> anyhow::Result<()> {
         took.as_secs_f64(),
         size(&s.db) as f64 / 1e6,
         longest_host_wait.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// Section 10: a catch-up of `n` pending relays against a fixture zooid whose writes cost
+/// `write_ms` of its one core, which its relays' users share; with the old fixed settings (4
+/// workers, `SYNC_MAX_RATE` 100, no pacing) or with pacing at its default share. A relay user
+/// asks for a NIP-11 document every 20 ms, idle first and then during the catch-up.
+fn catch_up(n: usize, write_ms: u64, paced: bool) -> anyhow::Result<()> {
+    let mut s = setup(n, false, 4)?;
+    s.zooid
+        .set_cost(Some(zooid_sync::fixture::CostModel::writes_of(
+            Duration::from_millis(write_ms),
+        )));
+    s.zooid.put_relay(
+        "home",
+        serde_json::json!({"host": "home.relays.example.com", "schema": "home",
+                           "info": {"name": "Home", "pubkey": OWNER}}),
+    );
+    s.env.sync_max_rate = 100.0;
+    s.env.sync_zooid_share = if paced {
+        zooid_sync::DEFAULT_ZOOID_SHARE
+    } else {
+        0.0
+    };
+    let user = || -> Duration {
+        s.zooid
+            .user_request("home.relays.example.com")
+            .map(|(took, _)| took)
+            .unwrap_or(Duration::from_secs(30))
+    };
+    let sample = |stop: &std::sync::atomic::AtomicBool| {
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Acquire) {
+            samples.push(user());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        samples
+    };
+    let percentiles = |mut samples: Vec<Duration>| {
+        samples.sort();
+        let at = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+        (at(0.5), at(0.99))
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let idle = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| sample(&stop));
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Release);
+        sampler.join().expect("sampler")
+    });
+    let store = Store::open(&s.db)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (during, took) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let sampler = scope.spawn(|| sample(&stop));
+        let started = Instant::now();
+        let worker = Infra::new(store.query.clone(), store.command.clone(), &s.env).spawn()?;
+        wait_for("the catch-up", Duration::from_secs(900), || {
+            store.query.count_pending().unwrap_or(1) == 0
+        })?;
+        let took = started.elapsed();
+        stop.store(true, Ordering::Release);
+        worker.shutdown()?;
+        Ok((sampler.join().expect("sampler"), took))
+    })?;
+    let ((idle50, idle99), (busy50, busy99)) = (percentiles(idle), percentiles(during));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "n={n:>5} writes {write_ms:>2} ms {:<8}: {:>6.1} s, {:>5.1} relays/s; user p50 {:>5.2} -> \
+         {:>6.2} ms, p99 {:>5.2} -> {:>6.2} ms",
+        if paced { "paced" } else { "fixed" },
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64(),
+        ms(idle50),
+        ms(busy50),
+        ms(idle99),
+        ms(busy99)
     );
     Ok(())
 }
