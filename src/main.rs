@@ -152,17 +152,19 @@ fn run(command: Cmd) -> Result<ExitCode> {
             let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
             let path = var("DATABASE_PATH").unwrap_or_else(|| "zooid-sync.db".into());
             let query = zooid_sync::Query::open_read_only(&path).context("DATABASE_PATH")?;
-            let basis = status::basis(&query.worker_settings()?, var)?;
+            let recorded = query.worker_settings()?;
+            let basis = status::basis(&recorded, var)?;
             let rows = status::report(&query, basis.relay_domain.as_deref(), &basis.retry)?;
-            let zooid = status::zooid_line(&query)?;
+            let catch_up = status::catch_up_line(&recorded, query.count_pending()?);
+            let zooid = status::zooid_line(&query)?.into_iter().chain(catch_up);
             if json {
                 // Standard output stays one JSON document; the outage goes beside it.
-                if let Some(line) = zooid {
+                for line in zooid {
                     eprintln!("{line}");
                 }
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                if let Some(line) = zooid {
+                for line in zooid {
                     println!("{line}");
                 }
                 print!("{}", status::render_table(&rows));

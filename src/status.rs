@@ -174,6 +174,33 @@ pub fn zooid_line(query: &Query) -> Result<Option<String>> {
     }))
 }
 
+/// While the worker catches up, the line `status` shows about it: `catch-up since <time>: N
+/// of M relays left, about T at the current pace`, from what the worker recorded
+/// ([`crate::infra::pool::CATCH_UP_STATE`]) and the relays pending now.
+pub fn catch_up_line(recorded: &[(String, String)], pending: u64) -> Option<String> {
+    let get = |name: &str| {
+        recorded
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.parse::<i64>().ok())
+    };
+    let since = get("catch_up_since")?;
+    let relays = get("catch_up_relays").unwrap_or(0);
+    let eta = match get("catch_up_spacing_ms").filter(|ms| *ms > 0) {
+        Some(ms) => format!(
+            ", about {} at the current pace",
+            crate::words::show_duration(std::time::Duration::from_secs(
+                (ms as u64 * pending).div_ceil(1000)
+            ))
+        ),
+        None => String::new(),
+    };
+    Some(format!(
+        "catch-up since {}: {pending} of {relays} relays left{eta}",
+        format_unix(since)
+    ))
+}
+
 /// The report as an aligned text table; long errors are shortened to keep one line a relay.
 pub fn render_table(rows: &[RelayReport]) -> String {
     let header = [
@@ -222,4 +249,43 @@ pub fn render_table(rows: &[RelayReport]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_catch_up_is_shown_with_what_is_left_and_when_it_ends() {
+        let recorded = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            catch_up_line(&recorded(&[("retry_base_ms", "30000")]), 5),
+            None
+        );
+        let line = catch_up_line(
+            &recorded(&[
+                ("catch_up_since", "1795745139"),
+                ("catch_up_relays", "1000"),
+                ("catch_up_spacing_ms", "240"),
+            ]),
+            500,
+        )
+        .unwrap();
+        assert_eq!(
+            line,
+            "catch-up since 2026-11-27 02:05:39 UTC: 500 of 1000 relays left, about 2m at the \
+             current pace"
+        );
+        let unpaced = catch_up_line(
+            &recorded(&[("catch_up_since", "0"), ("catch_up_spacing_ms", "0")]),
+            3,
+        )
+        .unwrap();
+        assert!(unpaced.ends_with("3 of 0 relays left"), "{unpaced}");
+    }
 }

@@ -37,6 +37,13 @@ pub const URGENT_AT_ONCE: usize = 2;
 /// How many relays waiting make a catch-up worth a line in the log.
 const CATCH_UP: usize = 20;
 
+/// After how many relays of a catch-up its pace is recorded again, learned from their writes.
+const PACE_LEARNED: usize = 4;
+
+/// What is recorded of a catch-up in progress (`worker_settings`): since when (unix
+/// seconds), how many relays it started with, and the spacing of its writes (ms).
+pub const CATCH_UP_STATE: [&str; 3] = ["catch_up_since", "catch_up_relays", "catch_up_spacing_ms"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Queued,
@@ -163,6 +170,8 @@ struct PoolShared {
     pacer: Arc<Pacer>,
     /// While a catch-up runs: when it started, how many relays it had, how many are done.
     catch_up: Mutex<Option<(std::time::Instant, usize, usize)>>,
+    /// Where a catch-up in progress is recorded, for `zooid-sync status`.
+    command: crate::store::Command,
     /// Prepared syncs for the workers; closed by the preparer when it ends.
     ready: Queue<Job>,
     stopping: AtomicBool,
@@ -210,6 +219,16 @@ impl PoolShared {
         let mut catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, _, done)) = catch_up.as_mut() {
             *done += 1;
+            if *done == PACE_LEARNED {
+                // The pace is known by now: what `status` estimates the rest by.
+                let spacing = self.pacer.state().1.as_millis().to_string();
+                let recorded = self
+                    .command
+                    .record_worker_state(CATCH_UP_STATE[2], Some(&spacing));
+                if let Err(e) = recorded {
+                    log::warn!("{e:#}");
+                }
+            }
         }
         if idle {
             if let Some((started, _, done)) = catch_up.take() {
@@ -220,6 +239,7 @@ impl PoolShared {
                     crate::words::show_duration(Duration::from_secs(took.as_secs().max(1))),
                     done as f64 / took.as_secs_f64().max(0.001)
                 );
+                self.record_catch_up(None);
             }
             *self
                 .idle_since
@@ -253,6 +273,26 @@ impl PoolShared {
             "catch-up: {} to sync; {pace}",
             crate::words::plural(waiting as u64, "relay", "relays")
         );
+        self.record_catch_up(Some((waiting, spacing)));
+    }
+
+    /// Records a catch-up that starts with `waiting` relays at one write per `spacing`, or
+    /// forgets it (`None`), for `zooid-sync status`. A failure to record it is logged only.
+    fn record_catch_up(&self, started: Option<(usize, Duration)>) {
+        let now = crate::store::now_unix().to_string();
+        let values = match started {
+            Some((waiting, spacing)) => [
+                Some(now),
+                Some(waiting.to_string()),
+                Some(spacing.as_millis().to_string()),
+            ],
+            None => [None, None, None],
+        };
+        for (name, value) in CATCH_UP_STATE.iter().zip(values) {
+            if let Err(e) = self.command.record_worker_state(name, value.as_deref()) {
+                log::warn!("{e:#}");
+            }
+        }
     }
 }
 
@@ -276,6 +316,7 @@ impl Pool {
             urgent_waiting: Default::default(),
             pacer,
             catch_up: Mutex::new(None),
+            command: syncer.command().clone(),
             // Room for two prepared syncs per worker: a worker finds its next request ready,
             // the preparer fills the queue a few at a time (it is woken at half), and a
             // signature is still fresh when it is sent.
@@ -403,6 +444,16 @@ impl Pool {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.jobs.close();
         self.shared.pacer.nudge();
+        let stopped_during_catch_up = self
+            .shared
+            .catch_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .is_some();
+        if stopped_during_catch_up {
+            self.shared.record_catch_up(None);
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -251,6 +251,11 @@ impl Syncer {
         })
     }
 
+    /// The store's writing half.
+    pub(crate) fn command(&self) -> &Command {
+        &self.command
+    }
+
     /// The counters this syncer moves.
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

@@ -1206,13 +1206,7 @@ impl Command {
     /// Hands manual syncs of `relay_ids` to the worker holding the lease; answers the request
     /// ids, in order.
     pub fn request_syncs(&self, relay_ids: &[String]) -> Result<Vec<i64>> {
-        let conn = self
-            .db
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let insert = || -> rusqlite::Result<Vec<i64>> {
+        self.transaction(|conn| {
             let now = now_unix();
             // Housekeeping: answers nobody waited for (a `sync` that was interrupted) are
             // kept for a day, for whoever wants to look, then go.
@@ -1230,17 +1224,8 @@ impl Command {
                     Ok(conn.last_insert_rowid())
                 })
                 .collect()
-        };
-        match insert() {
-            Ok(ids) => {
-                conn.execute_batch("COMMIT")?;
-                Ok(ids)
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(e).context("handing manual syncs to the worker")
-            }
-        }
+        })
+        .context("handing manual syncs to the worker")
     }
 
     /// Forgets the manual sync requests `first..=last`, once their answers were read.
@@ -1281,13 +1266,7 @@ impl Command {
     /// Records the settings the worker runs with (`name`, `value`), replacing what an earlier
     /// worker recorded (see [`Query::worker_settings`]).
     pub(crate) fn record_worker_settings(&self, settings: &[(&str, String)]) -> Result<()> {
-        let conn = self
-            .db
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let write = || -> rusqlite::Result<()> {
+        self.transaction(|conn| {
             conn.execute("DELETE FROM worker_settings", [])?;
             let mut stmt =
                 conn.prepare_cached("INSERT INTO worker_settings (name, value) VALUES (?1, ?2)")?;
@@ -1295,14 +1274,25 @@ impl Command {
                 stmt.execute(params![name, value])?;
             }
             Ok(())
-        };
-        match write() {
-            Ok(()) => Ok(conn.execute_batch("COMMIT")?),
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(e).context("recording the worker's settings")
-            }
-        }
+        })
+        .context("recording the worker's settings")
+    }
+
+    /// Records one piece of the worker's state beside its settings (`Some`), or forgets it
+    /// (`None`): what `status` shows of a catch-up in progress.
+    pub(crate) fn record_worker_state(&self, name: &str, value: Option<&str>) -> Result<()> {
+        self.transaction(|conn| {
+            match value {
+                Some(value) => conn.execute(
+                    "INSERT INTO worker_settings (name, value) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    params![name, value],
+                )?,
+                None => conn.execute("DELETE FROM worker_settings WHERE name = ?1", [name])?,
+            };
+            Ok(())
+        })
+        .with_context(|| format!("recording the worker's {name}"))
     }
 
     /// Deletes the activity rows with `seq` in `after + 1 ..= through` that were written
@@ -1318,14 +1308,8 @@ impl Command {
     /// Rows about other kinds of resource are the host's; zooid-sync needs none of them, and
     /// they go by age alone.
     pub fn prune_activity(&self, after: i64, through: i64, cutoff: i64) -> Result<usize> {
-        let conn = self
-            .db
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let deleted = conn
-            .prepare_cached(
+        self.transaction(|conn| {
+            conn.prepare_cached(
                 "DELETE FROM activity WHERE seq IN (
                    SELECT a.seq FROM activity a
                    WHERE a.seq > ?1 AND a.seq <= ?2 AND a.created_at < ?3
@@ -1337,31 +1321,32 @@ impl Command {
                                  AND c.activity_type = 'complete_relay_sync')
                        AND NOT EXISTS (SELECT 1 FROM relay r
                                        WHERE r.id = a.resource_id AND r.synced = 0))))",
-            )
-            .and_then(|mut stmt| stmt.execute(params![after, through, cutoff]));
-        match deleted {
-            Ok(n) => {
-                conn.execute_batch("COMMIT")?;
-                Ok(n)
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(e).context("pruning old activity")
-            }
-        }
+            )?
+            .execute(params![after, through, cutoff])
+        })
+        .context("pruning old activity")
     }
 
     /// One statement on zooid-sync's own state, which announces nothing on the bus: run on
     /// the writer connection in its own transaction, between group commits.
     fn write_state(&self, sql: &str, params: impl rusqlite::Params) -> Result<()> {
+        self.transaction(|conn| conn.execute(sql, params).map(|_| ()))
+    }
+
+    /// Runs `f` on the writer connection in one `BEGIN IMMEDIATE` transaction, between group
+    /// commits: committed when it succeeds, rolled back when it fails.
+    fn transaction<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         let conn = self
             .db
             .writer
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        match conn.execute(sql, params) {
-            Ok(_) => Ok(conn.execute_batch("COMMIT")?),
+        match f(&conn) {
+            Ok(value) => {
+                conn.execute_batch("COMMIT")?;
+                Ok(value)
+            }
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
                 Err(e.into())

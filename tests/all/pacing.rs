@@ -152,7 +152,24 @@ fn a_lone_change_goes_out_at_once_while_a_catch_up_waits_its_turn() {
         .iter()
         .filter(|id| !store.query.get_relay(id).unwrap().unwrap().synced)
         .count();
+    let status = |fx: &FixtureZooid| {
+        let out = run_cli(fx, &env.database_path, &["status"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let during = status(&fx);
     worker.shutdown().unwrap();
+    let after = status(&fx);
+    assert!(
+        during
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("catch-up since") && l.contains("relays left, about")),
+        "{during}"
+    );
+    assert!(
+        !after.contains("catch-up since"),
+        "forgotten once stopped: {after}"
+    );
     println!(
         "a lone change reached zooid after {waits:?}, {pending} relays of the catch-up waiting"
     );
