@@ -103,6 +103,12 @@ impl Lease {
     /// Takes the lease of `database` if it is free; otherwise answers who holds it. The
     /// database file must exist.
     pub fn try_acquire(database: &Path) -> Result<Result<Lease, Holder>> {
+        Ok(Lease::try_lock(database)?.ok_or_else(|| read_holder(&info_path(database))))
+    }
+
+    /// Takes the lease of `database` if it is free; `None` while another holds it (without
+    /// looking who: a standby polls this, and says whom it waits for only once).
+    fn try_lock(database: &Path) -> Result<Option<Lease>> {
         let mut descriptors = DESCRIPTORS.lock().unwrap_or_else(PoisonError::into_inner);
         let mut id = identify(database)?;
         if !descriptors.contains_key(&id) {
@@ -111,26 +117,31 @@ impl Lease {
             // The path may have been replaced between the look and the open: the descriptor
             // is kept under the identity of what it opened, whatever that is.
             id = file_id(&file.metadata()?);
-            descriptors
-                .entry(id)
-                .or_insert(Descriptor { file, held: false });
+            match descriptors.entry(id) {
+                // Already open under that identity: this second descriptor is never closed
+                // either (closing it would drop SQLite's locks on that file).
+                std::collections::hash_map::Entry::Occupied(_) => std::mem::forget(file),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(Descriptor { file, held: false });
+                }
+            }
         }
         let descriptor = descriptors.get_mut(&id).expect("inserted above");
-        let info = info_path(database);
         if descriptor.held {
-            return Ok(Err(read_holder(&info)));
+            return Ok(None);
         }
         match descriptor.file.try_lock() {
             Ok(()) => {
                 descriptor.held = true;
+                let info = info_path(database);
                 write_holder(&info);
-                Ok(Ok(Lease {
+                Ok(Some(Lease {
                     file: id,
                     database: database.to_path_buf(),
                     info,
                 }))
             }
-            Err(TryLockError::WouldBlock) => Ok(Err(read_holder(&info))),
+            Err(TryLockError::WouldBlock) => Ok(None),
             Err(TryLockError::Error(e)) => {
                 Err(e).with_context(|| format!("cannot lock the database {}", database.display()))
             }
@@ -147,13 +158,11 @@ impl Lease {
     ) -> Result<Option<Lease>> {
         let mut told = Some(standing_by);
         loop {
-            match Lease::try_acquire(database)? {
-                Ok(lease) => return Ok(Some(lease)),
-                Err(holder) => {
-                    if let Some(tell) = told.take() {
-                        tell(&holder);
-                    }
-                }
+            if let Some(lease) = Lease::try_lock(database)? {
+                return Ok(Some(lease));
+            }
+            if let Some(tell) = told.take() {
+                tell(&read_holder(&info_path(database)));
             }
             match stop.recv_timeout(STANDBY_POLL) {
                 Err(RecvTimeoutError::Timeout) => {}
