@@ -328,8 +328,12 @@ impl ZooidClient {
         let write = matches!(signed.method, "POST" | "PUT" | "PATCH" | "DELETE");
         let started = std::time::Instant::now();
         let result = self.send_now(signed);
-        let timed_out = matches!(&result, Err(e) if e.timed_out());
-        self.pacer.observe(write, started.elapsed(), timed_out);
+        // Only an answer says what zooid's work costs: a failure without one (zooid down, a
+        // refused connection) would teach the pacer a cost zooid never had. A write that timed
+        // out while zooid answers others is charged by the sync that judges it slow.
+        if matches!(&result, Ok(_) | Err(ZooidError::Status { .. })) {
+            self.pacer.observe(write, started.elapsed(), false);
+        }
         result
     }
 
@@ -658,6 +662,28 @@ mod tests {
             message: "refused".into(),
         };
         assert_eq!(client.robot_refusal(&transport), None);
+    }
+
+    /// Only answers teach the pacer what zooid's writes cost: a write that ran into the timeout
+    /// (zooid down, or hung) leaves it as it was.
+    #[cfg(feature = "fixture")]
+    #[test]
+    fn only_answers_reach_the_pacer() {
+        let robot = RobotKey::parse(&"7".repeat(64)).unwrap();
+        let zooid = crate::fixture::FixtureZooid::start(&[robot.public_key().to_hex()]).unwrap();
+        let mut env = Env::new(&zooid.url(), "relays.example.com", robot).unwrap();
+        env.zooid_timeout = Duration::from_millis(200);
+        let client = ZooidClient::new(&env).unwrap();
+        zooid.inject("hung", crate::fixture::Fault::Hang);
+        let hung = client.request("PATCH", "/relay/hung", Some(b"{}"));
+        assert!(hung.is_err_and(|e| e.timed_out()));
+        assert_eq!(client.pacer().state().2, None, "no answer, nothing learned");
+        let refused = client.request("PATCH", "/relay/nobody", Some(b"{}"));
+        assert_eq!(refused.unwrap_err().status(), Some(404));
+        assert!(
+            client.pacer().state().2.is_some(),
+            "an answer is learned from"
+        );
     }
 
     /// Through `send`, to the fixture zooid: what zooid receives is the header signed when

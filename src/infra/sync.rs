@@ -419,8 +419,11 @@ impl Syncer {
                 let failure = self.fleet_wide(&e).expect("matched above");
                 match self.breaker.verdict(&self.client, started, &failure) {
                     // zooid answers cheap requests but not this write in time: it is slow,
-                    // not refusing. The pacer has taken the timeout as this write's cost.
+                    // not refusing. The timeout is this write's cost to the pacer.
                     Verdict::ZooidUp if e.timed_out() => {
+                        self.client
+                            .pacer()
+                            .observe(true, self.env.zooid_timeout, true);
                         log::warn!(
                             "relay {relay_id}: zooid did not answer the write within \
                              ZOOID_TIMEOUT while it answers other requests: it is slow. Sent \
