@@ -19,7 +19,8 @@
 //! When zooid is unavailable the [`breaker`] stops relay syncs and probes zooid; when zooid
 //! answers again it tells the dispatcher, which reconciles (`"zooid answers again"`).
 //!
-//! Every [`REQUEST_POLL`] it also looks for manual sync requests that `zooid-sync sync` left in
+//! Every [`REQUEST_POLL`] while busy (a second when quiet), and only after another connection
+//! committed, it also looks for manual sync requests that `zooid-sync sync` left in
 //! the database, and hands them to the pool like any other sync; and once the pool has been
 //! idle for a second after a burst, it gives memory back (SQLite's page caches, and the free
 //! heap the allocator keeps), so an idle daemon stays as small after 10 000 syncs as at start.

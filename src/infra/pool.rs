@@ -216,22 +216,23 @@ impl PoolShared {
         }
         let idle = in_flight.relays.is_empty();
         drop(in_flight);
-        let mut catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, _, done)) = catch_up.as_mut() {
-            *done += 1;
-            if *done == PACE_LEARNED {
-                // The pace is known by now: what `status` estimates the rest by.
-                let spacing = self.pacer.state().1.as_millis().to_string();
-                let recorded = self
-                    .command
-                    .record_worker_state(CATCH_UP_STATE[2], Some(&spacing));
-                if let Err(e) = recorded {
-                    log::warn!("{e:#}");
-                }
+        let (pace_learned, ended) = {
+            let mut catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut pace_learned = false;
+            if let Some((_, _, done)) = catch_up.as_mut() {
+                *done += 1;
+                pace_learned = *done == PACE_LEARNED;
             }
+            (pace_learned, if idle { catch_up.take() } else { None })
+        };
+        // The database is written outside the lock: the writer's callbacks take it.
+        if pace_learned {
+            // The pace is known by now: what `status` estimates the rest by.
+            let spacing = self.pacer.state().1.as_millis().to_string();
+            self.record(&[(CATCH_UP_STATE[2], Some(spacing))]);
         }
         if idle {
-            if let Some((started, _, done)) = catch_up.take() {
+            if let Some((started, _, done)) = ended {
                 let took = started.elapsed();
                 log::info!(
                     "catch-up done: {} in {} ({:.1} a second)",
@@ -251,11 +252,13 @@ impl PoolShared {
     /// Logs, once, that a catch-up starts, when `waiting` relays make one: how many, the pace
     /// and about how long it will take.
     fn catching_up(&self, waiting: usize) {
-        let mut catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner);
-        if catch_up.is_some() || waiting < CATCH_UP {
-            return;
+        {
+            let mut catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner);
+            if catch_up.is_some() || waiting < CATCH_UP {
+                return;
+            }
+            *catch_up = Some((std::time::Instant::now(), waiting, 0));
         }
-        *catch_up = Some((std::time::Instant::now(), waiting, 0));
         let (limit, spacing, latency) = self.pacer.state();
         let pace = match (spacing.is_zero(), latency) {
             (false, Some(latency)) => format!(
@@ -279,19 +282,22 @@ impl PoolShared {
     /// Records a catch-up that starts with `waiting` relays at one write per `spacing`, or
     /// forgets it (`None`), for `zooid-sync status`. A failure to record it is logged only.
     fn record_catch_up(&self, started: Option<(usize, Duration)>) {
-        let now = crate::store::now_unix().to_string();
         let values = match started {
             Some((waiting, spacing)) => [
-                Some(now),
+                Some(crate::store::now_unix().to_string()),
                 Some(waiting.to_string()),
                 Some(spacing.as_millis().to_string()),
             ],
             None => [None, None, None],
         };
-        for (name, value) in CATCH_UP_STATE.iter().zip(values) {
-            if let Err(e) = self.command.record_worker_state(name, value.as_deref()) {
-                log::warn!("{e:#}");
-            }
+        let state: Vec<(&str, Option<String>)> = CATCH_UP_STATE.into_iter().zip(values).collect();
+        self.record(&state);
+    }
+
+    /// Records the catch-up's state; a failure to is logged only.
+    fn record(&self, state: &[(&str, Option<String>)]) {
+        if let Err(e) = self.command.record_worker_state(state) {
+            log::warn!("{e:#}");
         }
     }
 }

@@ -1278,21 +1278,23 @@ impl Command {
         .context("recording the worker's settings")
     }
 
-    /// Records one piece of the worker's state beside its settings (`Some`), or forgets it
-    /// (`None`): what `status` shows of a catch-up in progress.
-    pub(crate) fn record_worker_state(&self, name: &str, value: Option<&str>) -> Result<()> {
+    /// Records pieces of the worker's state beside its settings (`Some`), or forgets them
+    /// (`None`), in one transaction: what `status` shows of a catch-up in progress.
+    pub(crate) fn record_worker_state(&self, state: &[(&str, Option<String>)]) -> Result<()> {
         self.transaction(|conn| {
-            match value {
-                Some(value) => conn.execute(
-                    "INSERT INTO worker_settings (name, value) VALUES (?1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                    params![name, value],
-                )?,
-                None => conn.execute("DELETE FROM worker_settings WHERE name = ?1", [name])?,
-            };
+            for (name, value) in state {
+                match value {
+                    Some(value) => conn.execute(
+                        "INSERT INTO worker_settings (name, value) VALUES (?1, ?2)
+                         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                        params![name, value],
+                    )?,
+                    None => conn.execute("DELETE FROM worker_settings WHERE name = ?1", [name])?,
+                };
+            }
             Ok(())
         })
-        .with_context(|| format!("recording the worker's {name}"))
+        .context("recording the worker's catch-up")
     }
 
     /// Deletes the activity rows with `seq` in `after + 1 ..= through` that were written
