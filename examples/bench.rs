@@ -603,6 +603,23 @@ fn proc_status(pid: u32, key: &str) -> String {
     first_line(&format!("/proc/{pid}/status"), key)
 }
 
+/// CPU time so far of each thread of process `pid`, by thread name and id.
+fn per_thread_cpu(pid: u32) -> Vec<(String, Duration)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut threads: Vec<(String, Duration)> = tasks
+        .flatten()
+        .map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let name = format!("{} ({})", comm.trim(), task.file_name().to_string_lossy());
+            (name, schedstat(&task.path()))
+        })
+        .collect();
+    threads.sort();
+    threads
+}
+
 /// CPU time so far of process `pid`, every thread.
 fn proc_cpu(pid: u32) -> Duration {
     threads_cpu(&format!("/proc/{pid}"), "")
@@ -619,9 +636,19 @@ fn footprint(binary: &Path, n: usize) -> anyhow::Result<()> {
     let rss = proc_status(pid, "VmRSS");
     let standby_rss = proc_status(standby_pid, "VmRSS");
     let (cpu_before, standby_before) = (proc_cpu(pid), proc_cpu(standby_pid));
+    let threads_before = per_thread_cpu(pid);
     std::thread::sleep(Duration::from_secs(10));
     let cpu_idle = proc_cpu(pid) - cpu_before;
     let standby_idle = proc_cpu(standby_pid) - standby_before;
+    if std::env::var_os("BENCH_THREADS").is_some() {
+        for (name, after) in per_thread_cpu(pid) {
+            let before = threads_before
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(Duration::ZERO, |(_, d)| *d);
+            println!("  {name}: {:.2} ms", (after - before).as_secs_f64() * 1e3);
+        }
+    }
     let hwm = proc_status(pid, "VmHWM");
     stop(standby);
     stop(child);

@@ -3,11 +3,16 @@
 //! When zooid-sync runs as its own daemon, the host platform writes relays and activity from
 //! another process, so nothing arrives on the in-process bus. The feed tails the `activity`
 //! table by its increasing `seq` and publishes each new row. It checks
-//! `PRAGMA data_version` first, which changes only when another connection committed, so an
-//! idle feed costs one tiny query per look and reads nothing. It looks every `interval` while
-//! activity flows; after a second of quiet it looks less and less often, down to once every
-//! ten intervals, and goes back to full speed at the first change. So a quiet daemon wakes a
-//! few times a second, and the first change after a quiet spell waits at most ten intervals.
+//! `PRAGMA data_version` first, which changes only when another connection committed, so a
+//! look that finds nothing costs one tiny query and reads nothing.
+//!
+//! It looks every `interval` while activity flows. After a second of quiet it looks less and
+//! less often, down to once every ten intervals; then, on Linux, it stops looking and sleeps
+//! until the kernel reports a write to the database's files ([`crate::watch`]), with one
+//! backstop look every [`BACKSTOP`]. The first write after a quiet spell wakes it: it waits one
+//! interval (the writer may not have finished committing) and looks, and is back at full
+//! speed. So an idle daemon's feed wakes a few times a minute, and a lone change is seen
+//! within an interval. Where the watch is not available it keeps looking every ten intervals.
 //!
 //! Each activity is dispatched exactly once: rows this process wrote itself were published by
 //! [`Command`] when they committed, and are remembered (only while a feed runs) so that the
@@ -22,9 +27,14 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crate::metrics::Metrics;
 use crate::store::{open_connection, Command, Query};
+use crate::watch::{Waker, Watch, Woken};
 
 /// How many rows the feed reads at a time.
 const BATCH: usize = 1000;
+
+/// How often a feed that waits for writes looks anyway (or every ten intervals, if longer).
+/// Nothing is known to slip past the watch; this bounds the cost if something ever does.
+pub const BACKSTOP: Duration = Duration::from_secs(2);
 
 /// A running feed. Stopping it drops its bus handle.
 pub struct Feed {
@@ -39,6 +49,8 @@ pub struct Feed {
 struct Stop {
     stopped: Mutex<bool>,
     wake: Condvar,
+    /// Wakes the feed when it waits for writes instead.
+    watch: Option<Waker>,
 }
 
 impl Stop {
@@ -51,9 +63,16 @@ impl Stop {
         *self.wake.wait_timeout(stopped, interval).unwrap().0
     }
 
+    fn is_stopped(&self) -> bool {
+        *self.stopped.lock().unwrap()
+    }
+
     fn stop(&self) {
         *self.stopped.lock().unwrap() = true;
         self.wake.notify_all();
+        if let Some(watch) = &self.watch {
+            watch.wake();
+        }
     }
 }
 
@@ -70,7 +89,20 @@ impl Feed {
         command.track_own_writes();
         let cursor = query.last_activity_seq()?;
         let conn = open_connection(query.path(), Duration::from_secs(5))?;
-        let stop = Arc::new(Stop::default());
+        let watch = match Watch::new(query.path()) {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                log::info!(
+                    "feed: cannot watch the database's files ({e}); looking every {} instead",
+                    crate::words::show_duration(interval * Pace::MAX_FACTOR)
+                );
+                None
+            }
+        };
+        let stop = Arc::new(Stop {
+            watch: watch.as_ref().map(Watch::waker),
+            ..Stop::default()
+        });
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("zooid-sync-feed".into())
@@ -81,7 +113,7 @@ impl Feed {
                     command,
                     metrics,
                 };
-                feed.run(cursor, interval, &stopped)
+                feed.run(cursor, interval, watch, &stopped)
             })
             .context("cannot start the feed thread")?;
         Ok(Feed {
@@ -124,12 +156,33 @@ struct Tail {
 }
 
 impl Tail {
-    fn run(&self, mut cursor: i64, interval: Duration, stop: &Stop) {
+    fn run(&self, mut cursor: i64, interval: Duration, mut watch: Option<Watch>, stop: &Stop) {
         let mut seen_version = None;
         let mut pace = Pace::new(interval);
+        let backstop = BACKSTOP.max(interval * Pace::MAX_FACTOR);
         loop {
-            if stop.sleep(pace.next_sleep()) {
-                return;
+            match watch.as_ref().filter(|_| pace.settled()) {
+                Some(w) => match w.wait(backstop) {
+                    Ok(Woken::Written) => {
+                        // Looking at once could come before the commit is visible.
+                        pace.active();
+                        if stop.sleep(interval) {
+                            return;
+                        }
+                    }
+                    Ok(Woken::Called | Woken::TimedOut) if stop.is_stopped() => return,
+                    Ok(Woken::Called | Woken::TimedOut) => {}
+                    Err(e) => {
+                        log::warn!("feed: watching the database's files failed ({e}); looking every {} instead",
+                            crate::words::show_duration(interval * Pace::MAX_FACTOR));
+                        watch = None;
+                    }
+                },
+                None => {
+                    if stop.sleep(pace.next_sleep()) {
+                        return;
+                    }
+                }
             }
             match data_version(&self.conn) {
                 Ok(v) if Some(v) == seen_version => {
@@ -206,6 +259,11 @@ impl Pace {
         self.current
     }
 
+    /// Whether the looks have backed off as far as they go: time to wait for writes instead.
+    fn settled(&self) -> bool {
+        self.current >= self.interval * Self::MAX_FACTOR
+    }
+
     /// A look found nothing new.
     fn quiet(&mut self) {
         self.quiet_for += self.current;
@@ -240,7 +298,9 @@ mod tests {
             pace.quiet();
         }
         assert_eq!(pace.next_sleep(), ms(200), "capped at ten intervals");
+        assert!(pace.settled());
         pace.active();
         assert_eq!(pace.next_sleep(), ms(20));
+        assert!(!pace.settled());
     }
 }

@@ -52,6 +52,8 @@ pub mod notify;
 pub mod prune;
 #[cfg(feature = "cli")]
 pub mod status;
+#[cfg(feature = "cli")]
+mod watch;
 
 pub use env::{BlossomS3, Env, Livekit, DEFAULT_MAX_RATE, DEFAULT_ZOOID_SHARE};
 pub use infra::retry::RetryPolicy;

@@ -70,3 +70,39 @@ fn subscriber_is_idle(s: &zooid_sync::Subscriber) -> bool {
         Err(e) => panic!("{e:?}"),
     }
 }
+
+/// After a quiet spell the feed stops looking and waits for the database's files to be
+/// written: a lone change is still published at once, not at the next backstop look (two
+/// seconds), however the change falls between them.
+#[test]
+fn a_lone_change_after_a_quiet_spell_is_published_at_once() {
+    let (_dir, path) = temp_db();
+    let store = open_store(&path);
+    let subscriber = store.command.notify.subscribe();
+    let feed = Feed::start(
+        store.query.clone(),
+        store.command.clone(),
+        Duration::from_millis(5),
+        Default::default(),
+    )
+    .unwrap();
+    let other = Connection::open(&path).unwrap();
+    for round in 0..3 {
+        // A quiet second, and the back-off after it, leave the feed waiting for writes.
+        std::thread::sleep(Duration::from_millis(1500));
+        let id = format!("lone-{round}");
+        insert_elsewhere(&other, &id);
+        let written = Instant::now();
+        let activity = subscriber
+            .recv_deadline(written + Duration::from_secs(10))
+            .unwrap()
+            .expect("the change was never published");
+        assert_eq!(activity.id, id);
+        assert!(
+            written.elapsed() < Duration::from_millis(700),
+            "round {round}: published after {:?}",
+            written.elapsed()
+        );
+    }
+    feed.stop();
+}
