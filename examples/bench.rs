@@ -437,7 +437,7 @@ fn cost_breakdown(n: usize) -> anyhow::Result<()> {
     let mut relays = Vec::with_capacity(n);
     for id in &ids {
         // One read, as the preparer makes: the relay and whether it ever completed a sync.
-        relays.push(store.query.get_relay_for_sync(id)?.unwrap().0);
+        relays.push(store.query.get_relay_for_sync(id)?.unwrap().relay);
     }
     let read = t.elapsed();
 

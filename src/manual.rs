@@ -73,10 +73,21 @@ pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// the relays still unanswered then fail with an error naming the worker that did not
 /// answer and what to do.
 pub fn run(env: &Env, store: &Store, selection: &Selection, timeout: Duration) -> Result<Report> {
+    // Deletions zooid has not confirmed are part of the fleet's state too: `--all` repairs
+    // them, `--failed` takes those whose last attempt failed.
+    let deletions = |only_failed: bool| -> Result<Vec<String>> {
+        Ok(store
+            .query
+            .list_pending_deletions()?
+            .into_iter()
+            .filter(|d| !only_failed || !d.sync_error.is_empty())
+            .map(|d| d.id)
+            .collect())
+    };
     let ids = match selection {
         Selection::Ids(ids) => ids.clone(),
-        Selection::Failed => store.query.relay_ids(true)?,
-        Selection::All => store.query.relay_ids(false)?,
+        Selection::Failed => [store.query.relay_ids(true)?, deletions(true)?].concat(),
+        Selection::All => [store.query.relay_ids(false)?, deletions(false)?].concat(),
     };
     if ids.is_empty() {
         return Ok(Report::default());

@@ -82,13 +82,14 @@ pub fn basis(recorded: &[(String, String)], var: impl Fn(&str) -> Option<String>
     })
 }
 
-/// Every relay, in id order. A malformed row is reported with its error instead of hiding.
+/// Every relay, in id order, and every relay the host deleted that zooid has not confirmed
+/// deleting (its status `deleted at <time>`). A malformed row is reported with its error
+/// instead of hiding.
 pub fn report(
     query: &Query,
     relay_domain: Option<&str>,
     retry: &RetryPolicy,
 ) -> Result<Vec<RelayReport>> {
-    let now = now_unix();
     let mut out = Vec::new();
     for relay in query.list_relays()? {
         let relay = match relay {
@@ -114,28 +115,8 @@ pub fn report(
             true => 0,
             false => query.count_trailing_sync_failures(&relay.id)?,
         };
-        let (next_retry, next_retry_at) = if relay.synced {
-            (String::new(), None)
-        } else if attempts == 0 {
-            ("pending".to_string(), None)
-        } else if retry.gave_up(attempts) {
-            ("gave up".to_string(), None)
-        } else {
-            // A failure row the host mangled does not hide the relay: count from now.
-            let failed_at = query
-                .trailing_sync_failure(&relay.id)
-                .ok()
-                .flatten()
-                .map_or(now, |a| a.created_at);
-            let delay = retry.backoff(attempts).unwrap_or_default();
-            let at = failed_at + delay.as_secs_f64().ceil() as i64;
-            let text = if at > now {
-                format!("in {}s", at - now)
-            } else {
-                "due".to_string()
-            };
-            (text, Some(at))
-        };
+        let (next_retry, next_retry_at) =
+            next_retry(query, &relay.id, relay.synced, attempts, retry);
         let s = &relay.settings;
         out.push(RelayReport {
             host: match relay_domain {
@@ -152,7 +133,61 @@ pub fn report(
             id: relay.id,
         });
     }
+    // Relays the host deleted whose deletion zooid has not confirmed: their rows are gone,
+    // their state is in the log.
+    for deletion in query.list_pending_deletions()? {
+        let attempts = match deletion.sync_error.is_empty() {
+            true => 0,
+            false => query.count_trailing_sync_failures(&deletion.id)?,
+        };
+        let (next_retry, next_retry_at) = next_retry(query, &deletion.id, false, attempts, retry);
+        out.push(RelayReport {
+            host: String::new(),
+            status: format!("deleted at {}", format_unix(deletion.requested_at)),
+            synced: false,
+            attempts,
+            last_error: quote::remote(&deletion.sync_error, quote::REMOTE_MAX),
+            next_retry,
+            next_retry_at,
+            id: deletion.id,
+        });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// When relay `id` is synced next: `""` when it is synced, `"pending"` before any failure,
+/// `"gave up"`, or the time of its next retry (`"in 12s"`, `"due"`) with its unix time.
+fn next_retry(
+    query: &Query,
+    id: &str,
+    synced: bool,
+    attempts: u32,
+    retry: &RetryPolicy,
+) -> (String, Option<i64>) {
+    if synced {
+        (String::new(), None)
+    } else if attempts == 0 {
+        ("pending".to_string(), None)
+    } else if retry.gave_up(attempts) {
+        ("gave up".to_string(), None)
+    } else {
+        let now = now_unix();
+        // A failure row the host mangled does not hide the relay: count from now.
+        let failed_at = query
+            .trailing_sync_failure(id)
+            .ok()
+            .flatten()
+            .map_or(now, |a| a.created_at);
+        let delay = retry.backoff(attempts).unwrap_or_default();
+        let at = failed_at + delay.as_secs_f64().ceil() as i64;
+        let text = if at > now {
+            format!("in {}s", at - now)
+        } else {
+            "due".to_string()
+        };
+        (text, Some(at))
+    }
 }
 
 /// While the breaker is open, the first line of `zooid-sync status`: `zooid unreachable

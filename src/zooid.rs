@@ -430,6 +430,11 @@ impl ZooidClient {
         self.sign(method, &path, Some(json))
     }
 
+    /// `DELETE /relay/{id}`, signed, not sent yet.
+    pub(crate) fn sign_delete(&self, id: &str) -> Result<SignedRequest, ZooidError> {
+        self.sign("DELETE", &relay_path("DELETE", id, "")?, None)
+    }
+
     /// Asks whether zooid is there, with a signed request that depends on no relay:
     /// `GET /relay/zooid-sync-probe/members`. Any answer that is not unavailability (404, the
     /// usual one, included) means zooid is up; the error says why it is not.

@@ -49,7 +49,8 @@ use crate::env::Env;
 use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::store::{
-    activity_type, Activity, Command, Query, RecvError, RELAY_RESOURCE, ZOOID_UNAVAILABLE,
+    activity_type, Activity, Command, PendingRelay, Query, RecvError, RELAY_RESOURCE,
+    ZOOID_UNAVAILABLE,
 };
 use pool::Pool;
 use retry::{random_unit, RetryDecision, RetryPolicy};
@@ -371,6 +372,7 @@ fn is_dispatched(activity: &Activity) -> bool {
                 | activity_type::UPDATE_RELAY
                 | activity_type::ACTIVATE_RELAY
                 | activity_type::DEACTIVATE_RELAY
+                | activity_type::DELETE_RELAY
                 | activity_type::FAIL_RELAY_SYNC
         )
 }
@@ -485,6 +487,25 @@ impl Dispatcher<'_> {
                 return;
             }
         };
+        // Deletions zooid has not confirmed are synced like pending relays: now, or at their
+        // backoff.
+        let deletions = match self.query.list_pending_deletions() {
+            Ok(deletions) => deletions,
+            Err(e) => {
+                log::error!("reconcile ({source}): {e:#}");
+                Vec::new()
+            }
+        };
+        let deleted = deletions.len();
+        let pending: Vec<_> = pending
+            .into_iter()
+            .chain(deletions.into_iter().map(|d| {
+                Ok(PendingRelay {
+                    id: d.id,
+                    sync_error: d.sync_error,
+                })
+            }))
+            .collect();
         let mut now = 0;
         let mut bad = 0;
         for relay in &pending {
@@ -505,8 +526,12 @@ impl Dispatcher<'_> {
             }
         }
         log::info!(
-            "reconcile ({source}): {} pending, {now} synced now, {} after their backoff{}",
+            "reconcile ({source}): {} pending{}, {now} synced now, {} after their backoff{}",
             crate::words::plural((pending.len() - bad) as u64, "relay", "relays"),
+            match deleted {
+                0 => String::new(),
+                n => format!(" ({n} of them deleted by the host)"),
+            },
             pending.len() - bad - now,
             match bad {
                 0 => String::new(),

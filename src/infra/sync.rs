@@ -9,9 +9,13 @@
 //! them on different threads, so that one relay is prepared while another's request is in
 //! flight; the foreground `sync` runs both in a row.
 //!
-//! A relay is *new* when it never completed a sync (`synced != 1` and no
-//! `complete_relay_sync` activity): it is created with `POST` and a fresh secret. Any other
-//! relay is updated with `PATCH` and no secret. Two answers are healed, each logged at `warn`:
+//! A relay is *new* when it never completed a sync since it was created (`synced != 1` and no
+//! `complete_relay_sync` activity after its last `create_relay`): it is created with `POST` and
+//! a fresh secret. Any other relay is updated with `PATCH` and no secret. A relay whose row the
+//! host deleted with a `delete_relay` activity is deleted with `DELETE`; `404` means zooid did
+//! not have it, which is as good. Which of the three a sync sends is decided when it is
+//! prepared, from what the host's rows say then, so a relay deleted while its create was in
+//! flight is deleted by its next sync, and one created again after its deletion is created. Two answers are healed, each logged at `warn`:
 //! `POST` → `409` because the id exists (a create that was never recorded) switches to `PATCH`;
 //! `PATCH` → `404` (zooid lost the relay) creates it again with `POST` and a new secret. When
 //! the fallback fails too, the original error is the one reported, so a schema or host conflict
@@ -34,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::quote;
 use crate::relay_config::{relay_body, InvalidRelay};
 use crate::secret::Secret;
-use crate::store::{format_unix, Command, Query, Relay, ZOOID_UNAVAILABLE};
+use crate::store::{format_unix, Command, Query, Relay, RelayForSync, ZOOID_UNAVAILABLE};
 use crate::zooid::{ProbeFailure, SignedRequest, ZooidClient, ZooidError};
 
 /// Why a sync failed, kept typed until the outcome is recorded.
@@ -187,6 +191,14 @@ enum Attempt {
     Accepted {
         relay_id: String,
         revision: i64,
+        /// The relay's newest activity when the sync read it.
+        seen: i64,
+        done: Done,
+        started: Instant,
+    },
+    /// zooid no longer has the relay the host deleted.
+    Deleted {
+        relay_id: String,
         done: Done,
         started: Instant,
     },
@@ -212,10 +224,33 @@ enum Stage {
 
 /// A relay read, with its first request signed.
 struct Ready {
-    relay: Relay,
-    /// The secret a `POST` of this relay carries, once one was generated.
-    secret: Option<Secret>,
+    target: Target,
     first: SignedRequest,
+}
+
+/// What a sync brings zooid in line with. (The relay is the common, large case; a `Ready`
+/// travels boxed.)
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    /// The relay as the host has it: created or updated.
+    Relay {
+        relay: Relay,
+        /// The secret a `POST` of this relay carries, once one was generated.
+        secret: Option<Secret>,
+        /// Its newest activity when it was read ([`RelayForSync::seen`]).
+        seen: i64,
+    },
+    /// A relay the host deleted.
+    Deleted { id: String },
+}
+
+impl Target {
+    fn id(&self) -> &str {
+        match self {
+            Target::Relay { relay, .. } => &relay.id,
+            Target::Deleted { id } => id,
+        }
+    }
 }
 
 /// A successful exchange with zooid.
@@ -305,23 +340,53 @@ impl Syncer {
                 started: Instant::now(),
             }))
         };
-        let (relay, ever_completed) = match self.query.get_relay_for_sync(id) {
+        let RelayForSync {
+            relay,
+            ever_completed,
+            seen,
+        } = match self.query.get_relay_for_sync(id) {
             Ok(Some(found)) => found,
-            Ok(None) => {
-                log::debug!("relay {id}: gone, nothing to sync");
-                return Prepared(Stage::Decided(Attempt::Quiet(SyncOutcome::Gone)));
-            }
+            Ok(None) => return self.prepare_deletion(id),
             Err(e) => return failed(SyncError::Unreadable(format!("{e:#}"))),
         };
         let is_new = !relay.synced && !ever_completed;
         let mut secret = None;
         match self.sign(&relay, if is_new { "POST" } else { "PATCH" }, &mut secret) {
             Ok(first) => Prepared(Stage::Ready(Box::new(Ready {
-                relay,
-                secret,
+                target: Target::Relay {
+                    relay,
+                    secret,
+                    seen,
+                },
                 first,
             }))),
             Err(error) => failed(error),
+        }
+    }
+
+    /// A relay without a row: deleted at zooid if the host deleted it with a `delete_relay`
+    /// that zooid has not confirmed; otherwise there is nothing to do.
+    fn prepare_deletion(&self, id: &str) -> Prepared {
+        let failed = |error| {
+            Prepared(Stage::Decided(Attempt::Failed {
+                relay_id: id.to_string(),
+                error,
+                started: Instant::now(),
+            }))
+        };
+        match self.query.deletion_pending(id) {
+            Ok(true) => match self.client.sign_delete(id) {
+                Ok(first) => Prepared(Stage::Ready(Box::new(Ready {
+                    target: Target::Deleted { id: id.to_string() },
+                    first,
+                }))),
+                Err(e) => failed(SyncError::Refused(e)),
+            },
+            Ok(false) => {
+                log::debug!("relay {id}: gone, nothing to sync");
+                Prepared(Stage::Decided(Attempt::Quiet(SyncOutcome::Gone)))
+            }
+            Err(e) => failed(SyncError::Unreadable(format!("{e:#}"))),
         }
     }
 
@@ -336,7 +401,7 @@ impl Syncer {
     ) {
         let attempt = match prepared {
             Prepared(Stage::Ready(ready)) => {
-                let id = ready.relay.id.clone();
+                let id = ready.target.id().to_string();
                 let attempt = contain_panic(&id, "sending", || {
                     Prepared(Stage::Decided(self.attempt(*ready)))
                 });
@@ -358,13 +423,32 @@ impl Syncer {
             Attempt::Accepted {
                 relay_id,
                 revision,
+                seen,
+                done,
+                started,
+            } => self.command.complete_relay_sync_then(
+                &relay_id.clone(),
+                revision,
+                seen,
+                move |result| {
+                    then(recorded_success(
+                        &metrics, &relay_id, revision, done, started, result,
+                    ))
+                },
+            ),
+            Attempt::Deleted {
+                relay_id,
                 done,
                 started,
             } => {
+                let detail = match done.status {
+                    404 => "DELETE 404: zooid did not have it",
+                    _ => "DELETE: deleted at zooid",
+                };
                 self.command
-                    .complete_relay_sync_then(&relay_id.clone(), revision, move |result| {
-                        then(recorded_success(
-                            &metrics, &relay_id, revision, done, started, result,
+                    .record_deletion_then(&relay_id.clone(), detail, move |result| {
+                        then(recorded_deletion(
+                            &metrics, &relay_id, done, started, result,
                         ))
                     })
             }
@@ -386,7 +470,7 @@ impl Syncer {
     /// Sends a prepared relay to zooid, unless zooid is known to be down; nothing is
     /// recorded yet.
     fn attempt(&self, ready: Ready) -> Attempt {
-        let relay_id = ready.relay.id.clone();
+        let relay_id = ready.target.id().to_string();
         if let Some((since, last_error)) = self.breaker.outage() {
             return match self.breaker.tell(&relay_id) {
                 true => Attempt::Failed {
@@ -404,15 +488,26 @@ impl Syncer {
             };
         }
         let started = Instant::now();
-        let revision = ready.relay.revision;
+        let read = match &ready.target {
+            Target::Relay { relay, seen, .. } => Some((relay.revision, *seen)),
+            Target::Deleted { .. } => None,
+        };
         let error = match self.exchange(ready) {
             Ok(done) => {
                 self.breaker.answered();
-                return Attempt::Accepted {
-                    relay_id,
-                    revision,
-                    done,
-                    started,
+                return match read {
+                    Some((revision, seen)) => Attempt::Accepted {
+                        relay_id,
+                        revision,
+                        seen,
+                        done,
+                        started,
+                    },
+                    None => Attempt::Deleted {
+                        relay_id,
+                        done,
+                        started,
+                    },
                 };
             }
             Err(SyncError::Refused(e)) if self.fleet_wide(&e).is_some() => {
@@ -509,8 +604,32 @@ impl Syncer {
     }
 
     /// Sends the prepared request, and heals the two answers that have a fallback: `POST` →
-    /// 409 updates with `PATCH`, `PATCH` → 404 creates again with `POST`.
-    fn exchange(&self, mut ready: Ready) -> Result<Done, SyncError> {
+    /// 409 updates with `PATCH`, `PATCH` → 404 creates again with `POST`. A `DELETE` that
+    /// zooid answers with its own `404` found the relay gone already: done.
+    fn exchange(&self, ready: Ready) -> Result<Done, SyncError> {
+        #[cfg(feature = "fixture")]
+        self.injected.maybe_panic(ready.target.id());
+        let (relay, mut secret) = match ready.target {
+            Target::Relay { relay, secret, .. } => (relay, secret),
+            Target::Deleted { .. } => {
+                let _request = self.metrics.request();
+                return match self.client.send(ready.first) {
+                    Ok(response) => Ok(Done {
+                        method: "DELETE",
+                        status: response.status,
+                    }),
+                    Err(e)
+                        if e.status() == Some(404) && self.client.robot_refusal(&e).is_none() =>
+                    {
+                        Ok(Done {
+                            method: "DELETE",
+                            status: 404,
+                        })
+                    }
+                    Err(e) => Err(SyncError::Refused(e)),
+                };
+            }
+        };
         let send = |signed: SignedRequest| -> Result<Done, ZooidError> {
             let method = signed.method();
             let _request = self.metrics.request();
@@ -532,8 +651,6 @@ impl Syncer {
                 "PATCH answered 404 (zooid lost it), created again with a new secret",
             ),
         };
-        #[cfg(feature = "fixture")]
-        self.injected.maybe_panic(&ready.relay.id);
         match send(ready.first) {
             // A plain 404 from a host name that is not zooid's API is no lost relay.
             Err(original)
@@ -542,12 +659,12 @@ impl Syncer {
             {
                 // When the fallback fails too, the original error is the one reported.
                 let healed = self
-                    .sign(&ready.relay, fallback, &mut ready.secret)
+                    .sign(&relay, fallback, &mut secret)
                     .ok()
                     .and_then(|signed| send(signed).ok());
                 match healed {
                     Some(done) => {
-                        log::warn!("relay {}: healed: {why}", ready.relay.id);
+                        log::warn!("relay {}: healed: {why}", relay.id);
                         Ok(done)
                     }
                     None => Err(SyncError::Refused(original)),
@@ -629,6 +746,43 @@ fn recorded_success(
                 "relay {relay_id}: zooid accepted {} but recording it failed: {e:#}",
                 done.method
             );
+            SyncOutcome::NotRecorded(format!("{e:#}"))
+        }
+    }
+}
+
+/// Counts and logs a deletion once its recording is done.
+fn recorded_deletion(
+    metrics: &Metrics,
+    relay_id: &str,
+    done: Done,
+    started: Instant,
+    recorded: Result<bool>,
+) -> SyncOutcome {
+    let ms = started.elapsed().as_millis();
+    let how = match done.status {
+        404 => "zooid did not have it",
+        _ => "deleted at zooid",
+    };
+    match recorded {
+        Ok(recorded) => {
+            metrics.synced();
+            log::info!(
+                "relay {relay_id}: DELETE {} in {ms} ms: {how}{}",
+                done.status,
+                match recorded {
+                    true => "",
+                    false => "; it was created again meanwhile and is synced next",
+                }
+            );
+            SyncOutcome::Synced {
+                method: done.method,
+                status: done.status,
+                marked: recorded,
+            }
+        }
+        Err(e) => {
+            log::error!("relay {relay_id}: zooid deleted it but recording that failed: {e:#}");
             SyncOutcome::NotRecorded(format!("{e:#}"))
         }
     }

@@ -116,6 +116,27 @@ impl PendingRelay {
     }
 }
 
+/// A relay as a sync reads it ([`Query::get_relay_for_sync`]).
+#[derive(Debug, Clone)]
+pub struct RelayForSync {
+    pub relay: Relay,
+    /// Whether it completed a sync since it was last created: updated, not created, at zooid.
+    pub ever_completed: bool,
+    /// The newest `seq` of its activity when it was read. A `delete_relay` after it means the
+    /// relay this sync read was deleted, whatever row holds its id now.
+    pub seen: i64,
+}
+
+/// A relay the host deleted that zooid has not confirmed deleting yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDeletion {
+    pub id: String,
+    /// When the host deleted it (unix seconds).
+    pub requested_at: i64,
+    /// The error of the last attempt to delete it at zooid, if that failed; empty otherwise.
+    pub sync_error: String,
+}
+
 struct Db {
     path: PathBuf,
     /// Whether every connection is opened read-only ([`Query::open_read_only`]).
@@ -509,17 +530,23 @@ impl Query {
     /// The relay with this id, `None` if there is none. A row the host wrote badly is an error
     /// naming the column.
     pub fn get_relay(&self, id: &str) -> Result<Option<Relay>> {
-        Ok(self.get_relay_for_sync(id)?.map(|(relay, _)| relay))
+        Ok(self.get_relay_for_sync(id)?.map(|found| found.relay))
     }
 
-    /// The relay with this id and whether it ever completed a sync, in one read: what a sync
-    /// needs to choose between create and update.
-    pub fn get_relay_for_sync(&self, id: &str) -> Result<Option<(Relay, bool)>> {
+    /// The relay with this id and whether it ever completed a sync since it was created (a
+    /// relay deleted and created again under the same id starts over), in one read: what a
+    /// sync needs to choose between create and update.
+    pub fn get_relay_for_sync(&self, id: &str) -> Result<Option<RelayForSync>> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "SELECT {}, EXISTS (SELECT 1 FROM activity
+                "SELECT {}, COALESCE((SELECT MAX(seq) FROM activity
+                     WHERE resource_type = 'relay' AND resource_id = relay.id), 0),
+                   EXISTS (SELECT 1 FROM activity
                      WHERE resource_type = 'relay' AND resource_id = relay.id
-                       AND activity_type = 'complete_relay_sync')
+                       AND activity_type = 'complete_relay_sync'
+                       AND seq > COALESCE((SELECT MAX(seq) FROM activity
+                           WHERE resource_type = 'relay' AND resource_id = relay.id
+                             AND activity_type = 'create_relay'), 0))
                  FROM relay WHERE id = ?1",
                 relay_select_list()
             )
@@ -529,13 +556,62 @@ impl Query {
             let mut rows = stmt.query([id])?;
             match rows.next()? {
                 Some(row) => {
-                    let ever_completed: bool = row.get(6 + SETTINGS_COLUMNS.len())?;
-                    Ok(Some((Relay::from_row(row)?, ever_completed)))
+                    let seen: i64 = row.get(6 + SETTINGS_COLUMNS.len())?;
+                    let ever_completed: bool = row.get(7 + SETTINGS_COLUMNS.len())?;
+                    Ok(Some(RelayForSync {
+                        relay: Relay::from_row(row)?,
+                        ever_completed,
+                        seen,
+                    }))
                 }
                 None => Ok(None),
             }
         })
         .with_context(|| format!("reading relay {id:?}"))
+    }
+
+    /// Whether relay `id` waits to be deleted at zooid: the host deleted its row with a
+    /// `delete_relay` activity, and zooid has not confirmed the deletion since.
+    pub fn deletion_pending(&self, id: &str) -> Result<bool> {
+        self.read(|conn| Ok(deletion_pending(conn, id)?))
+            .with_context(|| format!("reading the deletion of relay {id:?}"))
+    }
+
+    /// The relays that wait to be deleted at zooid, the oldest deletion first, each with the
+    /// error of its last attempt if that failed.
+    pub fn list_pending_deletions(&self) -> Result<Vec<PendingDeletion>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT d.resource_id, COALESCE(CAST(d.created_at AS INTEGER), 0),
+                        COALESCE((SELECT CASE WHEN n.activity_type = 'fail_relay_sync'
+                                              THEN n.detail END
+                                  FROM activity n
+                                  WHERE n.resource_type = 'relay'
+                                    AND n.resource_id = d.resource_id
+                                  ORDER BY n.seq DESC LIMIT 1), '')
+                 FROM activity d
+                 WHERE d.activity_type = 'delete_relay' AND d.resource_type = 'relay'
+                   AND typeof(d.resource_id) = 'text'
+                   AND d.seq = (SELECT MAX(x.seq) FROM activity x
+                                WHERE x.resource_type = 'relay'
+                                  AND x.resource_id = d.resource_id
+                                  AND x.activity_type IN ('delete_relay', 'complete_relay_sync'))
+                   AND NOT EXISTS (SELECT 1 FROM relay r WHERE r.id = d.resource_id)
+                 ORDER BY d.seq",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(PendingDeletion {
+                    id: r.get(0)?,
+                    requested_at: r.get(1)?,
+                    sync_error: match r.get_ref(2)? {
+                        rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into(),
+                        _ => String::new(),
+                    },
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .context("listing relays waiting to be deleted at zooid")
     }
 
     /// Every relay, in id order, each read on its own: one bad row does not hide the others.
@@ -1128,25 +1204,47 @@ impl Command {
         let applied = self.write(Write::Complete {
             relay_id: relay_id.to_string(),
             revision,
+            seen: None,
         })?;
         Ok(applied.changed)
     }
 
     /// [`complete_relay_sync`](Self::complete_relay_sync) through the writer thread: returns
     /// at once, `then` learns whether the relay is now marked synced, or `None` when it was
-    /// deleted while its sync was in flight (nothing is recorded then).
+    /// deleted while its sync was in flight (nothing is recorded then, even if the host
+    /// created it again: `seen` is the relay's newest activity when the sync read it).
     pub(crate) fn complete_relay_sync_then(
         &self,
         relay_id: &str,
         revision: i64,
+        seen: i64,
         then: impl FnOnce(Result<Option<bool>>) + Send + 'static,
     ) {
         let write = Write::Complete {
             relay_id: relay_id.to_string(),
             revision,
+            seen: Some(seen),
         };
         self.write_then(write, move |result| {
             then(result.map(|a| a.activity.is_some().then_some(a.changed)))
+        });
+    }
+
+    /// Records, through the writer thread, that zooid no longer has relay `relay_id`, whose
+    /// deletion the host asked for (`detail` says how zooid answered). `then` learns whether
+    /// it was recorded: not when the relay was created again meanwhile.
+    pub(crate) fn record_deletion_then(
+        &self,
+        relay_id: &str,
+        detail: &str,
+        then: impl FnOnce(Result<bool>) + Send + 'static,
+    ) {
+        let write = Write::Deleted {
+            relay_id: relay_id.to_string(),
+            detail: detail.to_string(),
+        };
+        self.write_then(write, move |result| {
+            then(result.map(|a| a.activity.is_some()))
         });
     }
 
@@ -1374,6 +1472,13 @@ impl Command {
         self.write(write)?.activity()
     }
 
+    /// Host side: deletes the relay's row and appends its `delete_relay` activity, in one
+    /// transaction; zooid-sync then deletes the relay at zooid. A relay created again under
+    /// the same id later is a new relay (created at zooid with a new secret).
+    pub fn delete_relay(&self, id: &str) -> Result<Activity> {
+        self.write(Write::Delete { id: id.to_string() })?.activity()
+    }
+
     /// Host side: sets the relay's status to `active`.
     pub fn activate_relay(&self, id: &str) -> Result<Activity> {
         self.set_status(id, RelayStatus::Active, activity_type::ACTIVATE_RELAY)
@@ -1454,6 +1559,8 @@ enum Write {
     Complete {
         relay_id: String,
         revision: i64,
+        /// The relay's newest activity when the sync read it, if known.
+        seen: Option<i64>,
     },
     Fail {
         relay_id: String,
@@ -1471,6 +1578,15 @@ enum Write {
         id: String,
         status: RelayStatus,
         activity: &'static str,
+    },
+    /// The host deletes a relay.
+    Delete {
+        id: String,
+    },
+    /// zooid confirmed a relay's deletion (`detail` says how).
+    Deleted {
+        relay_id: String,
+        detail: String,
     },
     /// The answer to a manual sync request.
     Answer {
@@ -1490,6 +1606,10 @@ impl Write {
             Write::Create { id, .. } => format!("creating relay {id:?}"),
             Write::Update { id, .. } => format!("updating relay {id:?}"),
             Write::SetStatus { id, activity, .. } => format!("{activity} {id:?}"),
+            Write::Delete { id } => format!("deleting relay {id:?}"),
+            Write::Deleted { relay_id, .. } => {
+                format!("recording the deletion of relay {relay_id:?} at zooid")
+            }
             Write::Answer { request, .. } => format!("answering manual sync request {request}"),
         }
     }
@@ -1508,8 +1628,14 @@ impl Write {
             changed: false,
         };
         match self {
-            Write::Complete { relay_id, revision } => {
-                if !relay_exists(conn, relay_id)? {
+            Write::Complete {
+                relay_id,
+                revision,
+                seen,
+            } => {
+                // Deleted since the sync read it: a row under its id now is another relay
+                // (revisions start over), which this outcome says nothing about.
+                if !relay_exists(conn, relay_id)? || deleted_since(conn, relay_id, *seen)? {
                     return Ok(gone);
                 }
                 let activity = insert_activity(
@@ -1528,7 +1654,13 @@ impl Write {
             }
             Write::Fail { relay_id, error } => {
                 if !relay_exists(conn, relay_id)? {
-                    return Ok(gone);
+                    // A deletion's failures are recorded in the log alone: there is no row.
+                    if !deletion_pending(conn, relay_id)? {
+                        return Ok(gone);
+                    }
+                    let activity =
+                        insert_activity(conn, relay_id, activity_type::FAIL_RELAY_SYNC, error)?;
+                    return Ok(appended(activity, false));
                 }
                 let activity =
                     insert_activity(conn, relay_id, activity_type::FAIL_RELAY_SYNC, error)?;
@@ -1536,6 +1668,26 @@ impl Write {
                     .prepare_cached("UPDATE relay SET sync_error = ?2 WHERE id = ?1")?
                     .execute(params![relay_id, error])?;
                 Ok(appended(activity, changed > 0))
+            }
+            Write::Delete { id } => {
+                if !relay_exists(conn, id)? {
+                    return Err(no_relay(id));
+                }
+                // Appended first: the activity takes its tenant from the row.
+                let activity = insert_activity(conn, id, activity_type::DELETE_RELAY, "")?;
+                conn.prepare_cached("DELETE FROM relay WHERE id = ?1")?
+                    .execute([id])?;
+                Ok(appended(activity, true))
+            }
+            Write::Deleted { relay_id, detail } => {
+                // Created again meanwhile: that relay's own sync follows, and its history
+                // must not say it completed one.
+                if !deletion_pending(conn, relay_id)? {
+                    return Ok(gone);
+                }
+                let activity =
+                    insert_activity(conn, relay_id, activity_type::COMPLETE_RELAY_SYNC, detail)?;
+                Ok(appended(activity, true))
             }
             Write::Answer {
                 request,
@@ -1681,6 +1833,29 @@ impl Drop for Writer {
 }
 
 /// Whether relay `id` exists.
+/// Whether the host deleted relay `id` and zooid has not confirmed it: its row is gone, and
+/// its newest `delete_relay` is newer than its newest `complete_relay_sync`.
+fn deletion_pending(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT NOT EXISTS (SELECT 1 FROM relay WHERE id = ?1)
+            AND COALESCE((SELECT activity_type = 'delete_relay' FROM activity
+                          WHERE resource_type = 'relay' AND resource_id = ?1
+                            AND activity_type IN ('delete_relay', 'complete_relay_sync')
+                          ORDER BY seq DESC LIMIT 1), 0)",
+    )?
+    .query_row([id], |r| r.get(0))
+}
+
+/// Whether the host deleted relay `id` after its activity `seen` (never, for `None`).
+fn deleted_since(conn: &Connection, id: &str, seen: Option<i64>) -> rusqlite::Result<bool> {
+    let Some(seen) = seen else { return Ok(false) };
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM activity
+         WHERE activity_type = 'delete_relay' AND resource_id = ?1 AND seq > ?2)",
+    )?
+    .query_row(params![id, seen], |r| r.get(0))
+}
+
 fn relay_exists(conn: &Connection, id: &str) -> Result<bool> {
     let mut stmt = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM relay WHERE id = ?1)")?;
     Ok(stmt.query_row([id], |r| r.get(0))?)
@@ -1721,6 +1896,39 @@ fn insert_activity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outcome_for_a_relay_deleted_since_it_was_read_marks_no_successor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("z.db")).unwrap();
+        let (q, c) = (&store.query, &store.command);
+        let settings = RelaySettings {
+            tenant_pubkey: "ab".repeat(32),
+            schema: "alpha".into(),
+            subdomain: "alpha".into(),
+            ..RelaySettings::default()
+        };
+        c.create_relay("alpha", &settings).unwrap();
+        let read = q.get_relay_for_sync("alpha").unwrap().unwrap();
+        // While the create is in flight the host deletes the relay and creates it again: the
+        // new row has revision 1 too.
+        c.delete_relay("alpha").unwrap();
+        c.create_relay("alpha", &settings).unwrap();
+        let complete = |seen| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            c.complete_relay_sync_then("alpha", read.relay.revision, seen, move |r| {
+                tx.send(r.unwrap()).unwrap()
+            });
+            c.flush();
+            rx.recv().unwrap()
+        };
+        assert_eq!(complete(read.seen), None, "the relay it read is gone");
+        assert!(!q.get_relay("alpha").unwrap().unwrap().synced);
+        let again = q.get_relay_for_sync("alpha").unwrap().unwrap();
+        assert!(!again.ever_completed);
+        assert_eq!(complete(again.seen), Some(true), "the successor's own sync");
+        assert!(q.get_relay("alpha").unwrap().unwrap().synced);
+    }
 
     #[test]
     fn only_failures_that_pass_are_written_again() {

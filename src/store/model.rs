@@ -16,6 +16,9 @@ pub mod activity_type {
     pub const UPDATE_RELAY: &str = "update_relay";
     pub const ACTIVATE_RELAY: &str = "activate_relay";
     pub const DEACTIVATE_RELAY: &str = "deactivate_relay";
+    /// Written by the host in the transaction that deletes the relay's row: zooid-sync then
+    /// deletes the relay at zooid.
+    pub const DELETE_RELAY: &str = "delete_relay";
     pub const COMPLETE_RELAY_SYNC: &str = "complete_relay_sync";
     pub const FAIL_RELAY_SYNC: &str = "fail_relay_sync";
 }

@@ -71,6 +71,10 @@ const MIGRATIONS: &[&str] = &[
         name  TEXT PRIMARY KEY NOT NULL,
         value TEXT NOT NULL
     );",
+    // 6: the relays the host deleted, without reading the rest of the log: the startup
+    //    reconcile and `status` find deletions zooid has not confirmed yet.
+    "CREATE INDEX IF NOT EXISTS activity_deletion ON activity (resource_id, seq)
+        WHERE activity_type = 'delete_relay';",
 ];
 
 /// The version a fully migrated database has.

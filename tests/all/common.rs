@@ -187,8 +187,8 @@ pub fn host_creates(conn: &Connection, id: &str) {
     .unwrap();
     conn.execute(
         "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
-         VALUES (?1, ?2, 0, 'create_relay', 'relay', ?3)",
-        params![format!("host-{id}"), OWNER, id],
+         VALUES (lower(hex(randomblob(16))), ?1, 0, 'create_relay', 'relay', ?2)",
+        params![OWNER, id],
     )
     .unwrap();
     conn.execute_batch("COMMIT").unwrap();
@@ -226,4 +226,23 @@ pub fn local_get(port: u16, path: &str) -> Option<(u16, String)> {
         .ok()?;
     let status = r.status().as_u16();
     Some((status, r.body_mut().read_to_string().ok()?))
+}
+
+/// What a host in another language does to delete a relay: one transaction, the row deleted
+/// and a `delete_relay` activity.
+pub fn host_deletes(conn: &Connection, id: &str) {
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn.execute(
+        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
+         VALUES (lower(hex(randomblob(16))), ?1, unixepoch(), 'delete_relay', 'relay', ?2)",
+        params![OWNER, id],
+    )
+    .unwrap();
+    assert_eq!(
+        conn.execute("DELETE FROM relay WHERE id = ?1", params![id])
+            .unwrap(),
+        1,
+        "relay {id} existed"
+    );
+    conn.execute_batch("COMMIT").unwrap();
 }

@@ -13,6 +13,7 @@ mod edges;
 mod faults;
 mod feed;
 mod fixture_zooid;
+mod lifecycle;
 mod one_syncer;
 mod operators;
 mod outages;

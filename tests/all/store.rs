@@ -453,3 +453,50 @@ fn prune_keeps_everything_the_worker_needs_from_a_year_of_activity() {
         assert_eq!(first.method, expected, "{id}");
     }
 }
+
+#[test]
+fn a_deletion_is_pending_until_zooid_confirms_it_and_a_relay_created_again_starts_over() {
+    let (_dir, path) = temp_db();
+    let store = open_store(&path);
+    let (q, c) = (&store.query, &store.command);
+    c.create_relay("alpha", &settings("alpha")).unwrap();
+    c.create_relay("beta", &settings("beta")).unwrap();
+    assert!(c.complete_relay_sync("alpha", 1).unwrap());
+    assert!(!q.deletion_pending("alpha").unwrap(), "not deleted");
+
+    let deleted = c.delete_relay("alpha").unwrap();
+    assert_eq!(deleted.activity_type, activity_type::DELETE_RELAY);
+    assert_eq!(deleted.tenant_pubkey, OWNER, "owned by the relay's tenant");
+    assert!(q.get_relay("alpha").unwrap().is_none(), "its row is gone");
+    assert!(q.deletion_pending("alpha").unwrap());
+    assert!(!q.deletion_pending("beta").unwrap());
+    assert!(!q.deletion_pending("never-was").unwrap());
+    let err = c.delete_relay("never-was").unwrap_err();
+    assert!(format!("{err:#}").contains("there is no relay"), "{err:#}");
+
+    // A failed attempt is recorded in the log and listed.
+    c.fail_relay_sync("alpha", "zooid answered 500").unwrap();
+    let listed = q.list_pending_deletions().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, "alpha");
+    assert_eq!(listed[0].sync_error, "zooid answered 500");
+    assert_eq!(q.count_trailing_sync_failures("alpha").unwrap(), 1);
+
+    // Created again before zooid confirmed the deletion: a new relay, nothing pending to
+    // delete, and its old completion does not count.
+    c.create_relay("alpha", &settings("alpha")).unwrap();
+    assert!(!q.deletion_pending("alpha").unwrap());
+    assert!(q.list_pending_deletions().unwrap().is_empty());
+    let found = q.get_relay_for_sync("alpha").unwrap().unwrap();
+    assert!(
+        !found.relay.synced && !found.ever_completed,
+        "created again: it starts over"
+    );
+    assert!(c.complete_relay_sync("alpha", 1).unwrap());
+    assert!(
+        q.get_relay_for_sync("alpha")
+            .unwrap()
+            .unwrap()
+            .ever_completed
+    );
+}
