@@ -71,6 +71,10 @@ pub struct Env {
     /// `socks5://proxy:1080`). `HTTP_PROXY` and its kin are not read: a proxy sees every
     /// request, so it is used only when named here.
     pub zooid_proxy: Option<String>,
+    /// How long one pass of the existence audit takes (`SYNC_AUDIT_INTERVAL`): every synced
+    /// relay is asked about once per interval, the requests spread evenly over it. Zero turns
+    /// the audit off. See `src/infra/audit.rs`.
+    pub sync_audit_interval: Duration,
 }
 
 impl Env {
@@ -120,6 +124,10 @@ impl Env {
             sync_max_rate: rate(get, "SYNC_MAX_RATE", DEFAULT_MAX_RATE)?,
             sync_zooid_share: share(get, "SYNC_ZOOID_SHARE", DEFAULT_ZOOID_SHARE)?,
             zooid_proxy: get("ZOOID_PROXY"),
+            sync_audit_interval: match get("SYNC_AUDIT_INTERVAL") {
+                Some(v) if v.trim() == "0" => Duration::ZERO,
+                _ => duration(get, "SYNC_AUDIT_INTERVAL", DEFAULT_AUDIT_INTERVAL)?,
+            },
         };
         env.check_transport()?;
         env.check_limits()?;
@@ -141,6 +149,14 @@ impl Env {
             Duration::from_secs(600),
         )?;
         check_retry(&self.retry)?;
+        if !self.sync_audit_interval.is_zero() {
+            within(
+                "SYNC_AUDIT_INTERVAL",
+                self.sync_audit_interval,
+                Duration::from_secs(1),
+                Duration::from_secs(365 * 86_400),
+            )?;
+        }
         let share = self.sync_zooid_share;
         if !(share == 0.0 || (0.01..=1.0).contains(&share)) {
             bail!("SYNC_ZOOID_SHARE is out of range: {share}; it must be 0 or 0.01 to 1");
@@ -201,6 +217,7 @@ impl Env {
             sync_max_rate: DEFAULT_MAX_RATE,
             sync_zooid_share: DEFAULT_ZOOID_SHARE,
             zooid_proxy: None,
+            sync_audit_interval: DEFAULT_AUDIT_INTERVAL,
         })
     }
 
@@ -292,6 +309,11 @@ fn duration(
         None => Ok(default),
     }
 }
+
+/// `SYNC_AUDIT_INTERVAL`'s default: each synced relay is asked about once a day. At 1 000
+/// relays that is a read every 86 s (~1 ms of zooid's time each); a relay zooid lost is back
+/// within a day without anyone asking. See README.
+pub const DEFAULT_AUDIT_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// `SYNC_ZOOID_SHARE`'s default: a catch-up's writes take at most a quarter of zooid's
 /// time, so zooid spends three quarters on its users. See README for why.

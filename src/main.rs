@@ -156,7 +156,11 @@ fn run(command: Cmd) -> Result<ExitCode> {
             let basis = status::basis(&recorded, var)?;
             let rows = status::report(&query, basis.relay_domain.as_deref(), &basis.retry)?;
             let catch_up = status::catch_up_line(&recorded, query.count_pending()?);
-            let zooid = status::zooid_line(&query)?.into_iter().chain(catch_up);
+            let audit = status::audit_line(&recorded);
+            let zooid = status::zooid_line(&query)?
+                .into_iter()
+                .chain(catch_up)
+                .chain(audit);
             if json {
                 // Standard output stays one JSON document; the outage goes beside it.
                 for line in zooid {
@@ -301,11 +305,13 @@ Settings (environment variables):
                          (default 100)
   SYNC_ZOOID_SHARE       the most of zooid's time a catch-up's writes may take, 0.01 to 1, 0 for
                          no pacing (default 0.25)
+  SYNC_AUDIT_INTERVAL    how long one pass of the existence audit takes (every synced relay
+                         asked about once, spread evenly), 1s to 365d, 0 for off (default 1d)
   ZOOID_CA_FILE          PEM CA bundle to trust for https to zooid
   ZOOID_ALLOW_PLAIN_HTTP 1 to allow http:// to a zooid on another machine
   ZOOID_PROXY            proxy to reach zooid through (http:// or socks5://)
   RUST_LOG               log filter (default info)
-Durations are written 250ms, 30s, 15m, 2h or 90d.";
+Durations are written 250ms, 30s, 15m, 2h, 1d or 90d.";
 
 /// Opens a database that must already exist: `status` and `sync` on a mistyped path should
 /// say so, not report on a new, empty database.

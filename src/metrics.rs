@@ -57,6 +57,9 @@ pub struct Metrics {
     write_spacing_micros: AtomicU64,
     /// A write's smoothed latency at zooid, in microseconds (0: not known yet).
     write_latency_micros: AtomicU64,
+    /// Relays the existence audit asked zooid about, and those zooid no longer had.
+    audit_checks: AtomicU64,
+    audit_missing: AtomicU64,
 }
 
 /// Milliseconds on a monotonic clock that starts with the process, never 0.
@@ -216,6 +219,14 @@ impl Metrics {
         self.given_up.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn audit_checked(&self) {
+        self.audit_checks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn audit_missing(&self) {
+        self.audit_missing.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn set_active(&self, active: bool) {
         self.active.store(active, Ordering::Relaxed);
     }
@@ -311,6 +322,18 @@ impl Metrics {
             "counter",
             "Times a relay exhausted its retries.",
             &[(String::new(), get(&self.given_up).to_string())],
+        );
+        metric(
+            "zooid_sync_audit_checks_total",
+            "counter",
+            "Relays the existence audit asked zooid about (SYNC_AUDIT_INTERVAL).",
+            &[(String::new(), get(&self.audit_checks).to_string())],
+        );
+        metric(
+            "zooid_sync_audit_missing_total",
+            "counter",
+            "Relays the audit found zooid no longer had; each is created again.",
+            &[(String::new(), get(&self.audit_missing).to_string())],
         );
         metric(
             "zooid_sync_active",

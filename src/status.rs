@@ -209,6 +209,46 @@ pub fn zooid_line(query: &Query) -> Result<Option<String>> {
     }))
 }
 
+/// The existence audit's line: when its last pass ended and what it found, and how far the
+/// pass in progress is, from what the worker recorded
+/// ([`crate::infra::audit::AUDIT_STATE`]); `None` before any was recorded.
+pub fn audit_line(recorded: &[(String, String)]) -> Option<String> {
+    use crate::infra::audit::{Pass, AUDIT_STATE};
+    let get = |name: &str| {
+        recorded
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+    let last = match (
+        get(AUDIT_STATE[4]).and_then(|v| v.parse::<i64>().ok()),
+        number(AUDIT_STATE[5]),
+        number(AUDIT_STATE[6]),
+    ) {
+        (Some(ended), Some(checked), Some(missing)) => Some(format!(
+            "last pass ended {}: {} checked, {missing} missing at zooid{}",
+            format_unix(ended),
+            plural(checked, "relay", "relays"),
+            match get(AUDIT_STATE[7]).unwrap_or("") {
+                "" => String::new(),
+                ids => format!(" ({}, created again)", ids.replace(' ', ", ")),
+            }
+        )),
+        _ => None,
+    };
+    let current = Pass::from_recorded(recorded).map(|pass| {
+        format!(
+            "this pass since {}: {} checked, {} missing",
+            format_unix(pass.started),
+            plural(pass.checked, "relay", "relays"),
+            pass.missing
+        )
+    });
+    let parts: Vec<String> = last.into_iter().chain(current).collect();
+    (!parts.is_empty()).then(|| format!("audit: {}", parts.join("; ")))
+}
+
 /// While the worker catches up, the line `status` shows about it: `catch-up since <time>: N
 /// of M relays left, about T at the current pace`, from what the worker recorded
 /// ([`crate::infra::pool::CATCH_UP_STATE`]) and the relays pending now.
@@ -289,6 +329,44 @@ pub fn render_table(rows: &[RelayReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_audit_line_shows_the_last_pass_and_the_one_in_progress() {
+        let rows = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(audit_line(&[]), None, "nothing recorded yet");
+        let current = [
+            ("audit_pass_started", "1700000000"),
+            ("audit_cursor", "m"),
+            ("audit_checked", "450"),
+            ("audit_missing", "0"),
+        ];
+        assert_eq!(
+            audit_line(&rows(&current)).unwrap(),
+            "audit: this pass since 2023-11-14 22:13:20 UTC: 450 relays checked, 0 missing"
+        );
+        let mut both = current.to_vec();
+        both.extend([
+            ("audit_last_ended", "1699990000"),
+            ("audit_last_checked", "1000"),
+            ("audit_last_missing", "2"),
+            ("audit_last_missing_ids", "alpha beta"),
+        ]);
+        assert_eq!(
+            audit_line(&rows(&both)).unwrap(),
+            "audit: last pass ended 2023-11-14 19:26:40 UTC: 1000 relays checked, 2 missing at \
+             zooid (alpha, beta, created again); this pass since 2023-11-14 22:13:20 UTC: 450 \
+             relays checked, 0 missing"
+        );
+        let last_only = &both[4..];
+        assert!(audit_line(&rows(last_only))
+            .unwrap()
+            .ends_with("2 missing at zooid (alpha, beta, created again)"));
+    }
 
     #[test]
     fn a_catch_up_is_shown_with_what_is_left_and_when_it_ends() {

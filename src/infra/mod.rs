@@ -30,6 +30,7 @@
 //! keeps time. Outcomes come back to the dispatcher the same way as every other activity: on
 //! the bus.
 
+pub(crate) mod audit;
 pub mod breaker;
 pub mod pace;
 pub mod pool;
@@ -247,6 +248,15 @@ impl Infra {
         let writer = command_for_writer
             .spawn_writer(metrics.clone())
             .context("cannot start the writer thread")?;
+        let (lost_tx, lost_rx) = crossbeam_channel::unbounded();
+        let audit_parts = audit::Parts {
+            query: query.clone(),
+            command: command_for_writer.clone(),
+            client: syncer.client().clone(),
+            breaker: breaker.clone(),
+            metrics: metrics.clone(),
+            lost: lost_tx,
+        };
         let pool = Pool::start(env.sync_workers, syncer, retries.clone(), env.retry.base)
             .context("cannot start the worker threads")?;
         let dispatcher = Dispatcher {
@@ -266,6 +276,11 @@ impl Infra {
 
         record_settings(&env, &command_for_writer);
         dispatcher.reconcile("startup");
+        let audit = audit::Audit::start(
+            env.sync_audit_interval,
+            audit_parts,
+            metrics.watch_thread("zooid-sync-audit"),
+        )?;
         metrics.set_active(true);
         if let Some(ready) = ready {
             let _ = ready.send(());
@@ -330,6 +345,11 @@ impl Infra {
                     }
                 },
                 recv(breaker.back()) -> _ => dispatcher.reconcile("zooid answers again"),
+                recv(lost_rx) -> id => {
+                    if let Ok(id) = id {
+                        dispatcher.pool.submit(&id);
+                    }
+                },
                 recv(stop) -> _ => {
                     log::info!("stop requested; finishing the syncs in flight");
                     break;
@@ -337,6 +357,9 @@ impl Infra {
             }
         }
 
+        if let Some(audit) = audit {
+            audit.stop();
+        }
         breaker.stop();
         let _ = prober.join();
         pool.stop();

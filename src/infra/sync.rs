@@ -648,7 +648,8 @@ impl Syncer {
             _ => (
                 "POST",
                 404,
-                "PATCH answered 404 (zooid lost it), created again with a new secret",
+                "PATCH answered 404 (zooid lost it), created again with a new secret: its \
+                 identity at zooid changed",
             ),
         };
         match send(ready.first) {

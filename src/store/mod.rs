@@ -614,6 +614,33 @@ impl Query {
         .context("listing relays waiting to be deleted at zooid")
     }
 
+    /// How many relays are marked synced: what an audit pass checks.
+    pub fn count_synced(&self) -> Result<u64> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT COUNT(*) FROM relay WHERE synced = 1")?
+                .query_row([], |r| r.get(0))?)
+        })
+        .context("counting synced relays")
+    }
+
+    /// The first relay marked synced whose id comes after `after` (ids in byte order): the
+    /// audit's next step, read by the primary key without holding a list of the fleet.
+    pub fn next_synced_relay_after(&self, after: &str) -> Result<Option<String>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id FROM relay WHERE id > ?1 AND typeof(id) = 'text' AND synced = 1
+                 ORDER BY id LIMIT 1",
+            )?;
+            let mut rows = stmt.query([after])?;
+            Ok(match rows.next()? {
+                Some(row) => Some(row.get(0)?),
+                None => None,
+            })
+        })
+        .context("reading the next relay to audit")
+    }
+
     /// Every relay, in id order, each read on its own: one bad row does not hide the others.
     pub fn list_relays(&self) -> Result<Vec<Result<Relay>>> {
         self.read(|conn| {
@@ -1248,6 +1275,17 @@ impl Command {
         });
     }
 
+    /// Marks a synced relay pending again because zooid no longer has it (the existence
+    /// audit found it gone); answers whether it was marked (not when it changed meanwhile or
+    /// is gone: then its own sync or deletion follows anyway).
+    pub(crate) fn mark_lost(&self, relay_id: &str) -> Result<bool> {
+        Ok(self
+            .write(Write::Lost {
+                relay_id: relay_id.to_string(),
+            })?
+            .changed)
+    }
+
     /// [`fail_relay_sync`](Self::fail_relay_sync) through the writer thread; `then` learns
     /// whether it was recorded (not when the relay was deleted meanwhile).
     pub(crate) fn fail_relay_sync_then(
@@ -1365,7 +1403,11 @@ impl Command {
     /// worker recorded (see [`Query::worker_settings`]).
     pub(crate) fn record_worker_settings(&self, settings: &[(&str, String)]) -> Result<()> {
         self.transaction(|conn| {
-            conn.execute("DELETE FROM worker_settings", [])?;
+            // The audit's place in its pass outlives a restart; everything else is replaced.
+            conn.execute(
+                r"DELETE FROM worker_settings WHERE name NOT LIKE 'audit\_%' ESCAPE '\'",
+                [],
+            )?;
             let mut stmt =
                 conn.prepare_cached("INSERT INTO worker_settings (name, value) VALUES (?1, ?2)")?;
             for (name, value) in settings {
@@ -1392,7 +1434,7 @@ impl Command {
             }
             Ok(())
         })
-        .context("recording the worker's catch-up")
+        .context("recording the worker's state")
     }
 
     /// Deletes the activity rows with `seq` in `after + 1 ..= through` that were written
@@ -1583,6 +1625,10 @@ enum Write {
     Delete {
         id: String,
     },
+    /// zooid no longer has a synced relay: it is pending again.
+    Lost {
+        relay_id: String,
+    },
     /// zooid confirmed a relay's deletion (`detail` says how).
     Deleted {
         relay_id: String,
@@ -1607,6 +1653,7 @@ impl Write {
             Write::Update { id, .. } => format!("updating relay {id:?}"),
             Write::SetStatus { id, activity, .. } => format!("{activity} {id:?}"),
             Write::Delete { id } => format!("deleting relay {id:?}"),
+            Write::Lost { relay_id } => format!("marking relay {relay_id:?} pending"),
             Write::Deleted { relay_id, .. } => {
                 format!("recording the deletion of relay {relay_id:?} at zooid")
             }
@@ -1678,6 +1725,15 @@ impl Write {
                 conn.prepare_cached("DELETE FROM relay WHERE id = ?1")?
                     .execute([id])?;
                 Ok(appended(activity, true))
+            }
+            Write::Lost { relay_id } => {
+                let changed = conn
+                    .prepare_cached("UPDATE relay SET synced = 0 WHERE id = ?1 AND synced = 1")?
+                    .execute([relay_id])?;
+                Ok(Applied {
+                    activity: None,
+                    changed: changed > 0,
+                })
             }
             Write::Deleted { relay_id, detail } => {
                 // Created again meanwhile: that relay's own sync follows, and its history

@@ -178,6 +178,12 @@ pub fn terminate(child: &mut Child) {
 /// (pending, revision 1) and its `create_relay` activity.
 pub fn host_creates(conn: &Connection, id: &str) {
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    host_creates_in_transaction(conn, id);
+    conn.execute_batch("COMMIT").unwrap();
+}
+
+/// [`host_creates`] inside a transaction the caller opened.
+pub fn host_creates_in_transaction(conn: &Connection, id: &str) {
     conn.execute(
         "INSERT INTO relay (id, tenant_pubkey, schema, subdomain, status, info_name, groups_enabled,
                             synced, revision, created_at, updated_at)
@@ -191,7 +197,6 @@ pub fn host_creates(conn: &Connection, id: &str) {
         params![OWNER, id],
     )
     .unwrap();
-    conn.execute_batch("COMMIT").unwrap();
 }
 
 /// Waits up to `timeout` for `child` to exit by itself; its status, or `None` if it still runs.
