@@ -88,6 +88,13 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.iter().any(|a| a == "--only-audit") {
+        println!("## 11. the existence audit's load on zooid");
+        for n in [1_000, 100_000] {
+            audit_load(n)?;
+        }
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--only-prune") {
         println!("## 9. prune: a year of a 10 000-relay fleet");
         return prune_a_year(&release_binary()?, 10_000);
@@ -627,6 +634,8 @@ fn proc_cpu(pid: u32) -> Duration {
 
 fn footprint(binary: &Path, n: usize) -> anyhow::Result<()> {
     let s = setup(n, true, 4)?;
+    // zooid has them, as the audit expects of synced relays (it would create them again).
+    hold_relays(&s.zooid, n);
     let child = daemon(binary, &s, &[])?;
     std::thread::sleep(Duration::from_secs(2)); // startup reconcile over 10 000 synced relays
                                                 // A second daemon on the same database stands by while the first holds the lease.
@@ -730,7 +739,8 @@ fn scale(binary: &Path, n: usize) -> anyhow::Result<()> {
     anyhow::ensure!(out.status.success(), "status failed");
 
     let spawned = Instant::now();
-    let child = daemon(binary, &s, &[])?;
+    // Relays the fixture does not hold: without the audit, which would create them again.
+    let child = daemon(binary, &s, &[("SYNC_AUDIT_INTERVAL", "0")])?;
     wait_for("the first request", Duration::from_secs(60), || {
         !s.zooid.requests().is_empty()
     })?;
@@ -867,6 +877,69 @@ fn prune_a_year(binary: &Path, n: usize) -> anyhow::Result<()> {
 /// `write_ms` of its one core, which its relays' users share; with the old fixed settings (4
 /// workers, `SYNC_MAX_RATE` 100, no pacing) or with pacing at its default share. A relay user
 /// asks for a NIP-11 document every 20 ms, idle first and then during the catch-up.
+/// Makes the fixture hold the `n` relays [`setup`] writes, as if they were synced.
+fn hold_relays(zooid: &FixtureZooid, n: usize) {
+    for i in 0..n {
+        let id = format!("r{i:06}");
+        zooid.put_relay(
+            &id,
+            serde_json::json!({"host": format!("{id}.relays.example.com"), "schema": id}),
+        );
+    }
+}
+
+/// The audit of `n` synced relays against a zooid whose reads cost what the real one's do,
+/// run at 50 reads a second for a sample, then carried over to the default interval: reads
+/// a second, zooid's time per pass, and zooid-sync's own CPU per read.
+fn audit_load(n: usize) -> anyhow::Result<()> {
+    let mut s = setup(n, true, 4)?;
+    hold_relays(&s.zooid, n);
+    s.zooid
+        .set_cost(Some(zooid_sync::fixture::CostModel::real_zooid()));
+    s.env.sync_max_rate = zooid_sync::DEFAULT_MAX_RATE;
+    // A pass compressed so that reads come every 20 ms; the sample is 10 s of it.
+    s.env.sync_audit_interval = Duration::from_millis(20) * n as u32;
+    let store = Store::open(&s.db)?;
+    let busy_before = s.zooid.core_busy();
+    let cpu_before = thread_cpu("zooid-sync-audi");
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &s.env).spawn()?;
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let reads = s
+        .zooid
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.status == 200)
+        .count();
+    let took = started.elapsed();
+    let busy = s.zooid.core_busy() - busy_before;
+    let cpu = thread_cpu("zooid-sync-audi") - cpu_before;
+    worker.shutdown()?;
+    let writes = s
+        .zooid
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET")
+        .count();
+    assert_eq!(writes, 0, "the audit never writes for relays zooid has");
+    let per_read = busy / reads.max(1) as u32;
+    let day = zooid_sync::DEFAULT_AUDIT_INTERVAL.as_secs_f64();
+    println!(
+        "{n} relays: sample {reads} reads in {:.1} s ({:.0}/s), zooid {:.2} ms a read, \
+         zooid-sync {:.0} us a read; at the default interval (a day): {:.3} reads/s, zooid {:.1} s \
+         per pass ({:.4} % of its core), zooid-sync {:.2} ms of CPU per 10 s",
+        took.as_secs_f64(),
+        reads as f64 / took.as_secs_f64(),
+        per_read.as_secs_f64() * 1e3,
+        cpu.as_secs_f64() * 1e6 / reads.max(1) as f64,
+        n as f64 / day,
+        per_read.as_secs_f64() * n as f64,
+        per_read.as_secs_f64() * n as f64 / day * 100.0,
+        n as f64 / day * 10.0 * cpu.as_secs_f64() / reads.max(1) as f64 * 1e3,
+    );
+    Ok(())
+}
+
 fn catch_up(n: usize, write_ms: u64, paced: bool) -> anyhow::Result<()> {
     let mut s = setup(n, false, 4)?;
     s.zooid

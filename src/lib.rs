@@ -55,7 +55,9 @@ pub mod status;
 #[cfg(feature = "cli")]
 mod watch;
 
-pub use env::{BlossomS3, Env, Livekit, DEFAULT_MAX_RATE, DEFAULT_ZOOID_SHARE};
+pub use env::{
+    BlossomS3, Env, Livekit, DEFAULT_AUDIT_INTERVAL, DEFAULT_MAX_RATE, DEFAULT_ZOOID_SHARE,
+};
 pub use infra::retry::RetryPolicy;
 pub use infra::{Infra, InfraHandle};
 pub use lease::{Holder, Lease};
