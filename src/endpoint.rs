@@ -78,7 +78,7 @@ pub fn serve(
     let handler = move |req: &HttpRequest| {
         let text = |status: u16, body: String| Reply::Body {
             status,
-            content_type: "text/plain; version=0.0.4",
+            content_type: "text/plain; charset=utf-8",
             body,
         };
         match (req.method.as_str(), req.path()) {
@@ -132,7 +132,11 @@ pub fn serve(
                     pending: pending.get(),
                     writes: Some(query.write_health()),
                 };
-                text(200, metrics.render(&read))
+                Reply::Body {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4; charset=utf-8",
+                    body: metrics.render(&read) + &crate::process::render(),
+                }
             }
             (_, "/healthz" | "/metrics") => text(405, "only GET is served here\n".into()),
             _ => text(404, "not found: try /healthz or /metrics\n".into()),

@@ -49,6 +49,8 @@ pub mod manual;
 #[cfg(feature = "cli")]
 pub mod notify;
 #[cfg(feature = "cli")]
+mod process;
+#[cfg(feature = "cli")]
 pub mod prune;
 #[cfg(feature = "cli")]
 pub mod status;

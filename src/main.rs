@@ -16,7 +16,7 @@ use zooid_sync::{dev, status, Env, Store};
 /// failed, zooid refused or did not answer); 2 bad usage, configuration or input (a setting
 /// missing or out of range, no database, an unknown relay).
 #[derive(Parser)]
-#[command(name = "zooid-sync", version, after_long_help = SETTINGS)]
+#[command(name = "zooid-sync", version = VERSION, after_long_help = SETTINGS)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -283,6 +283,14 @@ fn host_port(value: &str) -> Result<String> {
 }
 
 /// Every setting, for `--help`: an installed binary has no README beside it.
+/// `--version`: the crate's version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ZOOID_SYNC_COMMIT"),
+    ")"
+);
+
 const SETTINGS: &str = "\
 Settings (environment variables):
   ZOOID_API_URL          zooid's API, http(s)://host:port, exactly as zooid's API_HOST (required

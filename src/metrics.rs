@@ -62,6 +62,12 @@ pub struct Metrics {
     audit_missing: AtomicU64,
 }
 
+/// This crate's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The commit this build comes from (`unknown` outside a git checkout; `build.rs`).
+pub const COMMIT: &str = env!("ZOOID_SYNC_COMMIT");
+
 /// Milliseconds on a monotonic clock that starts with the process, never 0.
 pub(crate) fn clock() -> u64 {
     static START: std::sync::LazyLock<std::time::Instant> =
@@ -302,6 +308,15 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
+        metric(
+            "zooid_sync_build_info",
+            "gauge",
+            "Always 1; its labels say which zooid-sync this is.",
+            &[(
+                format!("{{version=\"{VERSION}\",commit=\"{COMMIT}\"}}"),
+                "1".into(),
+            )],
+        );
         metric(
             "zooid_sync_syncs_total",
             "counter",

@@ -15,6 +15,7 @@ mod faults;
 mod feed;
 mod fixture_zooid;
 mod lifecycle;
+mod monitoring;
 mod one_syncer;
 mod operators;
 mod outages;
