@@ -319,6 +319,8 @@ Settings (environment variables):
   ZOOID_ALLOW_PLAIN_HTTP 1 to allow http:// to a zooid on another machine
   ZOOID_PROXY            proxy to reach zooid through (http:// or socks5://)
   RUST_LOG               log filter (default info)
+  SYNC_LOG_FORMAT        text, journal (journald's priorities, no timestamps) or json (one
+                         object a line); default journal under systemd, text otherwise
 Durations are written 250ms, 30s, 15m, 2h, 1d or 90d.";
 
 /// Opens a database that must already exist: `status` and `sync` on a mistyped path should

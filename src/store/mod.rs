@@ -390,6 +390,32 @@ pub(crate) fn now_unix() -> i64 {
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
 pub(crate) fn format_unix(secs: i64) -> String {
+    let (year, month, day, rem) = civil(secs);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `time` as RFC 3339 in UTC with milliseconds (`2026-12-02T18:30:00.123Z`), for logs.
+pub(crate) fn format_rfc3339_millis(time: std::time::SystemTime) -> String {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (year, month, day, rem) = civil(since.as_secs() as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Unix seconds as a civil date (year, month, day) and the seconds into that day.
+fn civil(secs: i64) -> (i64, i64, i64, i64) {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Days to a civil date (Howard Hinnant's algorithm), proleptic Gregorian calendar.
     let z = days + 719_468;
@@ -401,12 +427,7 @@ pub(crate) fn format_unix(secs: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (year, month, day, rem)
 }
 
 /// The reading half of the store. Cheap to clone; usable from any thread.
@@ -2054,6 +2075,16 @@ mod tests {
         assert!(q.retry_at.unwrap() <= Instant::now(), "due at once");
         q.keep_for_retry(kept(1), "again");
         assert_eq!(q.backoff, WRITE_RETRY_BASE, "starts over");
+    }
+
+    #[test]
+    fn log_times_are_rfc3339_with_milliseconds() {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_764_700_200_123);
+        assert_eq!(format_rfc3339_millis(t), "2025-12-02T18:30:00.123Z");
+        assert_eq!(
+            format_rfc3339_millis(std::time::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
     }
 
     #[test]

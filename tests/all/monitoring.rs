@@ -148,3 +148,89 @@ fn healthz_is_plain_text_and_metrics_are_prometheus_text() {
     );
     terminate(&mut daemon);
 }
+
+/// A daemon run with `vars` until relay `alpha` is synced; its standard error, line by line,
+/// and the relay's secret at zooid.
+fn daemon_log(vars: &[(&str, &str)]) -> (Vec<String>, String) {
+    let (fx, dir, db, _store) = one_relay("alpha");
+    let log = dir.path().join("stderr.log");
+    let mut cmd = zooid_sync(&fx, &db);
+    cmd.env("RUST_LOG", "info")
+        .env("BLOSSOM_S3_SECRET_KEY", "s3-secret-that-must-not-print")
+        .envs(vars.iter().copied())
+        .args(["run", "--feed-interval", "10ms"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut daemon = cmd.spawn().unwrap();
+    expect_within(Duration::from_secs(20), "alpha synced", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("relay alpha: POST 201"))
+    });
+    terminate(&mut daemon);
+    let secret = fx.relay("alpha").unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for forbidden in [
+        ROBOT_SECRET,
+        secret.as_str(),
+        "s3-secret-that-must-not-print",
+    ] {
+        assert!(
+            !text.contains(forbidden),
+            "a secret reached the log:\n{text}"
+        );
+    }
+    (text.lines().map(str::to_string).collect(), secret)
+}
+
+#[test]
+fn json_logs_are_one_object_a_line_with_the_relay() {
+    let (lines, _) = daemon_log(&[("SYNC_LOG_FORMAT", "json")]);
+    let objects: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(objects.len() >= 3, "{lines:?}");
+    for o in &objects {
+        for field in ["time", "level", "target", "message"] {
+            assert!(o[field].is_string(), "{field} in {o}");
+        }
+        assert!(o["time"].as_str().unwrap().ends_with('Z'), "{o}");
+    }
+    let synced = objects
+        .iter()
+        .find(|o| {
+            o["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("relay alpha: POST 201")
+        })
+        .expect("the sync's line");
+    assert_eq!(synced["relay"], "alpha");
+    assert_eq!(synced["level"], "INFO");
+    assert!(objects.iter().any(|o| o["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("zooid-sync started")));
+}
+
+#[test]
+fn under_systemd_logs_carry_journald_priorities_and_no_time() {
+    let (lines, _) = daemon_log(&[("JOURNAL_STREAM", "8:12345")]);
+    assert!(lines.len() >= 3, "{lines:?}");
+    for line in &lines {
+        let (priority, rest) = line
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .unwrap_or_else(|| panic!("no priority: {line}"));
+        assert!(["3", "4", "6", "7"].contains(&priority), "{line}");
+        assert!(
+            rest.starts_with("zooid_sync"),
+            "the target, no timestamp: {line}"
+        );
+    }
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("<6>zooid_sync::infra::sync: relay alpha: POST 201")));
+}
