@@ -26,8 +26,8 @@ struct Cli {
 enum Cmd {
     /// Run the daemon: sync every change until SIGTERM or SIGINT.
     Run {
-        /// How often to look for activity written by other processes, 1ms to 1m (e.g. 20ms,
-        /// 1s); up to ten times less often after a quiet second.
+        /// How often to look for activity written by other processes while it flows, 1ms to
+        /// 1m (e.g. 20ms, 1s); once quiet, it waits for the database's files to be written.
         #[arg(long, default_value = "20ms", value_parser = feed_interval)]
         feed_interval: std::time::Duration,
         /// Serve /healthz and /metrics (Prometheus) on this HOST:PORT, e.g. 127.0.0.1:9464.
@@ -80,6 +80,12 @@ enum Cmd {
     /// Create the database (DATABASE_PATH) with zooid-sync's tables, for a new platform;
     /// `run` refuses a database that does not exist. Bring an existing one up to date.
     Init,
+    /// Print the manual page (roff) on standard output, for packagers.
+    #[command(hide = true)]
+    Man,
+    /// Print the completion script for `shell` on standard output, for packagers.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
     /// A self-contained demonstration: fixture zooid, fresh database, the real worker.
     Dev,
 }
@@ -211,6 +217,20 @@ fn run(command: Cmd) -> Result<ExitCode> {
                 pruned.took.as_secs_f64(),
                 pruned.left
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+                .context("writing the manual page")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "zooid-sync", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("writing the completion script")?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check => {
