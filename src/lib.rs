@@ -68,9 +68,9 @@ pub use nip98::RobotKey;
 pub use relay_config::{relay_body, InvalidRelay, RelayBody};
 pub use secret::Secret;
 pub use store::{
-    activity_type, Activity, BadRow, Bus, Command, PendingDeletion, PendingRelay, Query, RecvError,
-    Relay, RelayForSync, RelaySettings, RelayStatus, Store, StoreOptions, Subscriber, SyncAnswer,
-    WriteHealth, RELAY_RESOURCE, SCHEMA_VERSION, ZOOID_UNAVAILABLE,
+    activity_type, Activity, BadRow, Bus, Command, HostError, PendingDeletion, PendingRelay, Query,
+    RecvError, Relay, RelayForSync, RelaySettings, RelayStatus, Store, StoreOptions, Subscriber,
+    SyncAnswer, WriteHealth, RELAY_RESOURCE, SCHEMA_VERSION, ZOOID_UNAVAILABLE,
 };
 pub use zooid::{Response, ZooidClient, ZooidError, PROBE_ID};
 

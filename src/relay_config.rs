@@ -270,15 +270,23 @@ fn is_valid_subdomain(subdomain: &str) -> bool {
 }
 
 fn validate(relay: &Relay) -> Result<(), InvalidRelay> {
-    let s = &relay.settings;
+    validate_settings(&relay.id, &relay.settings)
+}
+
+/// The checks a relay passes before it is sent, and before a host's write of it is taken
+/// ([`crate::Command::create_relay`], [`crate::Command::update_relay`]).
+pub(crate) fn validate_settings(
+    id: &str,
+    s: &crate::store::RelaySettings,
+) -> Result<(), InvalidRelay> {
     let fail = |field, problem: String| {
         Err(InvalidRelay {
-            relay_id: relay.id.clone(),
+            relay_id: id.to_string(),
             field,
             problem,
         })
     };
-    if !crate::zooid::is_safe_path_segment(&relay.id) {
+    if !crate::zooid::is_safe_path_segment(id) {
         return fail(
             "id",
             "must be 1 to 128 of A-Z a-z 0-9 - _ . ~ (and not . or ..), to be a URL path segment"

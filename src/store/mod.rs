@@ -16,6 +16,7 @@
 //! they show in code what a host in another language must do in SQL.
 
 mod bus;
+mod error;
 mod model;
 pub mod schema;
 
@@ -31,6 +32,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::{params, params_from_iter, Connection, OpenFlags};
 
 pub use bus::{Bus, RecvError, Subscriber};
+pub use error::HostError;
+use error::NoSuchRelay;
 pub use model::{
     activity_type, Activity, BadRow, Relay, RelaySettings, RelayStatus, RELAY_RESOURCE,
     ZOOID_UNAVAILABLE,
@@ -400,6 +403,7 @@ pub(crate) fn format_unix(secs: i64) -> String {
 }
 
 /// `time` as RFC 3339 in UTC with milliseconds (`2026-12-02T18:30:00.123Z`), for logs.
+#[cfg(feature = "cli")]
 pub(crate) fn format_rfc3339_millis(time: std::time::SystemTime) -> String {
     let since = time
         .duration_since(std::time::UNIX_EPOCH)
@@ -1517,38 +1521,65 @@ impl Command {
         }
     }
 
-    /// Host side: adds a relay (pending, revision 1) and its `create_relay` activity.
-    pub fn create_relay(&self, id: &str, settings: &RelaySettings) -> Result<Activity> {
-        let write = Write::Create {
-            id: id.to_string(),
-            settings: settings.clone(),
-        };
-        self.write(write)?.activity()
+    /// Host side: adds a relay (pending, revision 1) and its `create_relay` activity, in one
+    /// transaction. Its settings are checked first with the rules a sync applies before
+    /// sending ([`HostError::InvalidField`]); a relay with this id must not exist
+    /// ([`HostError::RelayExists`]).
+    pub fn create_relay(
+        &self,
+        id: &str,
+        settings: &RelaySettings,
+    ) -> std::result::Result<Activity, HostError> {
+        crate::relay_config::validate_settings(id, settings)?;
+        self.host_write(
+            id,
+            Write::Create {
+                id: id.to_string(),
+                settings: settings.clone(),
+            },
+        )
     }
 
-    /// Host side: replaces a relay's settings; it becomes pending at a new revision.
-    pub fn update_relay(&self, id: &str, settings: &RelaySettings) -> Result<Activity> {
-        let write = Write::Update {
-            id: id.to_string(),
-            settings: settings.clone(),
-        };
-        self.write(write)?.activity()
+    /// Host side: replaces a relay's settings; it becomes pending at a new revision. Checked
+    /// like [`create_relay`](Self::create_relay); the relay must exist
+    /// ([`HostError::UnknownRelay`]).
+    pub fn update_relay(
+        &self,
+        id: &str,
+        settings: &RelaySettings,
+    ) -> std::result::Result<Activity, HostError> {
+        crate::relay_config::validate_settings(id, settings)?;
+        self.host_write(
+            id,
+            Write::Update {
+                id: id.to_string(),
+                settings: settings.clone(),
+            },
+        )
+    }
+
+    /// A host's write, its activity, or what went wrong in the host's terms.
+    fn host_write(&self, id: &str, write: Write) -> std::result::Result<Activity, HostError> {
+        self.write(write)
+            .and_then(Applied::activity)
+            .map_err(|e| HostError::classify(id, e))
     }
 
     /// Host side: deletes the relay's row and appends its `delete_relay` activity, in one
     /// transaction; zooid-sync then deletes the relay at zooid. A relay created again under
     /// the same id later is a new relay (created at zooid with a new secret).
-    pub fn delete_relay(&self, id: &str) -> Result<Activity> {
-        self.write(Write::Delete { id: id.to_string() })?.activity()
+    pub fn delete_relay(&self, id: &str) -> std::result::Result<Activity, HostError> {
+        self.host_write(id, Write::Delete { id: id.to_string() })
     }
 
-    /// Host side: sets the relay's status to `active`.
-    pub fn activate_relay(&self, id: &str) -> Result<Activity> {
+    /// Host side: sets the relay's status to `active`; it becomes pending at a new revision.
+    pub fn activate_relay(&self, id: &str) -> std::result::Result<Activity, HostError> {
         self.set_status(id, RelayStatus::Active, activity_type::ACTIVATE_RELAY)
     }
 
-    /// Host side: sets the relay's status to `inactive`.
-    pub fn deactivate_relay(&self, id: &str) -> Result<Activity> {
+    /// Host side: sets the relay's status to `inactive` (zooid stops serving it); it becomes
+    /// pending at a new revision.
+    pub fn deactivate_relay(&self, id: &str) -> std::result::Result<Activity, HostError> {
         self.set_status(id, RelayStatus::Inactive, activity_type::DEACTIVATE_RELAY)
     }
 
@@ -1557,13 +1588,13 @@ impl Command {
         id: &str,
         status: RelayStatus,
         activity: &'static str,
-    ) -> Result<Activity> {
+    ) -> std::result::Result<Activity, HostError> {
         let write = Write::SetStatus {
             id: id.to_string(),
             status,
             activity,
         };
-        self.write(write)?.activity()
+        self.host_write(id, write)
     }
 }
 
@@ -1684,7 +1715,7 @@ impl Write {
 
     /// Applies the write inside the current transaction.
     fn apply(&self, conn: &Connection) -> Result<Applied> {
-        let no_relay = |id: &str| anyhow!("there is no relay {id:?}");
+        let no_relay = |id: &str| anyhow::Error::new(NoSuchRelay(id.to_string()));
         let appended = |activity: Activity, changed: bool| Applied {
             activity: Some(activity),
             changed,
@@ -2078,6 +2109,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "cli")]
     fn log_times_are_rfc3339_with_milliseconds() {
         let t = std::time::UNIX_EPOCH + Duration::from_millis(1_764_700_200_123);
         assert_eq!(format_rfc3339_millis(t), "2025-12-02T18:30:00.123Z");

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection};
 use zooid_sync::endpoint::{self, Limits};
 use zooid_sync::fixture::{Fault, FixtureZooid};
 use zooid_sync::ZooidError;
-use zooid_sync::{Infra, Store, ZooidClient};
+use zooid_sync::{HostError, Infra, Store, ZooidClient};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -674,7 +674,26 @@ fn a_5_mb_host_value_is_quoted_by_its_first_bytes() {
     let store = open_store(&db);
     let mut s = settings("huge");
     s.schema = "x-".repeat(2_500_000);
-    store.command.create_relay("huge", &s).unwrap();
+    // The library refuses it; a host in another language may still write it.
+    let refused = store.command.create_relay("huge", &s).unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            HostError::InvalidField {
+                field: "schema",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().len() < 512, "quoted short: {refused}");
+    let host = rusqlite::Connection::open(&db).unwrap();
+    host_creates(&host, "huge");
+    host.execute(
+        "UPDATE relay SET schema = ?1 WHERE id = 'huge'",
+        [&s.schema],
+    )
+    .unwrap();
     let size_before = std::fs::metadata(&db).unwrap().len();
     let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
         .spawn()

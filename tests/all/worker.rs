@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use serde_json::Value;
 use zooid_sync::fixture::{Fault, FixtureZooid, RecordedRequest};
 use zooid_sync::manual::{self, Selection};
-use zooid_sync::{Activity, StoreOptions};
+use zooid_sync::{Activity, HostError, StoreOptions};
 use zooid_sync::{Env, Infra, InfraHandle, Store};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -544,7 +544,28 @@ fn an_invalid_relay_fails_with_a_named_error_and_sends_nothing() {
     h.start();
     let mut s = settings("alpha");
     s.schema = "bad-schema".into();
-    h.store.command.create_relay("alpha", &s).unwrap();
+    // The library refuses it; a host in another language may still write it.
+    let refused = h.store.command.create_relay("alpha", &s).unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            HostError::InvalidField {
+                field: "schema",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    h.host()
+        .execute_batch(&format!(
+            "INSERT INTO relay (id, tenant_pubkey, schema, subdomain, created_at, updated_at)
+             VALUES ('alpha', '{OWNER}', 'bad-schema', 'alpha', 0, 0);"
+        ))
+        .unwrap();
+    h.store
+        .command
+        .notify
+        .send(bus_activity("relay", "create_relay", "alpha"));
     expect_within(WAIT, "the failure recorded", || h.failures("alpha") >= 1);
     let error = h.relay("alpha").sync_error;
     assert!(
