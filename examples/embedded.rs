@@ -1,32 +1,31 @@
 //! zooid-sync inside a plain, non-async host program.
 //!
-//! The host opens the store, starts the worker on its own threads, and records changes with
-//! `Command`; the worker hears them on the bus and syncs them. To stay runnable anywhere this
-//! example talks to the fixture zooid; a real host builds its `Env` with `Env::from_env()` (or
-//! `Env::new`) pointing at its zooid.
+//! The host opens the store, starts the worker on its own threads, records a change with
+//! `Command`, and waits for its outcome. With `ZOOID_API_URL`, `RELAY_DOMAIN` and
+//! `ROBOT_SECRET` set it talks to that zooid (and `DATABASE_PATH`, default `platform.db`);
+//! without them it starts the fixture zooid on loopback and a database in a temporary
+//! directory, so that it runs anywhere:
 //!
-//! Run it with `cargo run --example embedded`.
+//! ```sh
+//! cargo run --example embedded
+//! ZOOID_API_URL=https://zooid.example.com RELAY_DOMAIN=relays.example.com \
+//!     ROBOT_SECRET=... cargo run --example embedded
+//! ```
+//!
+//! A host copies `run` as it is; `main` only chooses the zooid.
 
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use zooid_sync::fixture::FixtureZooid;
-use zooid_sync::Secret;
-use zooid_sync::{Env, Infra, RelaySettings, RelayStatus, RobotKey, Store};
+use zooid_sync::{Env, HostError, Infra, OutcomeKind, RelaySettings, RelayStatus, Store};
 
-fn main() -> anyhow::Result<()> {
-    let robot = RobotKey::parse(Secret::generate(32).expose())?;
-    let zooid = FixtureZooid::start(&[robot.public_key().to_hex()])?;
-    let dir = std::env::temp_dir().join(format!("zooid-sync-example-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+/// What a host does: open, start the worker, record a change, wait for its outcome, stop.
+fn run(env: &Env, database: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::open(database)?;
+    let worker = Infra::new(store.query.clone(), store.command.clone(), env).spawn()?;
 
-    let mut env = Env::new(&zooid.url(), "relays.example.com", robot)?;
-    env.database_path = dir.join("platform.db");
-
-    // The host's own handles: it keeps `command` to record changes.
-    let Store { query, command } = Store::open(&env.database_path)?;
-    let worker = Infra::new(query.clone(), command.clone(), &env).spawn()?;
-
-    // A change, recorded the way the platform records every change.
+    // Subscribe before the change, so that its outcome cannot be missed.
+    let outcomes = store.command.outcomes();
     let settings = RelaySettings {
         tenant_pubkey: "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
         schema: "example".into(),
@@ -36,20 +35,46 @@ fn main() -> anyhow::Result<()> {
         groups_enabled: true,
         ..RelaySettings::default()
     };
-    command.create_relay("example", &settings)?;
-
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !query.get_relay("example")?.is_some_and(|r| r.synced) {
-        anyhow::ensure!(Instant::now() < deadline, "the relay did not sync in time");
-        std::thread::sleep(Duration::from_millis(10));
+    match store.command.create_relay("example", &settings) {
+        Ok(_) => println!("created relay example"),
+        // Run twice against one database: the relay is there already.
+        Err(HostError::RelayExists { .. }) => {
+            store.command.update_relay("example", &settings)?;
+            println!("updated relay example");
+        }
+        Err(e) => return Err(e.into()),
     }
-    println!(
-        "zooid now serves: {}",
-        zooid.relay("example").unwrap()["host"]
-    );
+    let outcome = outcomes.wait_for("example", Duration::from_secs(30))?;
+    match &outcome.kind {
+        OutcomeKind::Synced => println!("zooid serves relay example"),
+        OutcomeKind::Failed { error } => println!("the sync failed, retried later: {error}"),
+        other => println!("relay example: {other:?}"),
+    }
 
     // Stop intake and let the syncs in flight finish.
     worker.shutdown()?;
-    std::fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("ZOOID_API_URL").is_some() {
+        let env = Env::from_env()?;
+        let database = std::env::var_os("DATABASE_PATH").unwrap_or("platform.db".into());
+        return run(&env, Path::new(&database));
+    }
+    // No zooid given: the fixture zooid, a fresh robot and a temporary database.
+    let robot = zooid_sync::RobotKey::parse(zooid_sync::Secret::generate(32).expose())?;
+    let zooid = zooid_sync::fixture::FixtureZooid::start(&[robot.public_key().to_hex()])?;
+    let env = Env::new(&zooid.url(), "relays.example.com", robot)?;
+    let dir = std::env::temp_dir().join(format!("zooid-sync-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run(&env, &dir.join("platform.db"));
+    println!(
+        "the fixture zooid holds: {}",
+        zooid
+            .relay("example")
+            .map_or("nothing".into(), |r| r["host"].to_string())
+    );
+    std::fs::remove_dir_all(&dir)?;
+    result
 }

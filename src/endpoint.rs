@@ -2,7 +2,7 @@
 //!
 //! `/healthz` is 200 while the worker runs and the database answers (`ok` and zooid's state,
 //! or `standby` while another process holds the lease), 503 otherwise; `/metrics` is
-//! [`Metrics::render`]. It runs on [`HttpServer`] within [`Limits`]: anyone who can reach the
+//! [`Metrics::render`]. It runs on `HttpServer` within [`Limits`]: anyone who can reach the
 //! port can connect, so connections, time, head size and database reads are all bounded.
 
 use std::sync::atomic::{AtomicBool, Ordering};

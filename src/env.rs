@@ -23,18 +23,26 @@ use crate::words::show_duration;
 /// blossom while one is missing fails its sync with an error naming the variable.
 #[derive(Debug, Clone, Default)]
 pub struct BlossomS3 {
+    /// The S3 endpoint URL (`BLOSSOM_S3_ENDPOINT`).
     pub endpoint: Option<String>,
+    /// The S3 region (`BLOSSOM_S3_REGION`).
     pub region: Option<String>,
+    /// The S3 bucket (`BLOSSOM_S3_BUCKET`).
     pub bucket: Option<String>,
+    /// The S3 access key id (`BLOSSOM_S3_ACCESS_KEY`).
     pub access_key: Option<String>,
+    /// The S3 secret key (`BLOSSOM_S3_SECRET_KEY`); never printed.
     pub secret_key: Option<Secret>,
 }
 
 /// LiveKit settings for relays with livekit enabled; checked per relay like [`BlossomS3`].
 #[derive(Debug, Clone, Default)]
 pub struct Livekit {
+    /// The LiveKit server's URL (`LIVEKIT_URL`).
     pub url: Option<String>,
+    /// The LiveKit API key (`LIVEKIT_API_KEY`).
     pub api_key: Option<String>,
+    /// The LiveKit API secret (`LIVEKIT_API_SECRET`); never printed.
     pub api_secret: Option<Secret>,
 }
 
@@ -47,11 +55,18 @@ pub struct Env {
     pub relay_domain: String,
     /// Signs every request to zooid.
     pub robot: RobotKey,
+    /// The database the binary opens (`DATABASE_PATH`). A host opens its [`crate::Store`]
+    /// itself, and the worker (its lease included) follows the store's path: this one is the
+    /// binary's alone, so it is not part of the documented API.
+    #[doc(hidden)]
     pub database_path: PathBuf,
+    /// S3 settings for relays with blossom enabled.
     pub blossom: BlossomS3,
+    /// LiveKit settings for relays with livekit enabled.
     pub livekit: Livekit,
     /// Threads making requests to zooid.
     pub sync_workers: usize,
+    /// When failed syncs are retried, and when they are given up.
     pub retry: RetryPolicy,
     /// Per-request timeout (connect, send and receive together).
     pub zooid_timeout: Duration,
@@ -226,6 +241,7 @@ impl Env {
     /// The event is kind 27235 with tags `u` (the absolute `url`), `method`, and `payload` (hex
     /// SHA-256 of `body`) whenever there is a body; `created_at` is now, so every request gets
     /// a fresh one.
+    #[doc(hidden)]
     pub fn make_auth(&self, method: &str, url: &str, body: Option<&[u8]>) -> Result<String> {
         crate::nip98::make_auth(&self.robot, method, url, body)
     }

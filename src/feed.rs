@@ -8,7 +8,7 @@
 //!
 //! It looks every `interval` while activity flows. After a second of quiet it looks less and
 //! less often, down to once every ten intervals; then, on Linux, it stops looking and sleeps
-//! until the kernel reports a write to the database's files ([`crate::watch`]), with one
+//! until the kernel reports a write to the database's files (`src/watch.rs`), with one
 //! backstop look every [`BACKSTOP`]. The first write after a quiet spell wakes it: it waits one
 //! interval (the writer may not have finished committing) and looks, and is back at full
 //! speed. So an idle daemon's feed wakes a few times a minute, and a lone change is seen

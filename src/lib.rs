@@ -2,21 +2,78 @@
 //!
 //! A hosting platform records its relays and an activity log in SQLite. zooid-sync watches that
 //! activity and pushes each relay's configuration to zooid's management API (`POST` to create,
-//! `PATCH` to update, every request NIP-98 signed), retries with exponential backoff when zooid
-//! fails, and records every outcome back in the database.
+//! `PATCH` to update, `DELETE` to delete, every request NIP-98 signed), retries with
+//! exponential backoff when zooid fails, and records every outcome back in the database.
 //!
 //! Everything runs on plain threads with blocking I/O; there is no async runtime, so a
-//! non-async host program can link this library directly. What a host needs is re-exported
-//! here: [`Store`] (with [`Query`] and [`Command`]) over the database, [`Env`] for the
-//! settings, [`Infra`] for the worker, [`ZooidClient`] for zooid itself. Build with
-//! `default-features = false` to leave out the binary's modules and dependencies (feature
-//! `cli`) and the fixture zooid (feature `fixture`). `ARCHITECTURE.md` has the code map.
+//! non-async host program can link this library directly (with `default-features = false`,
+//! which leaves out the binary's command line and the fixture zooid). A host:
+//!
+//! 1. opens the database with [`Store::open`]: a [`Query`] to read relays and their sync
+//!    state, a [`Command`] to record changes;
+//! 2. starts the worker with [`Infra::new`] and [`Infra::spawn`], configured by an [`Env`]
+//!    ([`Env::from_env`] reads the same variables as the binary, [`Env::new`] starts from the
+//!    defaults);
+//! 3. records each change with [`Command::create_relay`], [`update_relay`],
+//!    [`activate_relay`], [`deactivate_relay`] or [`delete_relay`], which check it and answer
+//!    a [`HostError`] it can match on;
+//! 4. learns what became of it from [`Command::outcomes`], without polling;
+//! 5. stops the worker with [`InfraHandle::shutdown`].
+//!
+//! [`update_relay`]: Command::update_relay
+//! [`activate_relay`]: Command::activate_relay
+//! [`deactivate_relay`]: Command::deactivate_relay
+//! [`delete_relay`]: Command::delete_relay
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use zooid_sync::{Env, HostError, Infra, OutcomeKind, RelaySettings, Store};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // ZOOID_API_URL, RELAY_DOMAIN and ROBOT_SECRET, as for the binary.
+//!     let env = Env::from_env()?;
+//!     let store = Store::open("platform.db")?;
+//!     let worker = Infra::new(store.query.clone(), store.command.clone(), &env).spawn()?;
+//!
+//!     let outcomes = store.command.outcomes(); // subscribe before the change
+//!     let settings = RelaySettings {
+//!         tenant_pubkey: "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798".into(),
+//!         schema: "alpha".into(),
+//!         subdomain: "alpha".into(),
+//!         info_name: "Alpha".into(),
+//!         ..RelaySettings::default()
+//!     };
+//!     match store.command.create_relay("alpha", &settings) {
+//!         Ok(_) => {}
+//!         Err(HostError::RelayExists { .. }) => {
+//!             store.command.update_relay("alpha", &settings)?;
+//!         }
+//!         Err(e) => return Err(e.into()),
+//!     }
+//!     let outcome = outcomes.wait_for("alpha", Duration::from_secs(30))?;
+//!     match outcome.kind {
+//!         OutcomeKind::Synced => println!("zooid serves alpha"),
+//!         OutcomeKind::Failed { error } => println!("alpha failed (retried later): {error}"),
+//!         other => println!("alpha: {other:?}"),
+//!     }
+//!     println!("alpha synced: {}", store.query.get_relay("alpha")?.is_some_and(|r| r.synced));
+//!
+//!     worker.shutdown()?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! `examples/embedded.rs` is the same program, runnable against the fixture zooid.
+//! `ARCHITECTURE.md` has the code map; the README the database contract.
+
+#![warn(missing_docs)]
 
 mod env;
 mod infra;
 mod lease;
 mod memory;
 pub mod metrics;
+#[doc(hidden)]
 pub mod nip98;
 mod quote;
 mod rate;
@@ -33,26 +90,36 @@ mod http_server;
 pub mod fixture;
 
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod check;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod daemon;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod dev;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod endpoint;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod feed;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod logging;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod manual;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod notify;
 #[cfg(feature = "cli")]
 mod process;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod prune;
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod status;
 #[cfg(feature = "cli")]
 mod watch;
@@ -62,20 +129,29 @@ pub use env::{
 };
 pub use infra::retry::RetryPolicy;
 pub use infra::{Infra, InfraHandle};
-pub use lease::{Holder, Lease};
 pub use metrics::Metrics;
 pub use nip98::RobotKey;
-pub use relay_config::{relay_body, InvalidRelay, RelayBody};
 pub use secret::Secret;
 pub use store::{
-    activity_type, Activity, BadRow, Bus, Command, HostError, PendingDeletion, PendingRelay, Query,
-    RecvError, Relay, RelayForSync, RelaySettings, RelayStatus, Store, StoreOptions, Subscriber,
-    SyncAnswer, WriteHealth, RELAY_RESOURCE, SCHEMA_VERSION, ZOOID_UNAVAILABLE,
+    activity_type, Activity, Command, HostError, Outcome, OutcomeKind, Outcomes, PendingDeletion,
+    PendingRelay, Query, Relay, RelaySettings, RelayStatus, Store, StoreOptions, WaitError,
+    RELAY_RESOURCE, SCHEMA_VERSION, ZOOID_UNAVAILABLE,
 };
+
+// The worker's own parts, public for the binary, the tests and the benchmark (separate crates
+// that link this one), not for hosts: hidden from the documentation, and free to change.
+#[doc(hidden)]
+pub use lease::{Holder, Lease};
+#[doc(hidden)]
+pub use relay_config::{relay_body, InvalidRelay, RelayBody};
+#[doc(hidden)]
+pub use store::{BadRow, Bus, RecvError, RelayForSync, Subscriber, SyncAnswer, WriteHealth};
+#[doc(hidden)]
 pub use zooid::{Response, ZooidClient, ZooidError, PROBE_ID};
 
 /// What the binary parses beside [`Env`].
 #[cfg(feature = "cli")]
+#[doc(hidden)]
 pub use env::{parse_duration, within};
 pub use words::{plural, show_duration};
 

@@ -83,7 +83,7 @@ pub(crate) fn clock() -> u64 {
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
 
 /// Why the worker is stalled, if it is: the dispatcher has not gone round, or the writer has
-/// been on one commit, for longer than `bound`. `now`, `beat` and `busy_since` are [`clock`]
+/// been on one commit, for longer than `bound`. `now`, `beat` and `busy_since` are `clock`
 /// milliseconds; 0 means "not running" and "not committing".
 pub fn stalled(now: u64, beat: u64, busy_since: u64, bound: Duration) -> Option<String> {
     let bound_ms = bound.as_millis() as u64;

@@ -20,9 +20,11 @@ use crate::store::Relay;
 /// Why a relay cannot be sent to zooid. Names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidRelay {
+    /// The relay's id.
     pub relay_id: String,
     /// The relay column (or setting) at fault.
     pub field: &'static str,
+    /// What is wrong with the field.
     pub problem: String,
 }
 
@@ -44,18 +46,30 @@ impl std::error::Error for InvalidRelay {}
 /// `Debug` never shows the secrets inside.
 #[derive(Debug, Serialize)]
 pub struct RelayBody<'a> {
+    /// `<subdomain>.<RELAY_DOMAIN>`.
     pub host: String,
+    /// The relay's database schema at zooid.
     pub schema: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The relay's secret, on `POST` only.
     pub secret: Option<&'a Secret>,
+    /// Whether zooid stops serving it (status `inactive` or `delinquent`).
     pub inactive: bool,
+    /// The NIP-11 information.
     pub info: Info<'a>,
+    /// Who may read, write and join.
     pub policy: Policy,
+    /// NIP-29 groups.
     pub groups: Toggle,
+    /// NIP-86 management.
     pub management: Toggle,
+    /// Blossom media storage, with its S3 settings.
     pub blossom: Blossom<'a>,
+    /// LiveKit calls, with its settings.
     pub livekit: Livekit<'a>,
+    /// Push notifications.
     pub push: Toggle,
+    /// Member roles.
     pub roles: Roles,
 }
 

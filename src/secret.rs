@@ -61,7 +61,7 @@ pub struct Secret(String);
 
 impl Secret {
     /// Wraps a configured secret value (a key from the environment, say), and remembers it
-    /// for [`redact`] for the life of the process. Secrets made per request use
+    /// for `redact` for the life of the process. Secrets made per request use
     /// [`Secret::generate`].
     pub fn new(value: impl Into<String>) -> Self {
         let value = value.into();
@@ -70,7 +70,7 @@ impl Secret {
     }
 
     /// A fresh secret of `bytes` random bytes, hex encoded: a relay's identity for one
-    /// `POST`. Remembered for [`redact`] among the newest [`RECENT_GENERATED`].
+    /// `POST`. Remembered for `redact` among the newest `RECENT_GENERATED`.
     pub fn generate(bytes: usize) -> Self {
         let value = random_hex(bytes);
         let mut known = KNOWN.lock().unwrap();

@@ -211,7 +211,7 @@ pub fn zooid_line(query: &Query) -> Result<Option<String>> {
 
 /// The existence audit's line: when its last pass ended and what it found, and how far the
 /// pass in progress is, from what the worker recorded
-/// ([`crate::infra::audit::AUDIT_STATE`]); `None` before any was recorded.
+/// (`AUDIT_STATE` in `src/infra/audit.rs`); `None` before any was recorded.
 pub fn audit_line(recorded: &[(String, String)]) -> Option<String> {
     use crate::infra::audit::{Pass, AUDIT_STATE};
     let get = |name: &str| {
@@ -251,7 +251,7 @@ pub fn audit_line(recorded: &[(String, String)]) -> Option<String> {
 
 /// While the worker catches up, the line `status` shows about it: `catch-up since <time>: N
 /// of M relays left, about T at the current pace`, from what the worker recorded
-/// ([`crate::infra::pool::CATCH_UP_STATE`]) and the relays pending now.
+/// (`CATCH_UP_STATE` in `src/infra/pool.rs`) and the relays pending now.
 pub fn catch_up_line(recorded: &[(String, String)], pending: u64) -> Option<String> {
     let get = |name: &str| {
         recorded

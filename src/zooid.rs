@@ -37,7 +37,9 @@ const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
 /// A 2xx answer from zooid.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The HTTP status.
     pub status: u16,
+    /// The body, cut to 64 KiB.
     pub body: String,
 }
 
@@ -46,8 +48,11 @@ pub struct Response {
 pub enum ZooidError {
     /// zooid answered with a non-2xx status.
     Status {
+        /// The request's method.
         method: &'static str,
+        /// The request's path.
         path: String,
+        /// The status zooid answered.
         status: u16,
         /// zooid's body, cut to 1 KiB.
         body: String,
@@ -56,13 +61,21 @@ pub enum ZooidError {
     },
     /// No usable answer: connection refused or reset, timeout, malformed HTTP, TLS failure.
     Transport {
+        /// The request's method.
         method: &'static str,
+        /// The request's path.
         path: String,
+        /// What went wrong.
         message: String,
     },
     /// The path holds a segment that is not a safe URL path segment (a relay id like `..`,
     /// `a?x=1` or `a#frag`); nothing was sent.
-    UnsafePath { method: &'static str, path: String },
+    UnsafePath {
+        /// The request's method.
+        method: &'static str,
+        /// The path refused.
+        path: String,
+    },
 }
 
 /// How an error begins when zooid refuses this robot as a whole (see

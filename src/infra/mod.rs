@@ -92,6 +92,15 @@ impl InfraHandle {
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the zooid-sync dispatcher panicked")))
     }
 
+    /// Waits up to `timeout` for the worker to end; answers whether it has.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> bool {
+        // The channel never carries a message: it disconnects when the worker ends.
+        !matches!(
+            self.finished.recv_timeout(timeout),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout)
+        )
+    }
+
     /// Whether the worker has ended.
     pub fn is_finished(&self) -> bool {
         self.thread.is_finished()
@@ -103,6 +112,7 @@ impl InfraHandle {
     }
 
     /// A channel that disconnects when the worker ends, for `crossbeam_channel::select!`.
+    #[doc(hidden)]
     pub fn finished(&self) -> &Receiver<()> {
         &self.finished
     }
@@ -126,12 +136,14 @@ impl Infra {
     /// tests of the worker's containment. Not for hosts.
     #[cfg(feature = "fixture")]
     #[doc(hidden)]
+    #[doc(hidden)]
     pub fn inject_panic(&self, id: &str, times: u32) {
         self.injected.add(id, times);
     }
 
     /// A worker that runs under a lease its caller already holds, instead of taking it
     /// (see [`crate::lease`]).
+    #[doc(hidden)]
     pub fn with_lease(mut self, lease: Lease) -> Self {
         self.lease = Some(lease);
         self

@@ -10,8 +10,11 @@ use std::time::Duration;
 /// The backoff rule. Tests use milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
+    /// The first retry's delay (`SYNC_RETRY_BASE`); each next one doubles.
     pub base: Duration,
+    /// The longest delay (`SYNC_RETRY_CAP`).
     pub cap: Duration,
+    /// Retries before giving up (`SYNC_RETRY_MAX_ATTEMPTS`).
     pub max_attempts: u32,
     /// Add up to +10 % random jitter to spread retries after an outage.
     pub jitter: bool,

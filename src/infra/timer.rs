@@ -53,6 +53,7 @@ impl Default for TimerWheel {
 }
 
 impl TimerWheel {
+    /// An empty wheel at time zero.
     pub fn new() -> TimerWheel {
         TimerWheel {
             elapsed: 0,
@@ -70,6 +71,7 @@ impl TimerWheel {
         self.index.len()
     }
 
+    /// Whether nothing is scheduled.
     #[cfg(any(test, feature = "cli"))]
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()

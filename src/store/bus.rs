@@ -30,6 +30,20 @@ pub enum RecvError {
     Closed,
 }
 
+impl std::fmt::Display for RecvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecvError::Lagged(n) => write!(
+                f,
+                "fell behind the bus and lost {n} activities; the database holds what they said"
+            ),
+            RecvError::Closed => f.write_str("the bus is closed: every Command handle is gone"),
+        }
+    }
+}
+
+impl std::error::Error for RecvError {}
+
 /// A sending handle of the bus. Cloning a strong handle makes another strong handle.
 pub struct Bus {
     shared: Arc<Shared>,

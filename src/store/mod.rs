@@ -18,6 +18,7 @@
 mod bus;
 mod error;
 mod model;
+mod outcomes;
 pub mod schema;
 
 pub use schema::SCHEMA_VERSION;
@@ -38,6 +39,7 @@ pub use model::{
     activity_type, Activity, BadRow, Relay, RelaySettings, RelayStatus, RELAY_RESOURCE,
     ZOOID_UNAVAILABLE,
 };
+pub use outcomes::{Outcome, OutcomeKind, Outcomes, WaitError};
 
 use model::{relay_select_list, ACTIVITY_SELECT_LIST, SETTINGS_COLUMNS};
 
@@ -73,24 +75,31 @@ impl Default for StoreOptions {
 /// The opened database: its reading and its writing half.
 #[derive(Debug)]
 pub struct Store {
+    /// The reading half.
     pub query: Query,
+    /// The writing half; the worker learns of writes through it.
     pub command: Command,
 }
 
 /// The answer to a manual sync request (`zooid-sync sync`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncAnswer {
+    /// The request's id in `sync_request`.
     pub request: i64,
+    /// The relay it asked to sync.
     pub relay: String,
     /// `synced`, `failed`, `invalid` (the relay cannot be sent as it is) or `unknown`.
     pub outcome: String,
+    /// What the worker said.
     pub detail: String,
 }
 
 /// A relay waiting for a sync (`synced = 0`), with the error of its last failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingRelay {
+    /// The relay's id.
     pub id: String,
+    /// The error of its last failed attempt; empty if none failed since its last change.
     pub sync_error: String,
 }
 
@@ -122,6 +131,7 @@ impl PendingRelay {
 /// A relay as a sync reads it ([`Query::get_relay_for_sync`]).
 #[derive(Debug, Clone)]
 pub struct RelayForSync {
+    /// The relay's row.
     pub relay: Relay,
     /// Whether it completed a sync since it was last created: updated, not created, at zooid.
     pub ever_completed: bool,
@@ -133,6 +143,7 @@ pub struct RelayForSync {
 /// A relay the host deleted that zooid has not confirmed deleting yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingDeletion {
+    /// The relay's id.
     pub id: String,
     /// When the host deleted it (unix seconds).
     pub requested_at: i64,
@@ -311,6 +322,7 @@ impl Query {
     /// Opens the database at `path` only to read it, for commands that report (`status`):
     /// every connection is read-only, no lock beyond a reader's is ever taken, and nothing
     /// is created or migrated. The file must exist and its schema be current.
+    #[doc(hidden)]
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Query> {
         let path = path.as_ref().to_path_buf();
         if !path.exists() {
@@ -495,6 +507,7 @@ impl Query {
     /// opens them again), and the remaining connections' page caches are emptied
     /// (`PRAGMA shrink_memory`; the writer's only if it is free). A connection refills its
     /// cache on its next use.
+    #[doc(hidden)]
     pub fn release_memory(&self) {
         let shrink = |conn: &Connection| {
             if let Err(e) = conn.execute_batch("PRAGMA shrink_memory") {
@@ -539,6 +552,7 @@ impl Query {
     }
 
     /// How this process's writes of sync outcomes fare (see [`WriteHealth`]).
+    #[doc(hidden)]
     pub fn write_health(&self) -> WriteHealth {
         let queue = self.db.queue.lock().unwrap_or_else(PoisonError::into_inner);
         WriteHealth {
@@ -561,6 +575,7 @@ impl Query {
     /// The relay with this id and whether it ever completed a sync since it was created (a
     /// relay deleted and created again under the same id starts over), in one read: what a
     /// sync needs to choose between create and update.
+    #[doc(hidden)]
     pub fn get_relay_for_sync(&self, id: &str) -> Result<Option<RelayForSync>> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
@@ -597,6 +612,7 @@ impl Query {
 
     /// Whether relay `id` waits to be deleted at zooid: the host deleted its row with a
     /// `delete_relay` activity, and zooid has not confirmed the deletion since.
+    #[doc(hidden)]
     pub fn deletion_pending(&self, id: &str) -> Result<bool> {
         self.read(|conn| Ok(deletion_pending(conn, id)?))
             .with_context(|| format!("reading the deletion of relay {id:?}"))
@@ -640,6 +656,7 @@ impl Query {
     }
 
     /// How many relays are marked synced: what an audit pass checks.
+    #[doc(hidden)]
     pub fn count_synced(&self) -> Result<u64> {
         self.read(|conn| {
             Ok(conn
@@ -651,6 +668,7 @@ impl Query {
 
     /// The first relay marked synced whose id comes after `after` (ids in byte order): the
     /// audit's next step, read by the primary key without holding a list of the fleet.
+    #[doc(hidden)]
     pub fn next_synced_relay_after(&self, after: &str) -> Result<Option<String>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
@@ -700,12 +718,14 @@ impl Query {
     /// How many `fail_relay_sync` activities the relay has had since its last other activity:
     /// the number of the attempt that just failed. Failures because zooid was unavailable
     /// ([`ZOOID_UNAVAILABLE`]) are passed over: they neither count nor end the run.
+    #[doc(hidden)]
     pub fn count_trailing_sync_failures(&self, relay_id: &str) -> Result<u32> {
         Ok(self.trailing_sync_failures(relay_id)?.0)
     }
 
     /// [`count_trailing_sync_failures`](Self::count_trailing_sync_failures), and when the
     /// newest of them was recorded (unix seconds): what the next retry is scheduled from.
+    #[doc(hidden)]
     pub fn trailing_sync_failures(&self, relay_id: &str) -> Result<(u32, Option<i64>)> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
@@ -733,6 +753,7 @@ impl Query {
     }
 
     /// The newest `fail_relay_sync` activity of the relay, if its newest activity is one.
+    #[doc(hidden)]
     pub fn trailing_sync_failure(&self, relay_id: &str) -> Result<Option<Activity>> {
         self.read(|conn| {
             let sql = format!(
@@ -751,6 +772,7 @@ impl Query {
     }
 
     /// Whether zooid ever accepted this relay (a `complete_relay_sync` exists).
+    #[doc(hidden)]
     pub fn has_completed_sync(&self, relay_id: &str) -> Result<bool> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
@@ -765,6 +787,7 @@ impl Query {
 
     /// Up to `limit` activities with `seq > after`, oldest first. A row that cannot be read
     /// is a [`BadRow`] in its place, so a reader can move past it.
+    #[doc(hidden)]
     pub fn activities_after(
         &self,
         after: i64,
@@ -794,6 +817,7 @@ impl Query {
     /// The settings the worker that last held the lease recorded when it started: `name`
     /// and `value` pairs (`retry_base_ms`, `retry_cap_ms`, `retry_max_attempts`,
     /// `relay_domain`, `zooid_api_url`, ...). Empty when no worker recorded any.
+    #[doc(hidden)]
     pub fn worker_settings(&self) -> Result<Vec<(String, String)>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached("SELECT name, value FROM worker_settings")?;
@@ -823,6 +847,7 @@ impl Query {
 
     /// The zooid outage in progress, as the breaker recorded it: since when (unix seconds)
     /// and the last error. `None` while zooid answers.
+    #[doc(hidden)]
     pub fn zooid_outage(&self) -> Result<Option<(i64, String)>> {
         self.read(|conn| {
             let mut stmt =
@@ -837,6 +862,7 @@ impl Query {
     }
 
     /// Manual sync requests after `after` that no worker answered yet: (request, relay id).
+    #[doc(hidden)]
     pub fn unanswered_sync_requests(&self, after: i64) -> Result<Vec<(i64, String)>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
@@ -851,6 +877,7 @@ impl Query {
 
     /// How many of the manual sync requests `first..=last` are answered, and how many of
     /// those synced.
+    #[doc(hidden)]
     pub fn count_sync_answers(&self, first: i64, last: i64) -> Result<(u64, u64)> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
@@ -866,6 +893,7 @@ impl Query {
 
     /// The answers to the manual sync requests `first..=last` so far: (request, relay id,
     /// outcome, detail).
+    #[doc(hidden)]
     pub fn sync_answers(&self, first: i64, last: i64) -> Result<Vec<SyncAnswer>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
@@ -887,6 +915,7 @@ impl Query {
 
     /// Ids of relays waiting for a sync whose last attempt failed (waiting on their backoff or
     /// given up), or of every relay when `all`. Ids that are not text are left out.
+    #[doc(hidden)]
     pub fn relay_ids(&self, only_failed: bool) -> Result<Vec<String>> {
         self.read(|conn| {
             let sql = if only_failed {
@@ -908,6 +937,7 @@ impl Query {
     }
 
     /// The oldest and the newest activity's `seq` (0 and 0 when there is none).
+    #[doc(hidden)]
     pub fn activity_seq_range(&self) -> Result<(i64, i64)> {
         self.read(|conn| {
             Ok(conn.query_row(
@@ -919,6 +949,7 @@ impl Query {
     }
 
     /// How many activity rows there are.
+    #[doc(hidden)]
     pub fn count_activity(&self) -> Result<u64> {
         self.read(|conn| {
             Ok(conn.query_row("SELECT COUNT(*) FROM activity", [], |r| r.get::<_, i64>(0))? as u64)
@@ -926,6 +957,7 @@ impl Query {
     }
 
     /// The newest activity's `seq`, 0 when there is none.
+    #[doc(hidden)]
     pub fn last_activity_seq(&self) -> Result<i64> {
         self.read(|conn| {
             Ok(
@@ -949,7 +981,9 @@ struct OwnWrites {
 #[derive(Clone)]
 pub struct Command {
     db: Arc<Db>,
-    /// Every activity written through this store is published here after it commits.
+    /// Every activity written through this store is published here after it commits. The
+    /// worker's own channel; a host subscribes with [`Command::outcomes`].
+    #[doc(hidden)]
     pub notify: Bus,
     own_writes: Arc<OwnWrites>,
 }
@@ -963,6 +997,7 @@ impl std::fmt::Debug for Command {
 impl Command {
     /// A `Command` whose bus handle does not keep the bus open (see [`Bus::weak`]).
     /// The worker holds one of these, so it stops when the host drops its own.
+    #[doc(hidden)]
     pub fn weak(&self) -> Command {
         Command {
             db: self.db.clone(),
@@ -1252,6 +1287,7 @@ impl Command {
     /// `revision`, the one the sync read: a change that landed meanwhile stays pending.
     /// Answers whether the relay is now marked synced (not when it was deleted meanwhile:
     /// then nothing is recorded).
+    #[doc(hidden)]
     pub fn complete_relay_sync(&self, relay_id: &str, revision: i64) -> Result<bool> {
         let applied = self.write(Write::Complete {
             relay_id: relay_id.to_string(),
@@ -1334,6 +1370,7 @@ impl Command {
     }
 
     /// Records a failed sync with its error.
+    #[doc(hidden)]
     pub fn fail_relay_sync(&self, relay_id: &str, error: &str) -> Result<()> {
         let error = if error.is_empty() {
             "unknown error"
@@ -1349,6 +1386,7 @@ impl Command {
 
     /// Records that zooid has been unavailable since `since` (unix seconds), or updates the
     /// last error of the outage already recorded (keeping its start).
+    #[doc(hidden)]
     pub fn record_zooid_outage(&self, since: i64, last_error: &str) -> Result<()> {
         self.write_state(
             "INSERT INTO zooid_outage (id, since, last_error) VALUES (1, ?1, ?2)
@@ -1359,6 +1397,7 @@ impl Command {
     }
 
     /// Records that zooid answers again.
+    #[doc(hidden)]
     pub fn clear_zooid_outage(&self) -> Result<()> {
         self.write_state("DELETE FROM zooid_outage", [])
             .context("clearing the zooid outage")
@@ -1366,6 +1405,7 @@ impl Command {
 
     /// Hands manual syncs of `relay_ids` to the worker holding the lease; answers the request
     /// ids, in order.
+    #[doc(hidden)]
     pub fn request_syncs(&self, relay_ids: &[String]) -> Result<Vec<i64>> {
         self.transaction(|conn| {
             let now = now_unix();
@@ -1390,6 +1430,7 @@ impl Command {
     }
 
     /// Forgets the manual sync requests `first..=last`, once their answers were read.
+    #[doc(hidden)]
     pub fn forget_sync_requests(&self, first: i64, last: i64) -> Result<()> {
         self.write_state(
             "DELETE FROM sync_request WHERE id BETWEEN ?1 AND ?2",
@@ -1400,6 +1441,7 @@ impl Command {
 
     /// Answers a manual sync request: `outcome` is `synced`, `failed`, `invalid` or
     /// `unknown`.
+    #[doc(hidden)]
     pub fn answer_sync_request(&self, request: i64, outcome: &str, detail: &str) -> Result<()> {
         self.write(Write::Answer {
             request,
@@ -1474,6 +1516,7 @@ impl Command {
     ///
     /// Rows about other kinds of resource are the host's; zooid-sync needs none of them, and
     /// they go by age alone.
+    #[doc(hidden)]
     pub fn prune_activity(&self, after: i64, through: i64, cutoff: i64) -> Result<usize> {
         self.transaction(|conn| {
             conn.prepare_cached(
@@ -1519,6 +1562,24 @@ impl Command {
                 Err(e.into())
             }
         }
+    }
+
+    /// Subscribes to the sync outcomes recorded from now on: each relay's sync, deletion
+    /// or failure, in the order they were committed. This is how a host that runs the worker
+    /// ([`crate::Infra`]) learns what became of its changes, without polling.
+    ///
+    /// ```no_run
+    /// # fn example(store: zooid_sync::Store) -> Result<(), Box<dyn std::error::Error>> {
+    /// # let settings = zooid_sync::RelaySettings::default();
+    /// let outcomes = store.command.outcomes(); // before the change, so none is missed
+    /// store.command.create_relay("alpha", &settings)?;
+    /// let outcome = outcomes.wait_for("alpha", std::time::Duration::from_secs(30))?;
+    /// println!("alpha: {:?}", outcome.kind);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn outcomes(&self) -> Outcomes {
+        Outcomes::new(self.notify.subscribe_to(outcomes::is_outcome))
     }
 
     /// Host side: adds a relay (pending, revision 1) and its `create_relay` activity, in one

@@ -12,14 +12,20 @@ use rusqlite::Row;
 
 /// Activity types that zooid-sync reads or writes.
 pub mod activity_type {
+    /// The host created a relay.
     pub const CREATE_RELAY: &str = "create_relay";
+    /// The host changed a relay's settings.
     pub const UPDATE_RELAY: &str = "update_relay";
+    /// The host set a relay's status to `active`.
     pub const ACTIVATE_RELAY: &str = "activate_relay";
+    /// The host set a relay's status to `inactive`.
     pub const DEACTIVATE_RELAY: &str = "deactivate_relay";
     /// Written by the host in the transaction that deletes the relay's row: zooid-sync then
     /// deletes the relay at zooid.
     pub const DELETE_RELAY: &str = "delete_relay";
+    /// zooid-sync recorded a sync (or deletion) zooid took.
     pub const COMPLETE_RELAY_SYNC: &str = "complete_relay_sync";
+    /// zooid-sync recorded a failed sync; `detail` holds the error.
     pub const FAIL_RELAY_SYNC: &str = "fail_relay_sync";
 }
 
@@ -35,12 +41,16 @@ pub const RELAY_RESOURCE: &str = "relay";
 #[serde(rename_all = "lowercase")]
 pub enum RelayStatus {
     #[default]
+    /// Served.
     Active,
+    /// Not served (the host turned it off).
     Inactive,
+    /// Not served (unpaid); sent to zooid as inactive, like `Inactive`.
     Delinquent,
 }
 
 impl RelayStatus {
+    /// The status as the `relay.status` column holds it.
     pub fn as_str(self) -> &'static str {
         match self {
             RelayStatus::Active => "active",
@@ -49,6 +59,7 @@ impl RelayStatus {
         }
     }
 
+    /// Reads the `relay.status` column; anything else is an error naming the value.
     pub fn parse(value: &str) -> Result<Self> {
         match value {
             "active" => Ok(RelayStatus::Active),
@@ -80,22 +91,40 @@ impl fmt::Display for RelayStatus {
 pub struct RelaySettings {
     /// The owner's public key, 64 hex characters.
     pub tenant_pubkey: String,
+    /// The relay's database schema at zooid: `^[a-zA-Z_][a-zA-Z0-9_]*$`, at most 63 bytes,
+    /// unique across zooid's relays.
     pub schema: String,
+    /// The relay is served at `<subdomain>.<RELAY_DOMAIN>`; a DNS label (or labels).
     pub subdomain: String,
+    /// The host's plan for the relay (not sent to zooid).
     pub plan_id: String,
+    /// Whether zooid serves the relay.
     pub status: RelayStatus,
+    /// NIP-11 `name`.
     pub info_name: String,
+    /// NIP-11 `icon` (a URL).
     pub info_icon: String,
+    /// NIP-11 `description`.
     pub info_description: String,
+    /// Anyone may read.
     pub policy_public_read: bool,
+    /// Anyone may write.
     pub policy_public_write: bool,
+    /// Anyone may join.
     pub policy_public_join: bool,
+    /// Events are served without signatures.
     pub policy_strip_signatures: bool,
+    /// NIP-29 groups.
     pub groups_enabled: bool,
+    /// NIP-86 relay management.
     pub management_enabled: bool,
+    /// Members may invite others.
     pub members_can_invite: bool,
+    /// Blossom media storage (needs the `BLOSSOM_S3_*` settings).
     pub blossom_enabled: bool,
+    /// LiveKit calls (needs the `LIVEKIT_*` settings).
     pub livekit_enabled: bool,
+    /// Push notifications.
     pub push_enabled: bool,
 }
 
@@ -177,7 +206,9 @@ impl RelaySettings {
 /// A relay row: the host's settings and zooid-sync's record of its syncs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relay {
+    /// The relay's id (the URL path segment at zooid).
     pub id: String,
+    /// What the host set.
     pub settings: RelaySettings,
     /// The last sync's error; empty when the last sync succeeded or none failed yet.
     pub sync_error: String,
@@ -185,7 +216,9 @@ pub struct Relay {
     pub synced: bool,
     /// Bumped by every change; a sync completes only the revision it read.
     pub revision: i64,
+    /// When the host created it (unix seconds).
     pub created_at: i64,
+    /// When the host last changed it (unix seconds).
     pub updated_at: i64,
 }
 
@@ -284,11 +317,17 @@ fn kind(v: ValueRef) -> &'static str {
 pub struct Activity {
     /// Position in the log; the feed's cursor.
     pub seq: i64,
+    /// Its unique id.
     pub id: String,
+    /// The owner of the resource it is about.
     pub tenant_pubkey: String,
+    /// When it was written (unix seconds).
     pub created_at: i64,
+    /// What happened ([`activity_type`]).
     pub activity_type: String,
+    /// What kind of resource it is about ([`RELAY_RESOURCE`] for relays).
     pub resource_type: String,
+    /// The resource's id (the relay's id).
     pub resource_id: String,
     /// For `fail_relay_sync`, the error.
     pub detail: String,

@@ -14,6 +14,7 @@ mod edges;
 mod faults;
 mod feed;
 mod fixture_zooid;
+mod host_api;
 mod lifecycle;
 mod monitoring;
 mod one_syncer;
