@@ -124,13 +124,13 @@ pub mod status;
 #[cfg(feature = "cli")]
 mod watch;
 
-pub use env::{
-    BlossomS3, Env, Livekit, DEFAULT_AUDIT_INTERVAL, DEFAULT_MAX_RATE, DEFAULT_ZOOID_SHARE,
-};
 /// The error type of opening the store, reading it, reading settings and starting the worker
 /// (`anyhow::Result`), re-exported so that a host needs no dependency of its own to name it.
 /// The host's writes answer [`HostError`] and waits [`WaitError`] instead.
 pub use anyhow;
+pub use env::{
+    BlossomS3, Env, Livekit, DEFAULT_AUDIT_INTERVAL, DEFAULT_MAX_RATE, DEFAULT_ZOOID_SHARE,
+};
 pub use infra::retry::RetryPolicy;
 pub use infra::{Infra, InfraHandle};
 pub use metrics::Metrics;
