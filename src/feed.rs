@@ -23,9 +23,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rusqlite::Connection;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use crate::metrics::Metrics;
+use crate::pause::Pause;
 use crate::store::{open_connection, Command, Query};
 use crate::watch::{Waker, Watch, Woken};
 
@@ -42,34 +43,25 @@ pub struct Feed {
     thread: Option<JoinHandle<()>>,
 }
 
-/// The feed's stop flag and the condition variable it sleeps on between looks. A condition
-/// variable parks the thread straight away; a channel's timed receive spins and yields a
-/// little first, which, repeated every interval, was most of an idle daemon's CPU.
+/// The feed's stop: its [`Pause`], and the watch's waker when it waits for writes instead.
 #[derive(Default)]
 struct Stop {
-    stopped: Mutex<bool>,
-    wake: Condvar,
-    /// Wakes the feed when it waits for writes instead.
+    pause: Pause,
     watch: Option<Waker>,
 }
 
 impl Stop {
     /// Sleeps for `interval` or until stopped; answers whether to stop.
     fn sleep(&self, interval: Duration) -> bool {
-        let stopped = self.stopped.lock().unwrap();
-        if *stopped {
-            return true;
-        }
-        *self.wake.wait_timeout(stopped, interval).unwrap().0
+        self.pause.sleep(interval)
     }
 
     fn is_stopped(&self) -> bool {
-        *self.stopped.lock().unwrap()
+        self.pause.is_stopped()
     }
 
     fn stop(&self) {
-        *self.stopped.lock().unwrap() = true;
-        self.wake.notify_all();
+        self.pause.stop();
         if let Some(watch) = &self.watch {
             watch.wake();
         }

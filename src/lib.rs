@@ -75,6 +75,7 @@ mod memory;
 pub mod metrics;
 #[doc(hidden)]
 pub mod nip98;
+mod pause;
 mod quote;
 mod rate;
 mod relay_config;

@@ -20,7 +20,7 @@
 //! at most once a minute and at the end of each pass, so a restarted daemon goes on where the
 //! last one stopped, and `zooid-sync status` shows the last pass.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use crossbeam_channel::Sender;
 
 use super::breaker::Breaker;
 use crate::metrics::{Metrics, ThreadWatch};
+use crate::pause::Pause;
 use crate::store::{now_unix, Command, Query};
 use crate::zooid::ZooidClient;
 
@@ -166,36 +167,6 @@ impl Audit {
 impl Drop for Audit {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// A sleep that a stop ends at once.
-#[derive(Default)]
-struct Pause {
-    stopped: Mutex<bool>,
-    wake: Condvar,
-}
-
-impl Pause {
-    /// Sleeps until `deadline` or a stop; answers whether stopped.
-    fn until(&self, deadline: Instant) -> bool {
-        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if *stopped || left.is_zero() {
-                return *stopped;
-            }
-            stopped = self
-                .wake
-                .wait_timeout(stopped, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    fn stop(&self) {
-        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.wake.notify_all();
     }
 }
 
@@ -355,6 +326,17 @@ mod tests {
             next_step(t0, s, late),
             late,
             "behind: from now, not all at once"
+        );
+    }
+
+    #[test]
+    fn a_new_pass_starts_now_at_the_first_relay() {
+        let before = now_unix();
+        let pass = Pass::starting_now();
+        assert!((before..=now_unix()).contains(&pass.started), "{pass:?}");
+        assert_eq!(
+            (pass.cursor.as_str(), pass.checked, pass.missing),
+            ("", 0, 0)
         );
     }
 
