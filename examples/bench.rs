@@ -257,7 +257,6 @@ fn setup(n: usize, synced: bool, workers: usize) -> anyhow::Result<Setup> {
     }
     tx.commit()?;
     let mut env = Env::new(&zooid.url(), "relays.example.com", robot)?;
-    env.database_path = db.clone();
     env.sync_workers = workers;
     // The worker's own cost and throughput, without SYNC_MAX_RATE's ceiling (100/s by
     // default), which would measure the ceiling instead.

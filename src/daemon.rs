@@ -24,6 +24,8 @@ use crate::zooid::ZooidClient;
 /// Settings of the daemon that are not part of [`Env`].
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
+    /// The database (`DATABASE_PATH`).
+    pub database: std::path::PathBuf,
     /// How often the feed looks for activity written by other processes.
     pub feed_interval: Duration,
     /// Where to serve `/healthz` and `/metrics` (off when `None`).
@@ -33,6 +35,7 @@ pub struct DaemonOptions {
 impl Default for DaemonOptions {
     fn default() -> Self {
         DaemonOptions {
+            database: "zooid-sync.db".into(),
             feed_interval: Duration::from_millis(20),
             listen: None,
         }
@@ -43,16 +46,17 @@ impl Default for DaemonOptions {
 /// another process holds the database's lease it stands by (sending nothing, answering
 /// `/healthz` with `standby`) and takes over when that process stops or dies.
 pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()> {
-    if !env.database_path.exists() {
+    let database = &options.database;
+    if !database.exists() {
         anyhow::bail!(
             "DATABASE_PATH: there is no database at {} (a typo? `zooid-sync init` creates a \
              new one); nothing was created",
-            env.database_path.display()
+            database.display()
         );
     }
     crate::memory::limit_arenas();
     ZooidClient::new(env)?; // a bad CA bundle is an error now, not in the worker thread
-    let store = Store::open(&env.database_path)?;
+    let store = Store::open(database)?;
     let infra = Infra::new(store.query.clone(), store.command.clone(), env);
     let metrics = infra.metrics();
     let alive = Arc::new(AtomicBool::new(true));
@@ -80,14 +84,14 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
         (Some(n), Some(interval)) => Some(Watchdog::start(n.clone(), interval, metrics.clone())?),
         _ => None,
     };
-    let database = env.database_path.display();
+    let shown = database.display();
     let standing_by = |holder: &Holder| {
-        log::info!("standing by: {holder} syncs {database}; taking over when it stops");
+        log::info!("standing by: {holder} syncs {shown}; taking over when it stops");
         notify(&format!(
             "READY=1\nSTATUS=standing by: {holder} syncs the database"
         ));
     };
-    let Some(lease) = Lease::wait(&env.database_path, &stop, standing_by)? else {
+    let Some(lease) = Lease::wait(database, &stop, standing_by)? else {
         notify("STOPPING=1");
         return Ok(()); // stopped while standing by
     };

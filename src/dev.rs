@@ -53,7 +53,7 @@ fn demonstrate(seed: &[SeedRelay], dir: &std::path::Path) -> Result<()> {
     let robot = RobotKey::parse(&random_hex(32))?;
     let zooid = FixtureZooid::start(&[robot.public_key().to_hex()])?;
     let mut env = Env::new(&zooid.url(), "relays.example.com", robot)?;
-    env.database_path = dir.join("zooid-sync.db");
+    let database = dir.join("zooid-sync.db");
     env.retry = RetryPolicy {
         base: Duration::from_millis(250),
         cap: Duration::from_secs(2),
@@ -74,7 +74,7 @@ fn demonstrate(seed: &[SeedRelay], dir: &std::path::Path) -> Result<()> {
     };
     println!("zooid-sync dev");
     println!("  fixture zooid:  {}", zooid.url());
-    println!("  database:       {}", env.database_path.display());
+    println!("  database:       {}", database.display());
     println!(
         "  retries:        {:?} doubling, zooid will answer 503 twice for gamma\n",
         env.retry.base
@@ -88,7 +88,7 @@ fn demonstrate(seed: &[SeedRelay], dir: &std::path::Path) -> Result<()> {
         },
         2,
     );
-    let store = Store::open(&env.database_path)?;
+    let store = Store::open(&database)?;
     let started = Instant::now();
     let printer = {
         let activities = store.command.notify.subscribe();

@@ -55,11 +55,6 @@ pub struct Env {
     pub relay_domain: String,
     /// Signs every request to zooid.
     pub robot: RobotKey,
-    /// The database the binary opens (`DATABASE_PATH`). A host opens its [`crate::Store`]
-    /// itself, and the worker (its lease included) follows the store's path: this one is the
-    /// binary's alone, so it is not part of the documented API.
-    #[doc(hidden)]
-    pub database_path: PathBuf,
     /// S3 settings for relays with blossom enabled.
     pub blossom: BlossomS3,
     /// LiveKit settings for relays with livekit enabled.
@@ -116,9 +111,6 @@ impl Env {
             zooid_api_url,
             relay_domain,
             robot,
-            database_path: get("DATABASE_PATH")
-                .unwrap_or_else(|| "zooid-sync.db".into())
-                .into(),
             blossom: BlossomS3 {
                 endpoint: get("BLOSSOM_S3_ENDPOINT"),
                 region: get("BLOSSOM_S3_REGION"),
@@ -221,7 +213,6 @@ impl Env {
             zooid_api_url: parse_api_url(zooid_api_url)?,
             relay_domain: parse_relay_domain(relay_domain)?,
             robot,
-            database_path: "zooid-sync.db".into(),
             blossom: BlossomS3::default(),
             livekit: Livekit::default(),
             sync_workers: 4,
@@ -324,6 +315,17 @@ fn duration(
         Some(v) => parse_duration(&v).with_context(|| format!("{name} is malformed")),
         None => Ok(default),
     }
+}
+
+/// The database the binary opens: `DATABASE_PATH`, or `zooid-sync.db`. Not part of [`Env`]:
+/// a host opens its [`crate::Store`] itself, and the worker (its lease included) follows the
+/// store's path, the one source of truth.
+#[cfg(feature = "cli")]
+pub fn database_path(var: impl Fn(&str) -> Option<String>) -> PathBuf {
+    var("DATABASE_PATH")
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "zooid-sync.db".into())
+        .into()
 }
 
 /// `SYNC_AUDIT_INTERVAL`'s default: each synced relay is asked about once a day. At 1 000
@@ -535,7 +537,16 @@ mod tests {
         assert_eq!(env.retry.cap, Duration::from_secs(900));
         assert_eq!(env.retry.max_attempts, 6);
         assert_eq!(env.zooid_timeout, Duration::from_secs(5));
-        assert_eq!(env.database_path, PathBuf::from("zooid-sync.db"));
+    }
+
+    #[test]
+    #[cfg(feature = "cli")]
+    fn the_binary_reads_its_database_path_beside_env() {
+        assert_eq!(database_path(vars(&base())), PathBuf::from("zooid-sync.db"));
+        assert_eq!(
+            database_path(|n: &str| (n == "DATABASE_PATH").then(|| "/srv/p.db".to_string())),
+            PathBuf::from("/srv/p.db")
+        );
     }
 
     #[test]

@@ -157,7 +157,7 @@ pub use zooid::{Response, ZooidClient, ZooidError, PROBE_ID};
 /// What the binary parses beside [`Env`].
 #[cfg(feature = "cli")]
 #[doc(hidden)]
-pub use env::{parse_duration, within};
+pub use env::{database_path, parse_duration, within};
 pub use words::{plural, show_duration};
 
 /// Pieces the benchmark (`examples/bench.rs`) times on their own. Not for hosts.

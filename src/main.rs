@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use zooid_sync::daemon::{self, DaemonOptions};
 use zooid_sync::manual::{self, Selection};
-use zooid_sync::parse_duration;
+use zooid_sync::{database_path, parse_duration};
 use zooid_sync::{dev, status, Env, Store};
 
 /// Keeps a fleet of hosted Nostr relays configured on zooid.
@@ -110,6 +110,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             let env = Env::from_env()?;
             let stop = stop_on_signal()?;
             let options = DaemonOptions {
+                database: database_path(|name| std::env::var(name).ok()),
                 feed_interval,
                 listen,
             };
@@ -123,7 +124,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             timeout,
         } => {
             let env = Env::from_env()?;
-            let store = open_existing(&env.database_path)?;
+            let store = open_existing(&database_path(|name| std::env::var(name).ok()))?;
             let selection = match (failed, all) {
                 (true, _) => Selection::Failed,
                 (_, true) => Selection::All,

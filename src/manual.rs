@@ -93,7 +93,7 @@ pub fn run(env: &Env, store: &Store, selection: &Selection, timeout: Duration) -
         return Ok(Report::default());
     }
     let mut progress = Progress::new(ids.len());
-    match Lease::try_acquire(&env.database_path)? {
+    match Lease::try_acquire(store.query.path())? {
         Ok(lease) => {
             let answers = in_foreground(env, store, &ids, &mut progress)?;
             drop(lease);
@@ -141,7 +141,7 @@ fn through_worker(
         } else if last_progress.1.elapsed() >= timeout {
             return unanswered(store, first, last, &requests, ids, holder, timeout);
         }
-        if let Ok(lease) = Lease::try_acquire(&env.database_path)? {
+        if let Ok(lease) = Lease::try_acquire(store.query.path())? {
             // The worker stopped: what it did not answer, this does.
             let answered: HashSet<i64> = store
                 .query

@@ -25,9 +25,8 @@ pub fn fixture() -> FixtureZooid {
 }
 
 /// An Env for `zooid_url` with S3 and LiveKit configured and millisecond retries.
-pub fn env_for(zooid_url: &str, db: &std::path::Path) -> Env {
+pub fn env_for(zooid_url: &str) -> Env {
     let mut env = Env::new(zooid_url, "relays.example.com", robot()).unwrap();
-    env.database_path = db.to_path_buf();
     env.blossom.endpoint = Some("https://s3.example.com".into());
     env.blossom.region = Some("eu-west-1".into());
     env.blossom.bucket = Some("media".into());

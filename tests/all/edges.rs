@@ -533,7 +533,7 @@ fn an_activity_row_with_a_text_created_at_is_skipped_and_the_feed_goes_on() {
 fn relay_rows_with_a_blob_or_non_utf8_id_are_skipped_and_the_rest_syncs() {
     let fx = fixture();
     let (_dir, db) = temp_db();
-    let env = env_for(&fx.url(), &db);
+    let env = env_for(&fx.url());
     let store = open_store(&db);
     let conn = Connection::open(&db).unwrap();
     for (id, schema) in [("X'00FF'", "blobby"), ("CAST(X'C328' AS TEXT)", "mangled")] {
@@ -670,7 +670,7 @@ fn terminal_escapes_from_zooid_never_reach_status_or_the_log() {
 fn a_5_mb_host_value_is_quoted_by_its_first_bytes() {
     let fx = fixture();
     let (_dir, db) = temp_db();
-    let env = env_for(&fx.url(), &db);
+    let env = env_for(&fx.url());
     let store = open_store(&db);
     let mut s = settings("huge");
     s.schema = "x-".repeat(2_500_000);
@@ -837,7 +837,7 @@ fn no_authorization_header_reaches_the_log_even_at_trace() {
 fn unsafe_ids_never_reach_the_url() {
     let fx = fixture();
     let (_dir, db) = temp_db();
-    let env = env_for(&fx.url(), &db);
+    let env = env_for(&fx.url());
     let client = ZooidClient::new(&env).unwrap();
     for id in ["../../admin", "a?x=1", "a#frag", "..", "a/b", "a%2e", ""] {
         let err = client.list_relay_members(id).unwrap_err();
@@ -907,7 +907,7 @@ fn a_database_with_an_unknown_schema_version_is_refused_by_name() {
 fn turning_livekit_off_takes_the_credentials_away_from_zooid() {
     let fx = fixture();
     let (_dir, db) = temp_db();
-    let env = env_for(&fx.url(), &db);
+    let env = env_for(&fx.url());
     let store = open_store(&db);
     let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
         .spawn()

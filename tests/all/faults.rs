@@ -25,7 +25,7 @@ impl Rig {
     fn new(tune: impl FnOnce(&mut Env)) -> Rig {
         let fx = fixture();
         let (dir, path) = temp_db();
-        let mut env = env_for(&fx.url(), &path);
+        let mut env = env_for(&fx.url());
         tune(&mut env);
         let store = Store::open(&path).unwrap();
         Rig {
@@ -63,7 +63,7 @@ impl Rig {
     }
 
     fn completions(&self, id: &str) -> i64 {
-        Connection::open(&self.env.database_path)
+        Connection::open(self.store.query.path())
             .unwrap()
             .query_row(
                 "SELECT COUNT(*) FROM activity WHERE resource_id = ?1 AND activity_type = 'complete_relay_sync'",
@@ -199,7 +199,7 @@ fn misbehaving_answers_are_failures_and_the_relays_converge() {
         rig.all_synced(&relays)
     });
     worker.shutdown().unwrap();
-    let db = Connection::open(&rig.env.database_path).unwrap();
+    let db = Connection::open(rig.store.query.path()).unwrap();
     for (id, _, expected) in &faults {
         let failures: Vec<String> = db
             .prepare(
@@ -234,7 +234,7 @@ fn a_long_host_write_transaction_delays_outcomes_but_loses_none() {
     let relays = ids("r", 10);
     rig.create(&relays);
     // The host takes the write lock and holds it while every request goes out.
-    let host = Connection::open(&rig.env.database_path).unwrap();
+    let host = Connection::open(rig.store.query.path()).unwrap();
     host.execute_batch("BEGIN IMMEDIATE; UPDATE relay SET plan_id = plan_id WHERE id = 'r0';")
         .unwrap();
     let worker = rig.start();
@@ -258,7 +258,7 @@ fn a_long_host_write_transaction_delays_outcomes_but_loses_none() {
 fn outcomes_that_cannot_be_written_are_written_again_without_sending_anything_twice() {
     let fx = fixture();
     let (_dir, path) = temp_db();
-    let env = env_for(&fx.url(), &path);
+    let env = env_for(&fx.url());
     let store = Store::open_with(
         &path,
         zooid_sync::StoreOptions {
@@ -343,7 +343,7 @@ fn a_relay_deleted_while_its_sync_is_in_flight_gets_no_outcome() {
         .inject("d0", Fault::Delay(Duration::from_millis(400)));
     let worker = rig.start();
     assert!(rig.fx.wait_for_requests(WAIT, |rs| !rs.is_empty()));
-    let host = Connection::open(&rig.env.database_path).unwrap();
+    let host = Connection::open(rig.store.query.path()).unwrap();
     host.execute("DELETE FROM relay WHERE id = 'd0'", [])
         .unwrap();
     expect_within(WAIT, "zooid answered", || rig.fx.relay("d0").is_some());
@@ -379,7 +379,7 @@ fn a_panic_in_one_relays_sync_fails_that_relay_and_the_worker_goes_on() {
         "{:?}",
         metrics.dead_threads()
     );
-    let conn = Connection::open(&rig.env.database_path).unwrap();
+    let conn = Connection::open(rig.store.query.path()).unwrap();
     let mut stmt = conn
         .prepare(
             "SELECT activity_type, detail FROM activity
@@ -430,7 +430,7 @@ fn each_bad_column_is_named_nothing_is_sent_for_it_and_the_rest_syncs() {
         env.retry.base = Duration::from_secs(60);
         env.retry.cap = Duration::from_secs(60);
     });
-    let host = Connection::open(&rig.env.database_path).unwrap();
+    let host = Connection::open(rig.store.query.path()).unwrap();
     let insert = |id: &str, column: &str, value: &str| {
         host.execute(
             "INSERT INTO relay (id, tenant_pubkey, schema, subdomain, created_at, updated_at)
@@ -529,7 +529,7 @@ fn each_bad_column_is_named_nothing_is_sent_for_it_and_the_rest_syncs() {
             .all(|(id, ..)| rig.store.query.count_trailing_sync_failures(id).unwrap() == 1)
     });
     worker.shutdown().unwrap();
-    let conn = Connection::open(&rig.env.database_path).unwrap();
+    let conn = Connection::open(rig.store.query.path()).unwrap();
     for (id, _, _, expected) in &cases {
         let detail: String = conn
             .query_row(

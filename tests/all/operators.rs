@@ -31,7 +31,7 @@ fn value(metrics: &str, line_start: &str) -> f64 {
 fn health_and_metrics_follow_the_worker() {
     let fx = fixture();
     let (_dir, db) = temp_db();
-    let env = env_for(&fx.url(), &db);
+    let env = env_for(&fx.url());
     let Store { query, command } = Store::open(&db).unwrap();
     fx.inject(
         "bad",

@@ -70,7 +70,7 @@ fn all_synced(store: &Store, ids: &[String]) -> bool {
 fn zooid_down_longer_than_the_retry_schedule_then_back_every_relay_converges() {
     let fx = fixture();
     let (_dir, db) = temp_db();
-    let mut env = env_for(&fx.url(), &db);
+    let mut env = env_for(&fx.url());
     env.retry = RetryPolicy {
         base: Duration::from_millis(50),
         cap: Duration::from_millis(200),
@@ -181,7 +181,7 @@ fn a_relay_zooid_refuses_forever_still_gives_up_and_holds_back_no_other() {
     for status in [500, 503] {
         let fx = fixture();
         let (_dir, db) = temp_db();
-        let mut env = env_for(&fx.url(), &db);
+        let mut env = env_for(&fx.url());
         env.retry = RetryPolicy {
             base: Duration::from_millis(10),
             cap: Duration::from_millis(40),
@@ -229,7 +229,7 @@ fn a_relay_zooid_refuses_forever_still_gives_up_and_holds_back_no_other() {
 fn a_flapping_zooid_converges_and_opens_the_breaker_a_bounded_number_of_times() {
     let fx = fixture();
     let (_dir, db) = temp_db();
-    let mut env = env_for(&fx.url(), &db);
+    let mut env = env_for(&fx.url());
     env.retry = RetryPolicy {
         base: Duration::from_millis(20),
         cap: Duration::from_millis(100),
@@ -333,7 +333,7 @@ fn sigkill_during_an_outage_loses_nothing_and_the_restart_resumes_probing() {
 fn a_catch_up_never_exceeds_the_rate_ceiling() {
     let fx = fixture();
     let (_dir, db) = temp_db();
-    let mut env: Env = env_for(&fx.url(), &db);
+    let mut env: Env = env_for(&fx.url());
     let rate = 200.0;
     env.sync_max_rate = rate;
     let store = open_store(&db);

@@ -20,7 +20,7 @@ fn catch_up(
 ) -> (tempfile::TempDir, Store, Env, Vec<String>) {
     let (dir, db) = temp_db();
     let store = open_store(&db);
-    let mut env = env_for(&fx.url(), &db);
+    let mut env = env_for(&fx.url());
     env.sync_zooid_share = zooid_sync::DEFAULT_ZOOID_SHARE;
     tune(&mut env);
     let ids: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
@@ -153,7 +153,7 @@ fn a_lone_change_goes_out_at_once_while_a_catch_up_waits_its_turn() {
         .filter(|id| !store.query.get_relay(id).unwrap().unwrap().synced)
         .count();
     let status = |fx: &FixtureZooid| {
-        let out = run_cli(fx, &env.database_path, &["status"]);
+        let out = run_cli(fx, store.query.path(), &["status"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let during = status(&fx);

@@ -33,8 +33,7 @@ fn golden(name: &str, body: &Value) {
 
 /// The body as JSON with the secret replaced by a placeholder after checking its shape.
 fn body_json(relay: &Relay, secret: Option<&Secret>) -> Value {
-    let (_dir, db) = temp_db();
-    let env = env_for("http://127.0.0.1:1", &db);
+    let env = env_for("http://127.0.0.1:1");
     let mut json = serde_json::to_value(relay_body(relay, &env, secret).unwrap()).unwrap();
     if let Some(s) = json.get_mut("secret") {
         assert_eq!(s.as_str(), secret.map(Secret::expose));
@@ -97,8 +96,7 @@ fn update_delinquent_is_inactive() {
 
 #[test]
 fn debug_of_a_body_shows_no_secret() {
-    let (_dir, db) = temp_db();
-    let env = env_for("http://127.0.0.1:1", &db);
+    let env = env_for("http://127.0.0.1:1");
     let mut s = settings("beta");
     s.blossom_enabled = true;
     s.livekit_enabled = true;
@@ -112,8 +110,7 @@ fn debug_of_a_body_shows_no_secret() {
 
 #[test]
 fn invalid_relays_name_the_field() {
-    let (_dir, db) = temp_db();
-    let full = env_for("http://127.0.0.1:1", &db);
+    let full = env_for("http://127.0.0.1:1");
     let mut bare = full.clone();
     bare.blossom.bucket = None;
     bare.livekit.api_secret = None;

@@ -31,7 +31,7 @@ impl Harness {
     fn with(tune: impl FnOnce(&mut Env), options: StoreOptions) -> Harness {
         let fx = fixture();
         let (dir, path) = temp_db();
-        let mut env = env_for(&fx.url(), &path);
+        let mut env = env_for(&fx.url());
         tune(&mut env);
         let store = Store::open_with(&path, options).unwrap();
         Harness {
@@ -93,7 +93,7 @@ impl Harness {
     }
 
     fn host(&self) -> Connection {
-        Connection::open(&self.env.database_path).unwrap()
+        Connection::open(self.store.query.path()).unwrap()
     }
 }
 
@@ -389,7 +389,7 @@ fn a_lagging_dispatcher_reconciles_from_the_database() {
 fn start_returns_when_the_bus_closes() {
     let fx = fixture();
     let (_dir, path) = temp_db();
-    let env = env_for(&fx.url(), &path);
+    let env = env_for(&fx.url());
     let Store { query, command } = Store::open(&path).unwrap();
     command.create_relay("alpha", &settings("alpha")).unwrap();
     let infra = Infra::new(query.clone(), command.clone(), &env);
@@ -433,8 +433,9 @@ fn an_update_during_a_sync_survives_a_crash_after_the_stale_completion() {
     // A manual sync of revision 1 is in flight (slow zooid) when the host changes the relay.
     h.fx.inject_times("alpha", Fault::Delay(Duration::from_millis(200)), 1);
     let env = h.env.clone();
+    let database = h.store.query.path().to_path_buf();
     let in_flight = std::thread::spawn(move || {
-        let store = zooid_sync::Store::open(&env.database_path).unwrap();
+        let store = zooid_sync::Store::open(&database).unwrap();
         manual::run(
             &env,
             &store,

@@ -29,7 +29,7 @@ fn setup() -> (
     ZooidClient,
 ) {
     let fx = fixture();
-    let env = env_for(&fx.url(), std::path::Path::new("unused.db"));
+    let env = env_for(&fx.url());
     let client = ZooidClient::new(&env).unwrap();
     (fx, env, client)
 }
@@ -142,8 +142,7 @@ fn members_are_listed_and_an_unknown_relay_says_so() {
 #[test]
 fn timeouts_and_broken_answers_are_transport_errors() {
     let fx = fixture();
-    let (_dir, db) = temp_db();
-    let mut env = env_for(&fx.url(), &db);
+    let mut env = env_for(&fx.url());
     env.zooid_timeout = Duration::from_millis(300);
     let client = ZooidClient::new(&env).unwrap();
     let faults = [
@@ -193,13 +192,12 @@ fn redirects_are_not_followed() {
 
 #[test]
 fn a_refused_connection_is_an_error_not_a_hang() {
-    let (_dir, db) = temp_db();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let env = env_for(&format!("http://127.0.0.1:{port}"), &db);
+    let env = env_for(&format!("http://127.0.0.1:{port}"));
     let err = ZooidClient::new(&env)
         .unwrap()
         .request("GET", "/relay/a/members", None)
@@ -224,7 +222,7 @@ fn tls_fixture() -> zooid_sync::fixture::FixtureZooid {
 fn https_works_with_a_configured_ca_bundle_and_refuses_an_unknown_issuer() {
     let fx = tls_fixture();
     assert!(fx.url().starts_with("https://localhost:"));
-    let mut env = env_for(&fx.url(), std::path::Path::new("unused.db"));
+    let mut env = env_for(&fx.url());
 
     // The public roots do not know the test CA.
     let err = ZooidClient::new(&env)
@@ -251,7 +249,7 @@ fn https_works_with_a_configured_ca_bundle_and_refuses_an_unknown_issuer() {
 #[test]
 fn a_bad_ca_bundle_is_a_named_error() {
     let dir = tempfile::tempdir().unwrap();
-    let mut env = env_for("https://localhost:1", std::path::Path::new("unused.db"));
+    let mut env = env_for("https://localhost:1");
     env.zooid_ca_file = Some(dir.path().join("missing.pem"));
     let err = format!("{:#}", ZooidClient::new(&env).unwrap_err());
     assert!(
