@@ -57,10 +57,19 @@ fn a_relay_the_host_deletes_is_deleted_at_zooid_and_recorded() {
     let mut first = daemon(&fx, &db, None);
     expect_within(WAIT, "both relays at zooid", || fx.relay_ids().len() == 2);
 
+    let deleted_at = std::time::Instant::now();
     host_deletes(&host, "alpha");
     expect_within(WAIT, "alpha deleted at zooid", || {
         fx.relay("alpha").is_none()
     });
+    // Within the feed interval (10 ms) plus one request, with room for a loaded machine.
+    let delete = fx.requests_for("alpha").pop().unwrap();
+    assert_eq!(delete.method, "DELETE");
+    let took = delete.started.duration_since(deleted_at);
+    assert!(
+        took < Duration::from_millis(500),
+        "the DELETE left {took:?} after the delete"
+    );
     expect_within(WAIT, "the deletion recorded", || {
         last_completion(&host, "alpha").is_some_and(|d| d.starts_with("DELETE"))
     });
