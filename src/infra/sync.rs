@@ -207,6 +207,8 @@ enum Attempt {
         relay_id: String,
         error: SyncError,
         started: Instant,
+        /// The relay's newest activity when the sync read it, when it was read.
+        seen: Option<i64>,
     },
     /// Nothing to record: the relay is gone, or parked and told already.
     Quiet(SyncOutcome),
@@ -241,14 +243,25 @@ enum Target {
         seen: i64,
     },
     /// A relay the host deleted.
-    Deleted { id: String },
+    Deleted {
+        id: String,
+        /// Its pending `delete_relay`'s `seq`.
+        seen: i64,
+    },
 }
 
 impl Target {
     fn id(&self) -> &str {
         match self {
             Target::Relay { relay, .. } => &relay.id,
-            Target::Deleted { id } => id,
+            Target::Deleted { id, .. } => id,
+        }
+    }
+
+    /// The relay's newest activity when it was read.
+    fn seen(&self) -> i64 {
+        match self {
+            Target::Relay { seen, .. } | Target::Deleted { seen, .. } => *seen,
         }
     }
 }
@@ -338,6 +351,7 @@ impl Syncer {
                 relay_id: id.to_string(),
                 error,
                 started: Instant::now(),
+                seen: None,
             }))
         };
         let RelayForSync {
@@ -372,17 +386,21 @@ impl Syncer {
                 relay_id: id.to_string(),
                 error,
                 started: Instant::now(),
+                seen: None,
             }))
         };
         match self.query.deletion_pending(id) {
-            Ok(true) => match self.client.sign_delete(id) {
+            Ok(Some(seen)) => match self.client.sign_delete(id) {
                 Ok(first) => Prepared(Stage::Ready(Box::new(Ready {
-                    target: Target::Deleted { id: id.to_string() },
+                    target: Target::Deleted {
+                        id: id.to_string(),
+                        seen,
+                    },
                     first,
                 }))),
                 Err(e) => failed(SyncError::Refused(e)),
             },
-            Ok(false) => {
+            Ok(None) => {
                 log::debug!("relay {id}: gone, nothing to sync");
                 Prepared(Stage::Decided(Attempt::Quiet(SyncOutcome::Gone)))
             }
@@ -456,10 +474,11 @@ impl Syncer {
                 relay_id,
                 error,
                 started,
+                seen,
             } => {
                 let text = self.failure_text(&relay_id, &error, started);
                 self.command
-                    .fail_relay_sync_then(&relay_id.clone(), &text, move |result| {
+                    .fail_relay_sync_then(&relay_id.clone(), &text, seen, move |result| {
                         then(recorded_failure(&relay_id, error, result))
                     })
             }
@@ -471,6 +490,7 @@ impl Syncer {
     /// recorded yet.
     fn attempt(&self, ready: Ready) -> Attempt {
         let relay_id = ready.target.id().to_string();
+        let seen = Some(ready.target.seen());
         if let Some((since, last_error)) = self.breaker.outage() {
             return match self.breaker.tell(&relay_id) {
                 true => Attempt::Failed {
@@ -480,6 +500,7 @@ impl Syncer {
                     )),
                     relay_id,
                     started: Instant::now(),
+                    seen,
                 },
                 false => {
                     log::debug!("relay {relay_id}: waiting for zooid");
@@ -555,6 +576,7 @@ impl Syncer {
             relay_id,
             error,
             started,
+            seen,
         }
     }
 
@@ -700,6 +722,7 @@ fn contain_panic(id: &str, doing: &str, half: impl FnOnce() -> Prepared) -> Prep
                 quote::remote(&what, quote::REMOTE_MAX)
             )),
             started: Instant::now(),
+            seen: None,
         }))
     })
 }

@@ -30,7 +30,7 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use rusqlite::{params, params_from_iter, Connection, OpenFlags};
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 
 pub use bus::{Bus, RecvError, Subscriber};
 pub use error::HostError;
@@ -610,11 +610,12 @@ impl Query {
         .with_context(|| format!("reading relay {id:?}"))
     }
 
-    /// Whether relay `id` waits to be deleted at zooid: the host deleted its row with a
-    /// `delete_relay` activity, and zooid has not confirmed the deletion since.
+    /// When relay `id` waits to be deleted at zooid (the host deleted its row with a
+    /// `delete_relay` activity, and zooid has not confirmed the deletion since), that
+    /// activity's `seq`.
     #[doc(hidden)]
-    pub fn deletion_pending(&self, id: &str) -> Result<bool> {
-        self.read(|conn| Ok(deletion_pending(conn, id)?))
+    pub fn deletion_pending(&self, id: &str) -> Result<Option<i64>> {
+        self.read(|conn| Ok(pending_deletion(conn, id)?))
             .with_context(|| format!("reading the deletion of relay {id:?}"))
     }
 
@@ -1348,11 +1349,13 @@ impl Command {
     }
 
     /// [`fail_relay_sync`](Self::fail_relay_sync) through the writer thread; `then` learns
-    /// whether it was recorded (not when the relay was deleted meanwhile).
+    /// whether it was recorded: not when the relay was deleted meanwhile, nor when it was
+    /// deleted or created again after `seen`, its newest activity when the sync read it.
     pub(crate) fn fail_relay_sync_then(
         &self,
         relay_id: &str,
         error: &str,
+        seen: Option<i64>,
         then: impl FnOnce(Result<bool>) + Send + 'static,
     ) {
         let error = if error.is_empty() {
@@ -1363,6 +1366,7 @@ impl Command {
         let write = Write::Fail {
             relay_id: relay_id.to_string(),
             error: error.to_string(),
+            seen,
         };
         self.write_then(write, move |result| {
             then(result.map(|a| a.activity.is_some()))
@@ -1380,6 +1384,7 @@ impl Command {
         self.write(Write::Fail {
             relay_id: relay_id.to_string(),
             error: error.to_string(),
+            seen: None,
         })?;
         Ok(())
     }
@@ -1720,6 +1725,8 @@ enum Write {
     Fail {
         relay_id: String,
         error: String,
+        /// The relay's newest activity when the sync read it, if known.
+        seen: Option<i64>,
     },
     Create {
         id: String,
@@ -1795,7 +1802,7 @@ impl Write {
             } => {
                 // Deleted since the sync read it: a row under its id now is another relay
                 // (revisions start over), which this outcome says nothing about.
-                if !relay_exists(conn, relay_id)? || deleted_since(conn, relay_id, *seen)? {
+                if !relay_exists(conn, relay_id)? || replaced_since(conn, relay_id, *seen)? {
                     return Ok(gone);
                 }
                 let activity = insert_activity(
@@ -1812,7 +1819,16 @@ impl Write {
                     > 0;
                 Ok(appended(activity, marked))
             }
-            Write::Fail { relay_id, error } => {
+            Write::Fail {
+                relay_id,
+                error,
+                seen,
+            } => {
+                // Deleted or created again since the sync read it: the failure was another
+                // relay's.
+                if replaced_since(conn, relay_id, *seen)? {
+                    return Ok(gone);
+                }
                 if !relay_exists(conn, relay_id)? {
                     // A deletion's failures are recorded in the log alone: there is no row.
                     if !deletion_pending(conn, relay_id)? {
@@ -2005,22 +2021,32 @@ impl Drop for Writer {
 /// Whether the host deleted relay `id` and zooid has not confirmed it: its row is gone, and
 /// its newest `delete_relay` is newer than its newest `complete_relay_sync`.
 fn deletion_pending(conn: &Connection, id: &str) -> rusqlite::Result<bool> {
-    conn.prepare_cached(
-        "SELECT NOT EXISTS (SELECT 1 FROM relay WHERE id = ?1)
-            AND COALESCE((SELECT activity_type = 'delete_relay' FROM activity
-                          WHERE resource_type = 'relay' AND resource_id = ?1
-                            AND activity_type IN ('delete_relay', 'complete_relay_sync')
-                          ORDER BY seq DESC LIMIT 1), 0)",
-    )?
-    .query_row([id], |r| r.get(0))
+    Ok(pending_deletion(conn, id)?.is_some())
 }
 
-/// Whether the host deleted relay `id` after its activity `seen` (never, for `None`).
-fn deleted_since(conn: &Connection, id: &str, seen: Option<i64>) -> rusqlite::Result<bool> {
+/// The `seq` of relay `id`'s pending `delete_relay`, if its deletion is pending.
+fn pending_deletion(conn: &Connection, id: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "SELECT seq FROM activity
+         WHERE NOT EXISTS (SELECT 1 FROM relay WHERE id = ?1)
+           AND seq = (SELECT seq FROM activity
+                      WHERE resource_type = 'relay' AND resource_id = ?1
+                        AND activity_type IN ('delete_relay', 'complete_relay_sync')
+                      ORDER BY seq DESC LIMIT 1)
+           AND activity_type = 'delete_relay'",
+    )?
+    .query_row([id], |r| r.get(0))
+    .optional()
+}
+
+/// Whether relay `id` was deleted or created again after its activity `seen` (never, for
+/// `None`): then the relay a sync read is not the one that holds the id now.
+fn replaced_since(conn: &Connection, id: &str, seen: Option<i64>) -> rusqlite::Result<bool> {
     let Some(seen) = seen else { return Ok(false) };
     conn.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM activity
-         WHERE activity_type = 'delete_relay' AND resource_id = ?1 AND seq > ?2)",
+         WHERE resource_type = 'relay' AND resource_id = ?1 AND seq > ?2
+           AND activity_type IN ('delete_relay', 'create_relay'))",
     )?
     .query_row(params![id, seen], |r| r.get(0))
 }
@@ -2097,6 +2123,30 @@ mod tests {
         assert!(!again.ever_completed);
         assert_eq!(complete(again.seen), Some(true), "the successor's own sync");
         assert!(q.get_relay("alpha").unwrap().unwrap().synced);
+
+        // A failure of the relay it read is not the successor's; nor is a failed deletion
+        // once the relay was created again.
+        let fail = |seen| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            c.fail_relay_sync_then("alpha", "zooid answered 500", seen, move |r| {
+                tx.send(r.unwrap()).unwrap()
+            });
+            c.flush();
+            rx.recv().unwrap()
+        };
+        assert!(!fail(Some(read.seen)), "the relay it read is gone");
+        c.delete_relay("alpha").unwrap();
+        let deletion = q.deletion_pending("alpha").unwrap().expect("pending");
+        assert!(
+            fail(Some(deletion)),
+            "the deletion's own failure is recorded"
+        );
+        c.create_relay("alpha", &settings).unwrap();
+        assert!(
+            !fail(Some(deletion)),
+            "created again: the deletion's failure is moot"
+        );
+        assert_eq!(q.get_relay("alpha").unwrap().unwrap().sync_error, "");
     }
 
     #[test]

@@ -462,15 +462,15 @@ fn a_deletion_is_pending_until_zooid_confirms_it_and_a_relay_created_again_start
     c.create_relay("alpha", &settings("alpha")).unwrap();
     c.create_relay("beta", &settings("beta")).unwrap();
     assert!(c.complete_relay_sync("alpha", 1).unwrap());
-    assert!(!q.deletion_pending("alpha").unwrap(), "not deleted");
+    assert_eq!(q.deletion_pending("alpha").unwrap(), None, "not deleted");
 
     let deleted = c.delete_relay("alpha").unwrap();
     assert_eq!(deleted.activity_type, activity_type::DELETE_RELAY);
     assert_eq!(deleted.tenant_pubkey, OWNER, "owned by the relay's tenant");
     assert!(q.get_relay("alpha").unwrap().is_none(), "its row is gone");
-    assert!(q.deletion_pending("alpha").unwrap());
-    assert!(!q.deletion_pending("beta").unwrap());
-    assert!(!q.deletion_pending("never-was").unwrap());
+    assert_eq!(q.deletion_pending("alpha").unwrap(), Some(deleted.seq));
+    assert_eq!(q.deletion_pending("beta").unwrap(), None);
+    assert_eq!(q.deletion_pending("never-was").unwrap(), None);
     let err = c.delete_relay("never-was").unwrap_err();
     assert!(format!("{err:#}").contains("there is no relay"), "{err:#}");
 
@@ -485,7 +485,7 @@ fn a_deletion_is_pending_until_zooid_confirms_it_and_a_relay_created_again_start
     // Created again before zooid confirmed the deletion: a new relay, nothing pending to
     // delete, and its old completion does not count.
     c.create_relay("alpha", &settings("alpha")).unwrap();
-    assert!(!q.deletion_pending("alpha").unwrap());
+    assert_eq!(q.deletion_pending("alpha").unwrap(), None);
     assert!(q.list_pending_deletions().unwrap().is_empty());
     let found = q.get_relay_for_sync("alpha").unwrap().unwrap();
     assert!(
