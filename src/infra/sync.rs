@@ -217,6 +217,19 @@ enum Attempt {
 /// A sync prepared ahead of sending (see [`Syncer::prepare`]).
 pub(crate) struct Prepared(Stage);
 
+impl Prepared {
+    /// A sync of relay `id` that failed before anything was sent (nothing was read that
+    /// says which relay it was, so the failure is recorded on whatever holds the id).
+    fn failed(id: &str, error: SyncError) -> Prepared {
+        Prepared(Stage::Decided(Attempt::Failed {
+            relay_id: id.to_string(),
+            error,
+            started: Instant::now(),
+            seen: None,
+        }))
+    }
+}
+
 enum Stage {
     /// The relay's first request is signed and ready to send.
     Ready(Box<Ready>),
@@ -346,14 +359,7 @@ impl Syncer {
     }
 
     fn prepare_unguarded(&self, id: &str) -> Prepared {
-        let failed = |error| {
-            Prepared(Stage::Decided(Attempt::Failed {
-                relay_id: id.to_string(),
-                error,
-                started: Instant::now(),
-                seen: None,
-            }))
-        };
+        let failed = |error| Prepared::failed(id, error);
         let RelayForSync {
             relay,
             ever_completed,
@@ -381,14 +387,7 @@ impl Syncer {
     /// A relay without a row: deleted at zooid if the host deleted it with a `delete_relay`
     /// that zooid has not confirmed; otherwise there is nothing to do.
     fn prepare_deletion(&self, id: &str) -> Prepared {
-        let failed = |error| {
-            Prepared(Stage::Decided(Attempt::Failed {
-                relay_id: id.to_string(),
-                error,
-                started: Instant::now(),
-                seen: None,
-            }))
-        };
+        let failed = |error| Prepared::failed(id, error);
         match self.query.deletion_pending(id) {
             Ok(Some(seen)) => match self.client.sign_delete(id) {
                 Ok(first) => Prepared(Stage::Ready(Box::new(Ready {
@@ -714,16 +713,14 @@ fn contain_panic(id: &str, doing: &str, half: impl FnOnce() -> Prepared) -> Prep
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(half)).unwrap_or_else(|panic| {
         let what = crate::metrics::panic_message(panic.as_ref());
         log::error!("relay {id}: {doing} the sync panicked (a bug in zooid-sync): {what}");
-        Prepared(Stage::Decided(Attempt::Failed {
-            relay_id: id.to_string(),
-            error: SyncError::Bug(format!(
+        Prepared::failed(
+            id,
+            SyncError::Bug(format!(
                 "{doing} the sync failed unexpectedly (a bug in zooid-sync; please report \
                  it): {}",
                 quote::remote(&what, quote::REMOTE_MAX)
             )),
-            started: Instant::now(),
-            seen: None,
-        }))
+        )
     })
 }
 
