@@ -58,6 +58,10 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
     ZooidClient::new(env)?; // a bad CA bundle is an error now, not in the worker thread
     let store = Store::open(database)?;
     let infra = Infra::new(store.query.clone(), store.command.clone(), env);
+    // A hidden hook for the tests of the liveness check (`Infra::inject_stall`).
+    if let Ok(id) = std::env::var("ZOOID_SYNC_INJECT_STALL") {
+        infra.inject_stall(&id);
+    }
     let metrics = infra.metrics();
     let alive = Arc::new(AtomicBool::new(true));
     let _endpoint = match &options.listen {

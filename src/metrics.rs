@@ -60,6 +60,16 @@ pub struct Metrics {
     /// Relays the existence audit asked zooid about, and those zooid no longer had.
     audit_checks: AtomicU64,
     audit_missing: AtomicU64,
+    /// Relays waiting in the pool for their sync to start.
+    work_waiting: AtomicU64,
+    /// When a relay's sync last started or ended, or work began to wait, in [`clock`]
+    /// milliseconds (0: never).
+    work_moved_at: AtomicU64,
+    /// The part of the bound on work not moving that does not depend on the pace
+    /// ([`Metrics::set_work_bound`]), in milliseconds; 0 until the worker sets it.
+    work_bound_base_ms: AtomicU64,
+    /// Whether the stall of work in progress was logged.
+    work_stall_logged: AtomicBool,
 }
 
 /// This crate's version.
@@ -101,6 +111,47 @@ pub fn stalled(now: u64, beat: u64, busy_since: u64, bound: Duration) -> Option<
         ));
     }
     None
+}
+
+/// Why the worker's work does not move, if it does not: `waiting` relays wait for their sync
+/// to start, and none has started or ended since `moved` (a [`clock`] millisecond, 0: never)
+/// for longer than `bound`. Only asked while zooid answers and the breaker is closed: while
+/// it is open, nothing is sent on purpose.
+pub(crate) fn work_stalled(now: u64, waiting: u64, moved: u64, bound: Duration) -> Option<String> {
+    let still = now.saturating_sub(moved);
+    if waiting == 0 || moved == 0 || still <= bound.as_millis() as u64 {
+        return None;
+    }
+    Some(format!(
+        "{} to sync, and none has started for {} s while zooid answers (the bound is {} s)",
+        crate::words::plural(waiting, "relay waits", "relays wait"),
+        still / 1000,
+        bound.as_secs()
+    ))
+}
+
+/// How long work may wait without a sync starting, beyond what the pace explains: the slack
+/// for a loaded machine.
+pub(crate) const WORK_SLACK: Duration = Duration::from_secs(5);
+
+/// The bound on work not moving, for a pace whose backlog writes are `spacing` apart, requests
+/// that time out after `timeout`, and a ceiling of `max_rate` requests a second (0: none).
+///
+/// A backlog's next write waits at most its turn (fresh work pushes it back by at most
+/// [`crate::infra::pace::DEBT_SPACINGS`] spacings, and one more is its own), the write in
+/// flight before it and the floor's probe (a timeout each), and a token of the rate ceiling
+/// (its burst may be spent: two intervals); three spacings, two timeouts, two ceiling
+/// intervals and [`WORK_SLACK`] are beyond all of it.
+pub(crate) fn work_bound(spacing: Duration, timeout: Duration, max_rate: f64) -> Duration {
+    let ceiling = match max_rate > 0.0 {
+        true => Duration::try_from_secs_f64(2.0 / max_rate).unwrap_or(Duration::MAX),
+        false => Duration::ZERO,
+    };
+    spacing
+        .saturating_mul(3)
+        .saturating_add(timeout.saturating_mul(2))
+        .saturating_add(ceiling)
+        .saturating_add(WORK_SLACK)
 }
 
 /// The text of a panic's payload.
@@ -173,7 +224,41 @@ impl Metrics {
         self.writer_busy_since.store(since, Ordering::Relaxed);
     }
 
-    /// Why the worker does not make progress, if it does not (see [`stalled`]).
+    /// `n` relays wait in the pool for their sync to start. When work begins to wait, the
+    /// clock of [`work_moved`](Self::work_moved) starts.
+    pub(crate) fn work_waiting(&self, n: usize) {
+        let before = self.work_waiting.swap(n as u64, Ordering::Relaxed);
+        if before == 0 && n > 0 {
+            self.work_moved();
+        }
+    }
+
+    /// A relay's sync started or ended: the work moves.
+    pub(crate) fn work_moved(&self) {
+        self.work_moved_at.store(clock(), Ordering::Relaxed);
+    }
+
+    /// Sets the part of the bound on work not moving that the settings fix (see
+    /// [`work_bound`]): requests time out after `timeout`, at most `max_rate` a second.
+    pub(crate) fn set_work_bound(&self, timeout: Duration, max_rate: f64) {
+        let base = work_bound(Duration::ZERO, timeout, max_rate);
+        let ms = base.as_millis().min(u64::MAX as u128) as u64;
+        self.work_bound_base_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The bound on work not moving now, by the pace's spacing.
+    pub(crate) fn work_bound(&self) -> Duration {
+        let spacing = Duration::from_micros(self.write_spacing_micros.load(Ordering::Relaxed));
+        let base = match self.work_bound_base_ms.load(Ordering::Relaxed) {
+            0 => work_bound(Duration::ZERO, Duration::from_secs(5), 0.0),
+            ms => Duration::from_millis(ms),
+        };
+        base.saturating_add(spacing.saturating_mul(3))
+    }
+
+    /// Why the worker does not make progress, if it does not: a loop that stopped (see
+    /// [`stalled`]), or relays that wait while none has started for longer than the bound
+    /// `zooid_sync_work_stall_bound_seconds` shows, while zooid answers.
     pub fn stall(&self) -> Option<String> {
         self.stall_at(clock())
     }
@@ -186,6 +271,45 @@ impl Metrics {
             self.writer_busy_since.load(Ordering::Relaxed),
             STALL_AFTER,
         )
+        .or_else(|| self.work_stall_at(now))
+    }
+
+    /// Why the pool's work does not move, if it does not and zooid answers.
+    fn work_stall_at(&self, now: u64) -> Option<String> {
+        if !self.active() || !self.zooid_up() || self.robot_refused() {
+            return None;
+        }
+        work_stalled(
+            now,
+            self.work_waiting.load(Ordering::Relaxed),
+            self.work_moved_at.load(Ordering::Relaxed),
+            self.work_bound(),
+        )
+    }
+
+    /// Whether work does not move, logged once when it stops (an ERROR naming how many relays
+    /// wait and since when) and once when it moves again. The dispatcher asks every round.
+    pub(crate) fn check_work_moves(&self) -> bool {
+        let now = clock();
+        let stall = self.work_stall_at(now);
+        let logged = self
+            .work_stall_logged
+            .swap(stall.is_some(), Ordering::Relaxed);
+        match (&stall, logged) {
+            (Some(why), false) => {
+                let since = now.saturating_sub(self.work_moved_at.load(Ordering::Relaxed));
+                let at = crate::store::now_unix() - (since / 1000) as i64;
+                log::error!(
+                    "the worker is stuck: {why}, since {} (a bug in zooid-sync; please \
+                     report it). /healthz answers 503 and systemd's watchdog is no longer fed, \
+                     so that the daemon is restarted",
+                    crate::store::format_unix(at)
+                );
+            }
+            (None, true) => log::info!("the worker's work moves again"),
+            _ => {}
+        }
+        stall.is_some()
     }
 
     /// Whether the worker is healthy: no thread died and nothing is stalled. What the
@@ -437,6 +561,33 @@ impl Metrics {
                 )],
             );
         }
+        metric(
+            "zooid_sync_relays_waiting",
+            "gauge",
+            "Relays waiting in the worker for their sync to start (fresh work and backlog).",
+            &[(String::new(), get(&self.work_waiting).to_string())],
+        );
+        metric(
+            "zooid_sync_work_stalled",
+            "gauge",
+            "1 while relays wait and none has started for longer than \
+             zooid_sync_work_stall_bound_seconds while zooid answers: the worker is stuck \
+             (/healthz 503, the watchdog not fed).",
+            &[(
+                String::new(),
+                u8::from(self.work_stall_at(clock()).is_some()).to_string(),
+            )],
+        );
+        metric(
+            "zooid_sync_work_stall_bound_seconds",
+            "gauge",
+            "How long relays may wait with none started before the worker counts as stuck: \
+             three write spacings, two ZOOID_TIMEOUTs, two SYNC_MAX_RATE intervals and 5 s.",
+            &[(
+                String::new(),
+                format!("{}", self.work_bound().as_secs_f64()),
+            )],
+        );
         let seconds = |a: &AtomicU64| format!("{}", a.load(Ordering::Relaxed) as f64 / 1e6);
         metric(
             "zooid_sync_write_concurrency_limit",
@@ -596,6 +747,84 @@ mod tests {
         assert!(why.starts_with("the writer"), "{why}");
         m.writer_busy(false);
         assert_eq!(m.stall_at(later), None, "stopped and idle: nothing stalls");
+    }
+
+    #[test]
+    fn work_stalls_only_when_relays_wait_and_none_started_for_the_bound() {
+        let bound = Duration::from_secs(10);
+        assert_eq!(work_stalled(100_000, 0, 1, bound), None, "nothing waits");
+        assert_eq!(
+            work_stalled(100_000, 3, 0, bound),
+            None,
+            "never moved: not running"
+        );
+        assert_eq!(
+            work_stalled(100_000, 3, 90_000, bound),
+            None,
+            "10 s exactly"
+        );
+        let why = work_stalled(100_000, 3, 89_999, bound).unwrap();
+        assert!(why.starts_with("3 relays wait to sync"), "{why}");
+        assert!(
+            why.contains("for 10 s") && why.contains("bound is 10 s"),
+            "{why}"
+        );
+        let why = work_stalled(100_000, 1, 50_000, bound).unwrap();
+        assert!(why.starts_with("1 relay waits to sync"), "{why}");
+        assert_eq!(
+            work_stalled(1, 3, 5_000, bound),
+            None,
+            "a move after now is fresh"
+        );
+    }
+
+    #[test]
+    fn the_bound_on_work_is_three_spacings_two_timeouts_two_ceiling_intervals_and_slack() {
+        let s = Duration::from_secs;
+        assert_eq!(work_bound(s(1), s(5), 0.0), s(3 + 10) + WORK_SLACK);
+        assert_eq!(work_bound(s(1), s(5), 2.0), s(3 + 10 + 1) + WORK_SLACK);
+        assert_eq!(
+            work_bound(Duration::MAX, s(5), 1.0),
+            Duration::MAX,
+            "saturates"
+        );
+        let m = Metrics::default();
+        m.set_work_bound(s(2), 0.0);
+        m.set_pace((1, Duration::from_millis(500), None));
+        assert_eq!(m.work_bound(), Duration::from_millis(5_500) + WORK_SLACK);
+    }
+
+    #[test]
+    fn work_that_waits_without_moving_is_trouble_while_zooid_answers() {
+        let m = Metrics::default();
+        m.set_active(true);
+        m.set_work_bound(Duration::from_secs(1), 0.0); // 7 s
+        m.work_waiting(2);
+        let moved = m.work_moved_at.load(Ordering::Relaxed);
+        assert_ne!(moved, 0, "waiting starts the clock");
+        assert_eq!(m.work_stall_at(moved + 7_000), None);
+        let why = m.stall_at(moved + 7_001).expect("stalled");
+        assert!(why.starts_with("2 relays wait"), "{why}");
+        m.set_zooid_up(false);
+        assert_eq!(m.stall_at(moved + 7_001), None, "the breaker is open");
+        m.set_zooid_up(true);
+        m.set_robot_refused(true);
+        assert_eq!(m.stall_at(moved + 7_001), None, "zooid refuses the robot");
+        m.set_robot_refused(false);
+        m.set_active(false);
+        assert_eq!(m.stall_at(moved + 7_001), None, "standing by");
+        m.set_active(true);
+        m.work_waiting(0);
+        assert_eq!(m.stall_at(moved + 7_001), None, "nothing waits");
+        m.work_waiting(1);
+        let again = m.work_moved_at.load(Ordering::Relaxed);
+        assert!(again >= moved, "waiting again starts the clock again");
+        m.work_waiting(3);
+        assert_eq!(
+            m.work_moved_at.load(Ordering::Relaxed),
+            again,
+            "more waiting does not"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@
 
 pub(crate) mod audit;
 pub mod breaker;
+pub(crate) mod lanes;
 pub mod pace;
 pub mod pool;
 mod queue;
@@ -136,9 +137,16 @@ impl Infra {
     /// tests of the worker's containment. Not for hosts.
     #[cfg(feature = "fixture")]
     #[doc(hidden)]
-    #[doc(hidden)]
     pub fn inject_panic(&self, id: &str, times: u32) {
         self.injected.add(id, times);
+    }
+
+    /// Makes the worker's preparer hang when it comes to relay `id`, as a lost wake-up
+    /// would: for tests of the liveness check that sees work not moving. Not for hosts.
+    #[cfg(feature = "fixture")]
+    #[doc(hidden)]
+    pub fn inject_stall(&self, id: &str) {
+        self.injected.stall_on(id);
     }
 
     /// A worker that runs under a lease its caller already holds, instead of taking it
@@ -309,8 +317,10 @@ impl Infra {
         }
         // The next look is due at a fixed time, whatever activity arrives meanwhile.
         let mut next_look = std::time::Instant::now() + look.next();
+        metrics.set_work_bound(env.zooid_timeout, env.sync_max_rate);
         loop {
             metrics.dispatcher_beat();
+            metrics.check_work_moves();
             let requests = crossbeam_channel::at(next_look);
             select! {
                 recv(requests) -> _ => {
@@ -441,8 +451,9 @@ fn round_ms(d: std::time::Duration) -> std::time::Duration {
 /// How long the pool must have been idle after a burst before the worker gives memory back.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Manual sync requests found together up to this many are urgent; more are a backlog.
-const MANUAL_URGENT: usize = 8;
+/// Manual sync requests found together up to this many are fresh; more (`sync --all`,
+/// `sync --failed`) are a backlog.
+const MANUAL_FRESH: usize = pool::FRESH_AT_ONCE;
 
 /// How often the worker looks for manual sync requests (`zooid-sync sync`) in the database
 /// while it is busy; after a quiet second it looks up to five times less often.
@@ -483,11 +494,11 @@ impl Dispatcher<'_> {
         match self.query.unanswered_sync_requests(*last) {
             Ok(requests) => {
                 // An operator waits for a few relays; `sync --all` is a backlog.
-                let urgent = requests.len() <= MANUAL_URGENT;
+                let fresh = requests.len() <= MANUAL_FRESH;
                 for (request, relay) in requests {
                     log::info!("relay {relay}: manual sync requested ({request})");
                     *last = request;
-                    self.pool.submit_request(&relay, request, urgent);
+                    self.pool.submit_request(&relay, request, fresh);
                 }
             }
             Err(e) => log::error!("{e:#}"),
@@ -507,7 +518,7 @@ impl Dispatcher<'_> {
             }
         } else {
             // A change the host just made: someone may be waiting for it.
-            self.pool.submit_urgent(id);
+            self.pool.submit_fresh(id);
         }
     }
 

@@ -25,7 +25,7 @@
 //! hard ceiling on top of all of this.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How many recent write latencies are kept, for their 90th percentile.
@@ -34,6 +34,12 @@ const RECENT: usize = 32;
 /// How much of a new write latency moves the average of zooid's work (an exponential moving
 /// average: recent writes count most, one outlier does not swing the pace).
 const SMOOTHING: f64 = 0.3;
+
+/// How many write budgets fresh work may push a backlog's next write back by. Fresh writes are
+/// admitted whatever the budget and charged to it, so that zooid's share holds while a host's
+/// changes and a backlog mix; the charge is bounded, so a backlog waits at most this many
+/// spacings once fresh work stops.
+pub const DEBT_SPACINGS: u32 = 2;
 
 /// How long a measured floor is trusted before a backlog asks for a new one.
 pub const FLOOR_AGE: Duration = Duration::from_secs(30);
@@ -107,6 +113,13 @@ impl Pace {
     /// in flight ends (`None`) or until an instant. An urgent write is always admitted; its
     /// budget pushes back the writes that follow.
     pub fn try_start(&mut self, now: Instant, urgent: bool) -> Result<(), Option<Instant>> {
+        // Fresh writes beyond the share push the backlog back, but never by more than
+        // DEBT_SPACINGS budgets at today's spacing: a backlog that waited that long resumes,
+        // however much fresh work went before and however much faster zooid got since (a
+        // debt without a bound stops the backlog for minutes after a busy spell).
+        let spacing = self.spacing();
+        let most = now + spacing.saturating_mul(DEBT_SPACINGS);
+        self.next_start = self.next_start.map(|next| next.min(most));
         if !urgent {
             if self.in_flight >= self.limit() {
                 return Err(None);
@@ -117,7 +130,7 @@ impl Pace {
         }
         self.in_flight += 1;
         let from = self.next_start.map_or(now, |next| next.max(now));
-        self.next_start = Some(from + self.spacing());
+        self.next_start = Some((from + spacing).min(most));
         Ok(())
     }
 
@@ -184,29 +197,14 @@ impl Pace {
 }
 
 /// The [`Pace`] shared by the client (which observes every request) and the pool (which
-/// admits writes).
+/// admits writes through it, [`super::lanes::Lanes::next`]).
 #[derive(Debug)]
 pub struct Pacer {
     pace: Mutex<Pace>,
-    /// Signalled when a write ends, an urgent job arrives, or the pool stops.
-    changed: Condvar,
     timeout: Duration,
     /// Whether the WARN about writes nearing the timeout was given (it is given again once
     /// they are fast again).
     warned: Mutex<bool>,
-}
-
-/// A write admitted by the [`Pacer`]; dropping it says the write is over.
-#[derive(Debug)]
-pub struct Admission {
-    pacer: Arc<Pacer>,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.pacer.lock().finished();
-        self.pacer.changed.notify_all();
-    }
 }
 
 impl Pacer {
@@ -215,62 +213,25 @@ impl Pacer {
     pub fn new(share: f64, max_in_flight: usize, timeout: Duration) -> Pacer {
         Pacer {
             pace: Mutex::new(Pace::new(share, max_in_flight)),
-            changed: Condvar::new(),
             timeout,
             warned: Mutex::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pace> {
+    /// The pace itself, for the pool to admit writes by. Held briefly: every answer from
+    /// zooid takes it too.
+    pub(crate) fn pace(&self) -> MutexGuard<'_, Pace> {
         self.pace.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits an urgent write at once.
-    pub fn admit_urgent(self: &Arc<Self>) -> Admission {
-        let _ = self.lock().try_start(Instant::now(), true);
-        Admission {
-            pacer: self.clone(),
-        }
-    }
-
-    /// Waits for a backlog write's turn; `None` as soon as `interrupted` says so (checked
-    /// whenever [`nudge`](Self::nudge) is called, a write ends, or the turn comes).
-    pub fn admit(self: &Arc<Self>, interrupted: impl Fn() -> bool) -> Option<Admission> {
-        let mut pace = self.lock();
-        loop {
-            if interrupted() {
-                return None;
-            }
-            let now = Instant::now();
-            pace = match pace.try_start(now, false) {
-                Ok(()) => {
-                    return Some(Admission {
-                        pacer: self.clone(),
-                    })
-                }
-                Err(None) => self
-                    .changed
-                    .wait(pace)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Err(Some(at)) => {
-                    self.changed
-                        .wait_timeout(pace, at.saturating_duration_since(now))
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
-        }
-    }
-
-    /// Wakes a backlog waiting in [`admit`](Self::admit), to look at `interrupted` again.
-    pub fn nudge(&self) {
-        let _guard = self.lock();
-        self.changed.notify_all();
+    /// A write admitted by the pace is over.
+    pub(crate) fn end_write(&self) {
+        self.pace().finished();
     }
 
     /// Whether a backlog should measure the floor before its next write.
     pub fn wants_floor(&self) -> bool {
-        self.lock().wants_floor(Instant::now())
+        self.pace().wants_floor(Instant::now())
     }
 
     /// A request answered (or failed) after `latency`; `write` says whether it was a write,
@@ -282,7 +243,7 @@ impl Pacer {
             latency
         };
         let p90 = {
-            let mut pace = self.lock();
+            let mut pace = self.pace();
             match write {
                 true => pace.write_took(latency),
                 false if !timed_out => pace.read_took(latency, Instant::now()),
@@ -325,7 +286,7 @@ impl Pacer {
     /// The current limit of writes in flight, the spacing of backlog writes, and a write's
     /// smoothed latency: what `/metrics` shows.
     pub fn state(&self) -> (usize, Duration, Option<Duration>) {
-        let pace = self.lock();
+        let pace = self.pace();
         (pace.limit(), pace.spacing(), pace.write_latency())
     }
 }
@@ -385,6 +346,36 @@ mod tests {
             Err(Some(t0 + 800 * MS)),
             "two budgets"
         );
+    }
+
+    #[test]
+    fn fresh_work_pushes_the_backlog_back_by_a_bounded_debt() {
+        let t0 = Instant::now();
+        let mut p = Pace::new(0.25, 4);
+        p.read_took(MS, t0);
+        p.write_took(101 * MS); // 400 ms a write
+        for _ in 0..50 {
+            assert_eq!(p.try_start(t0, true), Ok(()), "fresh goes at once");
+            p.finished();
+        }
+        let most = t0 + 400 * MS * DEBT_SPACINGS;
+        assert_eq!(
+            p.try_start(t0, false),
+            Err(Some(most)),
+            "fifty fresh writes cost the backlog {DEBT_SPACINGS} budgets, not fifty"
+        );
+        assert_eq!(p.try_start(most, false), Ok(()));
+        p.finished();
+        assert_eq!(
+            p.try_start(most + 399 * MS, false),
+            Err(Some(most + 400 * MS)),
+            "then one budget a write"
+        );
+        // A fresh write below the debt's bound is charged in full.
+        let later = most + Duration::from_secs(10);
+        assert_eq!(p.try_start(later, true), Ok(()));
+        p.finished();
+        assert_eq!(p.try_start(later, false), Err(Some(later + 400 * MS)));
     }
 
     #[test]
@@ -465,50 +456,6 @@ mod tests {
         p.write_took(5 * MS);
         assert_eq!(p.spacing(), Duration::ZERO, "no work measurable");
         assert_eq!(p.limit(), 4);
-    }
-
-    #[test]
-    fn a_backlog_waits_for_a_write_to_end_or_an_urgent_one_to_pass() {
-        let pacer = Arc::new(Pacer::new(0.25, 4, Duration::from_secs(5)));
-        pacer.observe(false, MS, false);
-        pacer.observe(true, 201 * MS, false); // one at a time, 800 ms apart
-        let first = pacer.admit(|| false).expect("the budget is full");
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let waiter = {
-            let pacer = pacer.clone();
-            std::thread::spawn(move || {
-                let second = pacer.admit(|| false);
-                tx.send(second.is_some()).unwrap();
-            })
-        };
-        assert!(
-            rx.recv_timeout(50 * MS).is_err(),
-            "it waits while one is in flight"
-        );
-        drop(first);
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(true));
-        waiter.join().unwrap();
-        // An urgent job makes a waiting backlog give way at once.
-        let urgent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let waiter = {
-            let (pacer, urgent) = (pacer.clone(), urgent.clone());
-            std::thread::spawn(move || {
-                let got = pacer.admit(|| urgent.load(std::sync::atomic::Ordering::Acquire));
-                tx.send(got.is_none()).unwrap();
-            })
-        };
-        assert!(rx.recv_timeout(50 * MS).is_err(), "its turn is 800 ms away");
-        urgent.store(true, std::sync::atomic::Ordering::Release);
-        pacer.nudge();
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(5)),
-            Ok(true),
-            "it gave way"
-        );
-        waiter.join().unwrap();
-        let (limit, spacing, latency) = pacer.state();
-        assert_eq!((limit, spacing, latency), (1, 800 * MS, Some(201 * MS)));
     }
 
     #[test]

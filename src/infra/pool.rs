@@ -1,38 +1,36 @@
 //! The worker pool: a few threads that run syncs, never two of the same relay at once.
 //!
 //! A sync runs in two stages, each on its own thread, so that preparing one relay overlaps
-//! another's request: the *preparer* takes relay ids in the order asked, reads each relay,
-//! builds its body and signs its request ([`Syncer::prepare`]); a *worker* sends a prepared
-//! request, waits for zooid and hands the outcome to the writer thread
-//! ([`Syncer::send_then`]). Relay ids and prepared syncs travel on [`Queue`]s; at most two
-//! prepared syncs per worker wait, so a signature is fresh when it is sent.
+//! another's request: the *preparer* takes relay ids in the order [`Lanes`] says, reads each
+//! relay, builds its body and signs its request ([`Syncer::prepare`]); a *worker* sends a
+//! prepared request, waits for zooid and hands the outcome to the writer thread
+//! ([`Syncer::send_then`]). Prepared syncs travel on a [`Queue`]; at most two per worker
+//! wait, so a signature is fresh when it is sent.
 //!
-//! The preparer admits each sync through the [`Pacer`] first: a backlog's writes are paced by
-//! what they cost zooid (see [`super::pace`]), while an *urgent* sync (a fresh change, a
-//! manual sync of a few relays) goes to the front of the queue and is admitted at once. Only
-//! the first [`URGENT_AT_ONCE`] waiting syncs count as urgent: a host that imports a thousand
-//! relays makes a backlog, paced like any other.
+//! Which relay starts next, fresh work ahead of a backlog and a backlog at the [`Pacer`]'s
+//! pace, is decided by the pure state machine in [`super::lanes`]; this module runs it under
+//! one lock with one condition variable.
 //!
-//! [`InFlight`] is the per-relay bookkeeping that keeps the order right: a relay asked for while
-//! its id is still queued needs nothing more (its sync reads fresh data when it is prepared); a
-//! relay asked for once its sync started (from the read on) is marked dirty and synced once
-//! more, from fresh data, when that sync's outcome is recorded. So a burst of updates to one
-//! relay costs at most two requests, and an older body can never overwrite a newer one at
-//! zooid.
+//! **Liveness.** The preparer sleeps only on that condition variable, and only for what
+//! [`Lanes::next`] answers: nothing waits, a write must end first, or a backlog's turn comes
+//! at an instant (a timed wait, at most [`super::pace::DEBT_SPACINGS`] spacings away).
+//! Whatever may let it proceed wakes it: a relay queued, a write ending (dropping its
+//! [`Admission`]), a stop. The pool reports how many relays wait and when a sync last started
+//! or ended ([`Metrics::work_waiting`], [`Metrics::work_moved`]), so that work that does not
+//! move turns `/healthz` to 503 instead of hiding behind live threads.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::pace::{Admission, Pacer};
+pub use super::lanes::FRESH_AT_ONCE;
+use super::lanes::{Lane, Lanes, Next};
+use super::pace::Pacer;
 use super::queue::{CloseOnDrop, Queue};
 use super::sync::{Prepared, SyncOutcome, Syncer};
 use super::timer::Retries;
-
-/// How many syncs may wait as urgent at once; more fresh changes than this are a backlog.
-pub const URGENT_AT_ONCE: usize = 2;
+use crate::metrics::Metrics;
 
 /// How many relays waiting make a catch-up worth a line in the log.
 const CATCH_UP: usize = 20;
@@ -44,116 +42,6 @@ const PACE_LEARNED: usize = 4;
 /// seconds), how many relays it started with, and the spacing of its writes (ms).
 pub const CATCH_UP_STATE: [&str; 3] = ["catch_up_since", "catch_up_relays", "catch_up_spacing_ms"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Queued,
-    Running { dirty: bool },
-}
-
-/// Which relays are queued or running, which changed while running, and which manual sync
-/// requests wait for each relay's next sync.
-#[derive(Debug, Default)]
-pub struct InFlight {
-    relays: HashMap<String, State>,
-    requests: HashMap<String, Vec<i64>>,
-}
-
-impl InFlight {
-    /// A sync of `id` is wanted. Answers whether a job must be queued for it.
-    pub fn request(&mut self, id: &str) -> bool {
-        match self.relays.get_mut(id) {
-            None => {
-                self.relays.insert(id.to_string(), State::Queued);
-                true
-            }
-            Some(State::Queued) => false,
-            Some(State::Running { dirty }) => {
-                *dirty = true;
-                false
-            }
-        }
-    }
-
-    /// An urgent sync of `id` is wanted. Answers whether a job must be queued for it: also
-    /// when one is queued already, in a backlog; the preparer then skips the copy left
-    /// behind ([`is_queued`](Self::is_queued)).
-    pub fn request_urgent(&mut self, id: &str) -> bool {
-        let queued = self.relays.get(id) == Some(&State::Queued);
-        self.request(id) || queued
-    }
-
-    /// Whether `id` waits for its sync to start: false for a job left behind by one that
-    /// went ahead of it.
-    pub fn is_queued(&self, id: &str) -> bool {
-        self.relays.get(id) == Some(&State::Queued)
-    }
-
-    /// Manual sync request `request` wants a sync of `id` that starts after now. Answers
-    /// whether a job must be queued for it.
-    pub fn request_answer(&mut self, id: &str, request: i64) -> bool {
-        self.requests
-            .entry(id.to_string())
-            .or_default()
-            .push(request);
-        self.request(id)
-    }
-
-    /// The requests that the sync of `id` starting now answers.
-    pub fn take_requests(&mut self, id: &str) -> Vec<i64> {
-        self.requests.remove(id).unwrap_or_default()
-    }
-
-    /// The preparer starts syncing `id`: from its read on, a change marks it dirty.
-    pub fn start(&mut self, id: &str) {
-        let running = State::Running { dirty: false };
-        match self.relays.get_mut(id) {
-            Some(state) => *state = running,
-            None => {
-                self.relays.insert(id.to_string(), running);
-            }
-        }
-    }
-
-    /// The outcome of `id`'s sync is recorded. Answers whether it must be synced once more
-    /// (it changed meanwhile); it is then queued again.
-    pub fn finish(&mut self, id: &str) -> bool {
-        match self.relays.get_mut(id) {
-            Some(State::Running { dirty: true }) => {
-                self.relays.insert(id.to_string(), State::Queued);
-                true
-            }
-            _ => {
-                self.relays.remove(id);
-                false
-            }
-        }
-    }
-
-    /// Gives back the room a burst left behind: the maps keep their largest size otherwise
-    /// (~0.5 MB after 10 000 relays).
-    fn shrink(&mut self) {
-        self.relays.shrink_to_fit();
-        self.requests.shrink_to_fit();
-    }
-
-    /// Forgets `id` without syncing it (at shutdown). Its requests stay unanswered in the
-    /// database, for the next worker.
-    pub fn abandon(&mut self, id: &str) {
-        self.relays.remove(id);
-        self.requests.remove(id);
-    }
-
-    /// How many relays are queued or running.
-    pub fn len(&self) -> usize {
-        self.relays.len()
-    }
-
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.relays.is_empty()
-    }
-}
-
 /// The running pool.
 pub struct Pool {
     shared: Arc<PoolShared>,
@@ -161,12 +49,12 @@ pub struct Pool {
 }
 
 struct PoolShared {
-    in_flight: Mutex<InFlight>,
-    /// Relay ids for the preparer, with whether each is urgent (urgent ones at the front);
-    /// closed when the pool stops.
-    jobs: Queue<(String, bool)>,
-    /// Urgent syncs in `jobs`.
-    urgent_waiting: std::sync::atomic::AtomicUsize,
+    /// The relays waiting and running, and the lanes; closed when the pool stops.
+    lanes: Mutex<Lanes>,
+    /// Signalled whenever the preparer may proceed: a relay queued, a write over, a stop.
+    changed: Condvar,
+    /// Where the pool says whether its work moves ([`Metrics::work_waiting`]).
+    metrics: Arc<Metrics>,
     pacer: Arc<Pacer>,
     /// While a catch-up runs: when it started, how many relays it had, how many are done.
     catch_up: Mutex<Option<(std::time::Instant, usize, usize)>>,
@@ -180,42 +68,39 @@ struct PoolShared {
 }
 
 impl PoolShared {
-    /// Queues a job for `id` (unless the pool is stopping): at the front when it is urgent
-    /// and few urgent ones wait, else at the back.
-    fn queue(&self, id: &str, urgent: bool) {
-        let urgent = urgent
-            && self
-                .urgent_waiting
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < URGENT_AT_ONCE).then_some(n + 1)
-                })
-                .is_ok();
-        if urgent {
-            if self.jobs.push_front((id.to_string(), true)).is_err() {
-                self.urgent_waiting.fetch_sub(1, Ordering::AcqRel);
-            }
-            self.pacer.nudge(); // a backlog waiting for its turn lets it go first
-        } else {
-            let _ = self.jobs.push((id.to_string(), false));
+    /// Stops the pool: nothing more is queued, what waits is forgotten (it is pending in the
+    /// database), and the preparer is woken to end.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.lock().close();
+        self.changed.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lanes> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the lanes with `change`; when it queued a relay, wakes the preparer. Says how
+    /// many relays wait, for the liveness check.
+    fn update(&self, change: impl FnOnce(&mut Lanes) -> bool) {
+        let mut lanes = self.lock();
+        if change(&mut lanes) {
+            self.changed.notify_all();
         }
+        self.metrics.work_waiting(lanes.queued());
     }
 
     /// The outcome of `id`'s sync is recorded: only now may its next sync start. Queues it
     /// again if it changed meanwhile.
     fn finished(&self, id: &str) {
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if in_flight.finish(id) {
-            if self.stopping.load(Ordering::Acquire) {
-                in_flight.abandon(id);
-            } else {
-                self.queue(id, false);
-            }
+        let mut lanes = self.lock();
+        if lanes.finish(id) {
+            self.changed.notify_all();
         }
-        let idle = in_flight.relays.is_empty();
-        drop(in_flight);
+        self.metrics.work_waiting(lanes.queued());
+        self.metrics.work_moved();
+        let idle = lanes.is_empty();
+        drop(lanes);
         let (pace_learned, ended) = {
             let mut catch_up = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner);
             let mut pace_learned = false;
@@ -317,9 +202,9 @@ impl Pool {
         let workers = workers.max(1);
         let pacer = syncer.client().pacer().clone();
         let shared = Arc::new(PoolShared {
-            in_flight: Mutex::new(InFlight::default()),
-            jobs: Queue::unbounded(),
-            urgent_waiting: Default::default(),
+            lanes: Mutex::new(Lanes::default()),
+            changed: Condvar::new(),
+            metrics: syncer.metrics().clone(),
             pacer,
             catch_up: Mutex::new(None),
             command: syncer.command().clone(),
@@ -356,7 +241,7 @@ impl Pool {
             Ok(threads) => threads,
             Err(e) => {
                 // The threads that did start end once nothing can reach them.
-                shared.jobs.close();
+                shared.stop();
                 shared.ready.close();
                 return Err(e);
             }
@@ -364,44 +249,25 @@ impl Pool {
         Ok(Pool { shared, threads })
     }
 
-    /// Asks for a sync of relay `id` (see [`InFlight::request`]) as part of a backlog: paced.
+    /// Asks for a sync of relay `id` (see [`Lanes::request`]) as part of a backlog: paced.
     pub fn submit(&self, id: &str) {
         self.submit_as(id, false);
     }
 
-    /// Asks for a sync of relay `id` that someone waits for (a fresh change): it goes first
-    /// and at once, unless [`URGENT_AT_ONCE`] urgent ones wait already.
-    pub fn submit_urgent(&self, id: &str) {
+    /// Asks for a sync of relay `id` that someone waits for (fresh work, see
+    /// [`FRESH_AT_ONCE`]): it goes first and at once, unless the fresh lane is full.
+    pub fn submit_fresh(&self, id: &str) {
         self.submit_as(id, true);
     }
 
-    fn submit_as(&self, id: &str, urgent: bool) {
-        let mut in_flight = self
-            .shared
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let queue = match urgent {
-            true => in_flight.request_urgent(id),
-            false => in_flight.request(id),
-        };
-        drop(in_flight);
-        if queue {
-            self.shared.queue(id, urgent);
-        }
+    fn submit_as(&self, id: &str, fresh: bool) {
+        self.shared.update(|lanes| lanes.request(id, fresh));
     }
 
     /// Whether the pool has been idle for `quiet` since it last did work, and has not said so
     /// yet: true once after each burst, the moment to give memory back.
     pub fn settled(&self, quiet: std::time::Duration) -> bool {
-        if !self
-            .shared
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .relays
-            .is_empty()
-        {
+        if !self.shared.lock().is_empty() {
             return false;
         }
         let mut idle_since = self
@@ -420,36 +286,22 @@ impl Pool {
 
     /// Gives back the memory a burst left in the pool's bookkeeping and queues.
     pub fn release_memory(&self) {
-        self.shared
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .shrink();
-        self.shared.jobs.shrink();
+        self.shared.lock().shrink();
         self.shared.ready.shrink();
     }
 
     /// Asks for a sync of relay `id` that answers manual request `request` (see
-    /// [`InFlight::request_answer`]); `urgent` as for [`submit_urgent`](Self::submit_urgent).
-    pub fn submit_request(&self, id: &str, request: i64, urgent: bool) {
-        let queue = self
-            .shared
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .request_answer(id, request);
-        if queue {
-            self.shared.queue(id, urgent);
-        }
+    /// [`Lanes::request_answer`]); `fresh` as for [`submit_fresh`](Self::submit_fresh).
+    pub fn submit_request(&self, id: &str, request: i64, fresh: bool) {
+        self.shared
+            .update(|lanes| lanes.request_answer(id, request, fresh));
     }
 
     /// Stops taking jobs, lets running syncs finish, and waits for the threads. Queued jobs
     /// are dropped: they are still pending in the database for the next start. Outcomes
     /// handed to the writer are recorded when the writer stops.
     pub fn stop(mut self) {
-        self.shared.stopping.store(true, Ordering::Release);
-        self.shared.jobs.close();
-        self.shared.pacer.nudge();
+        self.shared.stop();
         let stopped_during_catch_up = self
             .shared
             .catch_up
@@ -463,6 +315,7 @@ impl Pool {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.shared.metrics.work_waiting(0);
     }
 }
 
@@ -476,66 +329,75 @@ struct Job {
     admission: Admission,
 }
 
-/// The preparer thread's loop: takes relay ids, urgent ones first; admits each through the
-/// pacer (a backlog waits for its turn, and lets urgent ones go first meanwhile); marks it
-/// running and prepares its sync (read, body, signature) for the workers.
-fn prepare(shared: &PoolShared, syncer: &Syncer) {
+/// A write the pace admitted ([`Next::Start`]); dropping it says the write is over, and wakes
+/// the preparer (a backlog may wait for it).
+struct Admission {
+    shared: Arc<PoolShared>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.shared.pacer.end_write();
+        let _lanes = self.shared.lock();
+        self.shared.changed.notify_all();
+    }
+}
+
+/// The preparer thread's loop: asks [`Lanes::next`] what to do, sleeps until it may proceed
+/// when it must wait, and prepares each relay that starts (read, body, signature) for the
+/// workers.
+fn prepare(shared: &Arc<PoolShared>, syncer: &Syncer) {
     // However this thread ends, the workers learn that no more syncs come.
     let _closing = CloseOnDrop(&shared.ready);
     let stopping = || shared.stopping.load(Ordering::Acquire);
-    let lock = || {
-        shared
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    };
-    // A backlog sync that gave its turn to an urgent one.
-    let mut held: Option<String> = None;
     loop {
-        let (id, urgent) = match shared.jobs.pop_if(|(_, urgent)| *urgent) {
-            Some(job) => job,
-            None => match held.take() {
-                Some(id) => (id, false),
-                None => match shared.jobs.pop() {
-                    Some(job) => job,
-                    None => break,
-                },
-            },
+        let (id, lane, answering, waiting) = {
+            let mut lanes = shared.lock();
+            loop {
+                if lanes.is_closed() {
+                    return;
+                }
+                let now = Instant::now();
+                let next = lanes.next(&mut shared.pacer.pace(), now);
+                shared.metrics.work_waiting(lanes.queued());
+                lanes = match next {
+                    Next::Start {
+                        id,
+                        lane,
+                        answering,
+                    } => break (id, lane, answering, lanes.len()),
+                    Next::Idle | Next::WaitForWrite => shared
+                        .changed
+                        .wait(lanes)
+                        .unwrap_or_else(PoisonError::into_inner),
+                    Next::WaitUntil(at) => {
+                        shared
+                            .changed
+                            .wait_timeout(lanes, at.saturating_duration_since(now))
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                };
+            }
         };
-        if urgent {
-            shared.urgent_waiting.fetch_sub(1, Ordering::AcqRel);
-        }
-        if !lock().is_queued(&id) {
-            continue; // an urgent copy of it went first
-        }
-        if stopping() {
-            lock().abandon(&id);
-            continue;
-        }
-        let admission = if urgent {
-            shared.pacer.admit_urgent()
-        } else {
-            let waiting = lock().len();
+        let admission = Admission {
+            shared: shared.clone(),
+        };
+        shared.metrics.work_moved();
+        #[cfg(feature = "fixture")]
+        syncer.injected.maybe_stall(&id, &stopping);
+        if lane == Lane::Backlog {
             shared.catching_up(waiting);
             if shared.pacer.wants_floor() && syncer.breaker().outage().is_none() {
                 // The cheapest request zooid answers: what any request costs, network
                 // included, and so how much of a write's time is zooid's work.
                 let _ = syncer.client().probe();
             }
-            let urgent_waits = || stopping() || shared.jobs.front_is(|(_, urgent)| *urgent);
-            match shared.pacer.admit(urgent_waits) {
-                Some(admission) => admission,
-                None => {
-                    held = Some(id);
-                    continue;
-                }
-            }
-        };
-        let answering = {
-            let mut in_flight = lock();
-            in_flight.start(&id);
-            in_flight.take_requests(&id)
-        };
+        }
+        if stopping() {
+            shared.lock().abandon(&id);
+            continue;
+        }
         let prepared = syncer.prepare(&id);
         let job = Job {
             id,
@@ -545,12 +407,9 @@ fn prepare(shared: &PoolShared, syncer: &Syncer) {
         };
         if let Err(unsent) = shared.ready.push(job) {
             // Nothing takes prepared syncs any more: forget the relay.
-            lock().abandon(&unsent.id);
+            shared.lock().abandon(&unsent.id);
             break;
         }
-    }
-    if let Some(id) = held {
-        lock().abandon(&id);
     }
 }
 
@@ -564,11 +423,7 @@ fn work(
 ) {
     while let Some(job) = shared.ready.pop() {
         if shared.stopping.load(Ordering::Acquire) {
-            shared
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .abandon(&job.id);
+            shared.lock().abandon(&job.id);
             continue;
         }
         let Job {
@@ -602,74 +457,4 @@ fn work(
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::InFlight;
-
-    #[test]
-    fn a_burst_while_queued_costs_one_job() {
-        let mut f = InFlight::default();
-        assert!(f.request("a"));
-        assert!(!f.request("a"));
-        assert!(!f.request("a"));
-        f.start("a");
-        assert!(!f.finish("a"));
-        assert!(f.is_empty());
-    }
-
-    #[test]
-    fn a_burst_while_running_costs_one_more_sync() {
-        let mut f = InFlight::default();
-        assert!(f.request("a"));
-        f.start("a");
-        assert!(!f.request("a"));
-        assert!(!f.request("a"));
-        assert!(f.finish("a"), "changed while running: sync again");
-        assert!(!f.finish("a"));
-        assert!(f.request("a"), "idle again: a new job");
-    }
-
-    #[test]
-    fn a_request_is_answered_by_a_sync_that_starts_after_it() {
-        let mut f = InFlight::default();
-        assert!(f.request("a"));
-        f.start("a");
-        assert!(f.take_requests("a").is_empty());
-        // Asked for while a sync runs: that sync does not answer it; the next one does.
-        assert!(!f.request_answer("a", 7));
-        assert!(f.finish("a"), "synced again");
-        assert_eq!(f.take_requests("a"), vec![7]);
-        assert!(!f.finish("a"));
-    }
-
-    #[test]
-    fn an_urgent_request_goes_ahead_of_its_queued_copy_and_the_copy_is_skipped() {
-        let mut f = InFlight::default();
-        assert!(f.request("a"), "queued in a backlog");
-        assert!(f.request_urgent("a"), "queued again, at the front");
-        assert!(f.is_queued("a"));
-        f.start("a");
-        assert!(!f.is_queued("a"));
-        assert!(!f.request_urgent("a"), "running: marked dirty instead");
-        assert!(f.finish("a"), "synced once more");
-        f.start("a");
-        assert!(!f.finish("a"));
-        assert!(!f.is_queued("a"), "the copy left behind is skipped");
-        assert!(f.request_urgent("b"), "not known: queued");
-    }
-
-    #[test]
-    fn relays_are_independent() {
-        let mut f = InFlight::default();
-        assert!(f.request("a"));
-        assert!(f.request("b"));
-        f.start("a");
-        assert!(!f.request("a"));
-        f.start("b");
-        assert!(!f.finish("b"));
-        assert_eq!(f.len(), 1);
-        assert!(f.finish("a"));
-    }
 }

@@ -1,7 +1,6 @@
 //! A blocking FIFO between the pool's threads that puts a waiting thread to sleep at once.
 //!
-//! The pool hands relay ids to its preparer, and prepared syncs to its workers, through
-//! [`Queue`]s. A channel that spins before it sleeps (crossbeam's does, calling
+//! The pool's preparer hands prepared syncs to its workers through a [`Queue`]. A channel that spins before it sleeps (crossbeam's does, calling
 //! `sched_yield` in a loop) is made for cores to spare; on the two cores of a small VM, shared
 //! with SQLite and zooid, every spin is time taken from a thread with work to do. Here a thread
 //! that finds nothing to take (or no room) waits on a condition variable straight away, and a
@@ -37,6 +36,7 @@ struct State<T> {
 
 impl<T> Queue<T> {
     /// A queue that holds any number of items.
+    #[cfg(test)]
     pub(crate) fn unbounded() -> Queue<T> {
         Queue::bounded(usize::MAX)
     }
@@ -78,43 +78,6 @@ impl<T> Queue<T> {
             self.filled.notify_one();
         }
         Ok(())
-    }
-
-    /// Adds `item` at the front, whatever the capacity (for what must go first). Answers the
-    /// item back if the queue is closed.
-    pub(crate) fn push_front(&self, item: T) -> Result<(), T> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.closed {
-            return Err(item);
-        }
-        state.items.push_front(item);
-        if state.takers > 0 {
-            self.filled.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Takes the item at the front if `wanted` says so, without waiting.
-    pub(crate) fn pop_if(&self, wanted: impl FnOnce(&T) -> bool) -> Option<T> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if !state.items.front().is_some_and(wanted) {
-            return None;
-        }
-        let item = state.items.pop_front();
-        if state.givers > 0 && state.items.len() <= self.refill_at {
-            self.emptied.notify_one();
-        }
-        item
-    }
-
-    /// Whether the item at the front is one `wanted` says so of.
-    pub(crate) fn front_is(&self, wanted: impl FnOnce(&T) -> bool) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .items
-            .front()
-            .is_some_and(wanted)
     }
 
     /// Takes the item at the front, waiting for one. Answers `None` once the queue is closed

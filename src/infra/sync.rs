@@ -156,17 +156,21 @@ pub struct Syncer {
     pub(crate) injected: Arc<InjectedPanics>,
 }
 
-/// Relays whose next syncs panic while sending, and how many times: the way tests reach the
-/// containment of a bug that no known input triggers.
+/// Relays whose next syncs panic while sending, and how many times, and the relay whose sync
+/// the preparer hangs on: the way tests reach the containment of a bug that no known input
+/// triggers, and the liveness check that sees work not moving.
 #[cfg(feature = "fixture")]
 #[derive(Debug, Default)]
-pub(crate) struct InjectedPanics(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+pub(crate) struct InjectedPanics {
+    panics: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    stall_on: std::sync::Mutex<Option<String>>,
+}
 
 #[cfg(feature = "fixture")]
 impl InjectedPanics {
     pub(crate) fn add(&self, relay: &str, times: u32) {
         let mut map = self
-            .0
+            .panics
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *map.entry(relay.to_string()).or_default() += times;
@@ -174,13 +178,39 @@ impl InjectedPanics {
 
     fn maybe_panic(&self, relay: &str) {
         let mut map = self
-            .0
+            .panics
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(left) = map.get_mut(relay).filter(|n| **n > 0) {
             *left -= 1;
             drop(map);
             panic!("injected panic while sending relay {relay}");
+        }
+    }
+
+    /// From now on the preparer hangs when it comes to relay `id`, as a lost wake-up would
+    /// leave it, until the pool stops.
+    pub(crate) fn stall_on(&self, id: &str) {
+        *self
+            .stall_on
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id.to_string());
+    }
+
+    /// Hangs while `id` is the relay to stall on and `stopping` says no.
+    pub(crate) fn maybe_stall(&self, id: &str, stopping: &impl Fn() -> bool) {
+        let stalls = || {
+            self.stall_on
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_deref()
+                == Some(id)
+        };
+        if stalls() {
+            log::warn!("relay {id}: the preparer hangs here, as injected");
+        }
+        while stalls() && !stopping() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 }

@@ -23,5 +23,6 @@ mod outages;
 mod pacing;
 mod relay_body;
 mod store;
+mod stress;
 mod worker;
 mod zooid_client;

@@ -242,3 +242,105 @@ fn pacing_is_arithmetic_a_share_can_be_given() {
     }
     let _ = Arc::new(());
 }
+
+/// The issue of a host's second edit: a relay changed again while its sync is in flight,
+/// during a paced catch-up of 300 relays on a zooid whose writes cost 60 ms, with two relays
+/// zooid refuses retrying all along. The follow-up is as fresh as the change: it starts as
+/// soon as the first sync's outcome is recorded, not behind the catch-up.
+#[test]
+fn a_relay_changed_while_its_sync_is_in_flight_goes_before_the_catch_up() {
+    let fx = fixture();
+    fx.set_cost(Some(CostModel::writes_of(Duration::from_millis(60))));
+    let (_dir, store, env, _) = catch_up(&fx, 0, |env| {
+        env.retry.max_attempts = 100;
+    });
+    store.command.create_relay("hot", &settings("hot")).unwrap();
+    let worker = start(&store, &env);
+    expect_within(WAIT, "hot synced once", || {
+        store.query.get_relay("hot").unwrap().unwrap().synced
+    });
+    worker.shutdown().unwrap();
+    // A backlog for the next start: 300 relays and two that zooid refuses.
+    let ids: Vec<String> = (0..300).map(|i| format!("c{i}")).collect();
+    for id in ids.iter().map(String::as_str).chain(["bad0", "bad1"]) {
+        store.command.create_relay(id, &settings(id)).unwrap();
+    }
+    for id in ["bad0", "bad1"] {
+        fx.inject(
+            id,
+            Fault::Status {
+                status: 422,
+                body: r#"{"error":"refused"}"#.into(),
+            },
+        );
+    }
+    let worker = start(&store, &env);
+    let mut waits = Vec::new();
+    let mut answers = Vec::new();
+    for attempt in 0..8 {
+        let mut relay = settings("hot");
+        relay.info_name = format!("first {attempt}");
+        store.command.update_relay("hot", &relay).unwrap();
+        expect_within(WAIT, "the first sync in flight", || fx.in_flight("hot") > 0);
+        relay.info_name = format!("second {attempt}");
+        store.command.update_relay("hot", &relay).unwrap();
+        let changed = Instant::now();
+        expect_within(WAIT, "the second value at zooid", || {
+            fx.relay("hot")
+                .is_some_and(|r| r["info"]["name"] == relay.info_name)
+        });
+        let requests = fx.requests_for("hot");
+        let [.., first, follow_up] = requests.as_slice() else {
+            panic!("two requests for hot");
+        };
+        let could_start = changed.max(first.finished);
+        waits.push(follow_up.started.saturating_duration_since(could_start));
+        answers.push(follow_up.finished - follow_up.started);
+        assert!(
+            !all_synced(&store, &ids),
+            "the catch-up still runs, or the test shows nothing"
+        );
+    }
+    worker.shutdown().unwrap();
+    let (p50, max) = (median(waits.clone()), *waits.iter().max().unwrap());
+    println!(
+        "a follow-up waited {p50:?} (p50), {max:?} (max) after it could start, during a \
+         catch-up of 300 with two refused relays retrying; zooid then answered it in \
+         {:?} (p50)",
+        median(answers)
+    );
+    assert!(
+        max <= Duration::from_millis(100),
+        "a follow-up waited {max:?}: {waits:?}"
+    );
+}
+
+/// A host's small batch is fresh work too: four relays created at once, before zooid has
+/// answered anything (nothing is known of the pace yet), all go out at once on the four
+/// workers instead of one at a time.
+#[test]
+fn a_small_batch_of_changes_goes_out_at_once_before_the_pace_is_known() {
+    let fx = fixture();
+    fx.inject("*", Fault::Delay(Duration::from_millis(300)));
+    let (_dir, store, env, _) = catch_up(&fx, 0, |env| env.sync_workers = 4);
+    let worker = start(&store, &env);
+    let ids: Vec<String> = (0..4).map(|i| format!("b{i}")).collect();
+    for id in &ids {
+        store.command.create_relay(id, &settings(id)).unwrap();
+    }
+    expect_within(WAIT, "the batch synced", || all_synced(&store, &ids));
+    worker.shutdown().unwrap();
+    let requests: Vec<_> = fx
+        .requests()
+        .into_iter()
+        .filter(|r| r.relay_id().is_some_and(|id| id.starts_with('b')))
+        .collect();
+    assert_eq!(requests.len(), 4, "one request each");
+    let first_answer = requests.iter().map(|r| r.finished).min().unwrap();
+    let late: Vec<_> = requests
+        .iter()
+        .filter(|r| r.started >= first_answer)
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(late.is_empty(), "started only after an answer: {late:?}");
+}
