@@ -18,8 +18,10 @@
 //!   `ceil(share × latency / work)`, between 1 (zooid slow: latency is its work) and the pool's
 //!   size (zooid fast, or far away: latency is network, and more in flight cost it nothing).
 //!
-//! A fresh change (a lone host change, a manual sync of a few relays) is **urgent**: it is
-//! admitted at once whatever the budget, and its cost is charged to the backlog that follows.
+//! A fresh write (a host's change, a manual sync of a few relays, the follow-up of either; see
+//! [`super::lanes`]) is **urgent**: it is admitted at once whatever the budget, and its cost
+//! is charged to the backlog that follows, up to [`DEBT_SPACINGS`] budgets: so the share
+//! holds while fresh work and a backlog mix, and a backlog resumes soon after a busy spell.
 //! After a quiet time the budget is full, so the first write of a backlog goes at once too.
 //! Pacing never adds delay to the first request after a quiet time. `SYNC_MAX_RATE` stays the
 //! hard ceiling on top of all of this.
