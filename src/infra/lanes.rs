@@ -390,11 +390,14 @@ mod tests {
     #[test]
     fn fresh_goes_first_and_promotes_a_waiting_backlog_relay() {
         let (mut l, mut p, t) = (Lanes::default(), pace(), Instant::now());
+        assert!(l.is_empty() && !l.is_closed());
         for id in ["a", "b", "c"] {
             assert!(l.request(id, false));
         }
         assert!(l.request("c", true), "promoted");
         assert!(l.request("d", true));
+        assert_eq!((l.len(), l.queued()), (4, 4), "a promotion counts once");
+        assert!(!l.is_empty());
         let order: Vec<_> = (0..4).map(|_| started(l.next(&mut p, t))).collect();
         let ids: Vec<_> = order
             .iter()

@@ -3,7 +3,7 @@
 //!
 //! They run the real worker, and the binary as a process, against the fixture zooid over real
 //! HTTP on 127.0.0.1 and real SQLite files. `faults`, `crash`, `edges`, `outages` and
-//! `one_syncer` are the fault suite.
+//! `one_syncer` are the fault suite; `stress` runs the daemon under a seeded, randomized load.
 
 mod common;
 

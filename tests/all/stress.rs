@@ -197,7 +197,11 @@ fn run(plan: &Plan) -> Result<String, String> {
                 (
                     id,
                     out.status.code(),
-                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
                 )
             }));
         }
@@ -226,9 +230,13 @@ fn run(plan: &Plan) -> Result<String, String> {
     for mut d in daemons {
         terminate(&mut d);
     }
+    // Exit 0: synced; 1: the sync failed (zooid refused it), an answer too, unless the
+    // daemon never answered (`sync` says so, naming its pid).
     let unanswered: Vec<_> = answers
         .iter()
-        .filter(|(_, code, _)| code.is_none_or(|c| c > 1))
+        .filter(|(_, code, said)| {
+            code.is_none_or(|c| c > 1) || said.contains("no answer from the worker")
+        })
         .collect();
     let report = || {
         let log = std::fs::read_to_string(&log).unwrap_or_default();
