@@ -250,3 +250,28 @@ pub fn host_deletes(conn: &Connection, id: &str) {
     );
     conn.execute_batch("COMMIT").unwrap();
 }
+
+/// A connection to `db` as a host's own process holds it, waiting out the daemon's locks.
+pub fn host_connection(db: &std::path::Path) -> Connection {
+    let conn = Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn
+}
+
+/// What a host does to rename a relay: one transaction, the row (pending, its revision one
+/// up) and an `update_relay` activity.
+pub fn host_renames(conn: &Connection, id: &str, name: &str) {
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn.execute(
+        "UPDATE relay SET info_name = ?2, synced = 0, revision = revision + 1 WHERE id = ?1",
+        params![id, name],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
+         VALUES (lower(hex(randomblob(16))), ?1, 0, 'update_relay', 'relay', ?2)",
+        params![OWNER, id],
+    )
+    .unwrap();
+    conn.execute_batch("COMMIT").unwrap();
+}

@@ -9,36 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use zooid_sync::fixture::{Fault, FixtureZooid};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 fn health(port: u16) -> Option<String> {
     local_get(port, "/healthz").map(|(_, body)| body)
-}
-
-/// What a host does to change a relay: one transaction, row and activity.
-fn host_renames(conn: &Connection, id: &str, name: &str) {
-    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    conn.execute(
-        "UPDATE relay SET info_name = ?2, synced = 0, revision = revision + 1 WHERE id = ?1",
-        params![id, name],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
-         VALUES (?1, ?2, 0, 'update_relay', 'relay', ?3)",
-        params![format!("rename-{id}-{name}"), OWNER, id],
-    )
-    .unwrap();
-    conn.execute_batch("COMMIT").unwrap();
-}
-
-fn host_connection(db: &std::path::Path) -> Connection {
-    let conn = Connection::open(db).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn
 }
 
 /// Every relay the database marks synced has its latest name at zooid.

@@ -14,7 +14,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use zooid_sync::fixture::{Fault, FixtureZooid};
 
 /// A small seeded generator (SplitMix64): the run is the seed's, whatever the machine.
@@ -64,28 +64,6 @@ impl Plan {
             refusals: rng.chance(5),
         }
     }
-}
-
-fn host_connection(db: &std::path::Path) -> Connection {
-    let conn = Connection::open(db).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn
-}
-
-fn host_renames(conn: &Connection, id: &str, name: &str) {
-    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    conn.execute(
-        "UPDATE relay SET info_name = ?2, synced = 0, revision = revision + 1 WHERE id = ?1",
-        params![id, name],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
-         VALUES (lower(hex(randomblob(16))), ?1, 0, 'update_relay', 'relay', ?2)",
-        params![OWNER, id],
-    )
-    .unwrap();
-    conn.execute_batch("COMMIT").unwrap();
 }
 
 /// A daemon with the defaults an operator runs (pacing on, the rate ceiling), millisecond
