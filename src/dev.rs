@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use crate::env::{BlossomS3, Env, Livekit, RobotKey};
 use crate::fixture::{Fault, FixtureZooid};
-use crate::infra::retry::RetryPolicy;
 use crate::infra::Infra;
+use crate::retry::RetryPolicy;
 use crate::secret::{random_hex, Secret};
 use crate::status;
 use crate::store::{Query, RelaySettings, Store};

@@ -97,7 +97,7 @@ pub fn serve(
                     format!(
                         "the database refuses writes since {} ({error}); {} sync outcomes \
                          wait to be recorded\n",
-                        crate::store::format_unix(since),
+                        crate::time::format_unix(since),
                         health.waiting
                     ),
                 )
@@ -111,7 +111,7 @@ pub fn serve(
                     format!(
                         "ok\nzooid: refuses zooid-sync since {}{}; relay syncs wait for the \
                          fix\n",
-                        crate::store::format_unix(since),
+                        crate::time::format_unix(since),
                         error
                             .trim_start_matches(ROBOT_REFUSED)
                             .trim_end_matches('.')
@@ -121,7 +121,7 @@ pub fn serve(
                     200,
                     format!(
                         "ok\nzooid: unavailable since {} ({error}); relay syncs wait for it\n",
-                        crate::store::format_unix(since)
+                        crate::time::format_unix(since)
                     ),
                 ),
                 (false, _) => text(503, "the worker has stopped\n".into()),

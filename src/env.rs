@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use nostr::types::Url;
 
-use crate::infra::retry::RetryPolicy;
 pub use crate::nip98::RobotKey;
+use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::words::show_duration;
 

@@ -71,16 +71,21 @@
 mod env;
 mod infra;
 mod lease;
+mod liveness;
 mod memory;
 pub mod metrics;
 #[doc(hidden)]
 pub mod nip98;
+mod pace;
 mod pause;
 mod quote;
 mod rate;
 mod relay_config;
+mod retry;
+mod rules;
 mod secret;
 mod store;
+mod time;
 mod words;
 mod zooid;
 
@@ -132,10 +137,10 @@ pub use anyhow;
 pub use env::{
     BlossomS3, Env, Livekit, DEFAULT_AUDIT_INTERVAL, DEFAULT_MAX_RATE, DEFAULT_ZOOID_SHARE,
 };
-pub use infra::retry::RetryPolicy;
 pub use infra::{Infra, InfraHandle};
 pub use metrics::Metrics;
 pub use nip98::RobotKey;
+pub use retry::RetryPolicy;
 pub use secret::Secret;
 pub use store::{
     activity_type, Activity, Command, HostError, Outcome, OutcomeKind, Outcomes, PendingDeletion,
@@ -148,7 +153,9 @@ pub use store::{
 #[doc(hidden)]
 pub use lease::{Holder, Lease};
 #[doc(hidden)]
-pub use relay_config::{relay_body, InvalidRelay, RelayBody};
+pub use relay_config::{relay_body, RelayBody};
+#[doc(hidden)]
+pub use rules::InvalidRelay;
 #[doc(hidden)]
 pub use store::{BadRow, Bus, RecvError, RelayForSync, Subscriber, SyncAnswer, WriteHealth};
 #[doc(hidden)]

@@ -139,7 +139,7 @@ impl Log for Lines {
         let message = record.args().to_string();
         let line = match self.format {
             Format::Json => json_line(
-                &crate::store::format_rfc3339_millis(std::time::SystemTime::now()),
+                &crate::time::format_rfc3339_millis(std::time::SystemTime::now()),
                 record.level(),
                 record.target(),
                 &message,

@@ -44,8 +44,9 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
-    /// Threads of the worker that ended with a panic, by name.
-    died: Mutex<Vec<String>>,
+    /// Threads of the worker that ended with a panic, by name (shared with their
+    /// [`ThreadWatch`]es).
+    died: Arc<Mutex<Vec<String>>>,
     /// When the dispatcher's loop last went round, in [`clock`] milliseconds (0: not running).
     dispatcher_beat: AtomicU64,
     /// Since when the writer thread has been committing, in [`clock`] milliseconds (0: not
@@ -138,7 +139,7 @@ pub(crate) const WORK_SLACK: Duration = Duration::from_secs(5);
 /// that time out after `timeout`, and a ceiling of `max_rate` requests a second (0: none).
 ///
 /// A backlog's next write waits at most its turn (fresh work pushes it back by at most
-/// [`crate::infra::pace::DEBT_SPACINGS`] spacings, and one more is its own), the write in
+/// [`crate::pace::DEBT_SPACINGS`] spacings, and one more is its own), the write in
 /// flight before it and the floor's probe (a timeout each), and a token of the rate ceiling
 /// (its burst may be spent: two intervals); three spacings, two timeouts, two ceiling
 /// intervals and [`WORK_SLACK`] are beyond all of it.
@@ -154,19 +155,21 @@ pub(crate) fn work_bound(spacing: Duration, timeout: Duration, max_rate: f64) ->
         .saturating_add(WORK_SLACK)
 }
 
-/// The text of a panic's payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
+impl crate::liveness::WriterWatch for Metrics {
+    fn writer_started(&self) -> Box<dyn Send> {
+        Box::new(self.watch_thread("zooid-sync-writer"))
+    }
+
+    fn writer_busy(&self, busy: bool) {
+        let since = if busy { clock() } else { 0 };
+        self.writer_busy_since.store(since, Ordering::Relaxed);
+    }
 }
 
 /// Held by a thread of the worker for its whole life (see [`Metrics::watch_thread`]): if the
 /// thread ends with a panic, the worker is unhealthy and says so.
 pub(crate) struct ThreadWatch {
-    metrics: Arc<Metrics>,
+    died: Arc<Mutex<Vec<String>>>,
     name: String,
 }
 
@@ -178,8 +181,7 @@ impl Drop for ThreadWatch {
                  unhealthy, restart it",
                 self.name
             );
-            self.metrics
-                .died
+            self.died
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(self.name.clone());
@@ -190,9 +192,9 @@ impl Drop for ThreadWatch {
 impl Metrics {
     /// Watches the calling thread, `name`, until the guard is dropped: a panic that ends it
     /// is counted and turns `/healthz` to 503.
-    pub(crate) fn watch_thread(self: &Arc<Self>, name: &str) -> ThreadWatch {
+    pub(crate) fn watch_thread(&self, name: &str) -> ThreadWatch {
         ThreadWatch {
-            metrics: self.clone(),
+            died: self.died.clone(),
             name: name.to_string(),
         }
     }
@@ -216,12 +218,6 @@ impl Metrics {
     /// The dispatcher stopped (a stopped dispatcher is not a stalled one).
     pub(crate) fn dispatcher_stopped(&self) {
         self.dispatcher_beat.store(0, Ordering::Relaxed);
-    }
-
-    /// The writer starts (`true`) or ends (`false`) a commit.
-    pub(crate) fn writer_busy(&self, busy: bool) {
-        let since = if busy { clock() } else { 0 };
-        self.writer_busy_since.store(since, Ordering::Relaxed);
     }
 
     /// `n` relays wait in the pool for their sync to start. When work begins to wait, the
@@ -287,29 +283,37 @@ impl Metrics {
         )
     }
 
-    /// Whether work does not move, logged once when it stops (an ERROR naming how many relays
-    /// wait and since when) and once when it moves again. The dispatcher asks every round.
-    pub(crate) fn check_work_moves(&self) -> bool {
-        let now = clock();
+    /// Logs, once, that work stopped moving (an ERROR naming how many relays wait and since
+    /// when) and, once, that it moves again. The dispatcher asks every round.
+    pub(crate) fn check_work_moves(&self) {
+        match self.work_change(clock(), crate::time::now_unix()) {
+            Some(WorkChange::Stuck(line)) => log::error!("{line}"),
+            Some(WorkChange::Moves) => log::info!("the worker's work moves again"),
+            None => {}
+        }
+    }
+
+    /// What changed about work moving since the last look, at `now` ([`clock`] milliseconds)
+    /// and `unix_now`: what [`check_work_moves`](Self::check_work_moves) logs.
+    fn work_change(&self, now: u64, unix_now: i64) -> Option<WorkChange> {
         let stall = self.work_stall_at(now);
         let logged = self
             .work_stall_logged
             .swap(stall.is_some(), Ordering::Relaxed);
-        match (&stall, logged) {
+        match (stall, logged) {
             (Some(why), false) => {
-                let since = now.saturating_sub(self.work_moved_at.load(Ordering::Relaxed));
-                let at = crate::store::now_unix() - (since / 1000) as i64;
-                log::error!(
+                let still = now.saturating_sub(self.work_moved_at.load(Ordering::Relaxed));
+                let since = unix_now - (still / 1000) as i64;
+                Some(WorkChange::Stuck(format!(
                     "the worker is stuck: {why}, since {} (a bug in zooid-sync; please \
                      report it). /healthz answers 503 and systemd's watchdog is no longer fed, \
                      so that the daemon is restarted",
-                    crate::store::format_unix(at)
-                );
+                    crate::time::format_unix(since)
+                )))
             }
-            (None, true) => log::info!("the worker's work moves again"),
-            _ => {}
+            (None, true) => Some(WorkChange::Moves),
+            _ => None,
         }
-        stall.is_some()
     }
 
     /// Whether the worker is healthy: no thread died and nothing is stalled. What the
@@ -630,6 +634,15 @@ impl Metrics {
     }
 }
 
+/// What [`Metrics::check_work_moves`] has to say.
+#[derive(Debug, PartialEq, Eq)]
+enum WorkChange {
+    /// Work stopped moving: the ERROR.
+    Stuck(String),
+    /// It moves again.
+    Moves,
+}
+
 /// See [`Metrics::request`].
 pub(crate) struct RequestTimer<'a> {
     metrics: &'a Metrics,
@@ -646,6 +659,7 @@ impl Drop for RequestTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::liveness::WriterWatch;
 
     #[test]
     fn renders_counters_gauges_and_a_cumulative_histogram() {
@@ -816,15 +830,49 @@ mod tests {
         m.set_active(true);
         m.work_waiting(0);
         assert_eq!(m.stall_at(moved + 7_001), None, "nothing waits");
+        // A mark no real clock reading equals.
+        const LONG_AGO: u64 = 1 << 40;
+        m.work_moved_at.store(LONG_AGO, Ordering::Relaxed);
+        m.work_waiting(0);
+        assert_eq!(
+            m.work_moved_at.load(Ordering::Relaxed),
+            LONG_AGO,
+            "nothing waits still"
+        );
         m.work_waiting(1);
         let again = m.work_moved_at.load(Ordering::Relaxed);
-        assert!(again >= moved, "waiting again starts the clock again");
+        assert!(again != LONG_AGO, "waiting again starts the clock again");
+        m.work_moved_at.store(LONG_AGO, Ordering::Relaxed);
         m.work_waiting(3);
         assert_eq!(
             m.work_moved_at.load(Ordering::Relaxed),
-            again,
+            LONG_AGO,
             "more waiting does not"
         );
+    }
+
+    #[test]
+    fn work_that_stops_moving_is_logged_once_with_since_when_and_once_when_it_moves() {
+        let m = Metrics::default();
+        m.set_active(true);
+        m.set_work_bound(Duration::from_secs(1), 0.0); // 7 s
+        m.work_waiting(2);
+        m.work_moved_at.store(40_000, Ordering::Relaxed);
+        assert_eq!(m.work_change(47_000, 1_000_000), None, "within the bound");
+        let Some(WorkChange::Stuck(line)) = m.work_change(100_000, 1_000_000) else {
+            panic!("stuck");
+        };
+        assert!(
+            line.starts_with("the worker is stuck: 2 relays wait"),
+            "{line}"
+        );
+        assert!(line.contains("for 60 s"), "{line}");
+        // 60 s before 1 000 000.
+        assert!(line.contains("since 1970-01-12 13:45:40 UTC"), "{line}");
+        assert_eq!(m.work_change(101_000, 1_000_001), None, "said once");
+        m.work_moved();
+        assert_eq!(m.work_change(clock(), 1_000_002), Some(WorkChange::Moves));
+        assert_eq!(m.work_change(clock(), 1_000_003), None, "said once");
     }
 
     #[test]

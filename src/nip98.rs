@@ -95,7 +95,7 @@ pub fn make_auth(robot: &RobotKey, method: &str, url: &str, body: Option<&[u8]>)
         tags.push(["payload", payload]);
     }
     let robot = &robot.0;
-    let created_at = crate::store::now_unix();
+    let created_at = crate::time::now_unix();
     // NIP-01: the id is the SHA-256 of [0, pubkey, created_at, kind, tags, content].
     let canonical =
         serde_json::to_vec(&(0, &robot.pubkey_hex, created_at, HTTP_AUTH_KIND, &tags, ""))?;

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::store::{now_unix, Store};
+use crate::store::Store;
+use crate::time::now_unix;
 
 /// The rows of `seq` one transaction looks at.
 pub const WINDOW: i64 = 2000;

@@ -8,39 +8,12 @@
 //! A `secret` is included only when creating a relay: it is the relay's own Nostr identity,
 //! generated fresh for each `POST` and never stored, so an update never rotates it.
 
-use std::fmt;
-
 use serde::Serialize;
 
 use crate::env::Env;
-use crate::quote;
+use crate::rules::{self, InvalidRelay};
 use crate::secret::Secret;
 use crate::store::Relay;
-
-/// Why a relay cannot be sent to zooid. Names the offending field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidRelay {
-    /// The relay's id.
-    pub relay_id: String,
-    /// The relay column (or setting) at fault.
-    pub field: &'static str,
-    /// What is wrong with the field.
-    pub problem: String,
-}
-
-impl fmt::Display for InvalidRelay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "relay {} is invalid: {} {}; nothing was sent to zooid",
-            quote::host_value(&self.relay_id),
-            self.field,
-            self.problem
-        )
-    }
-}
-
-impl std::error::Error for InvalidRelay {}
 
 /// The JSON body of `POST /relay/{id}` (with a secret) or `PATCH /relay/{id}` (without).
 /// `Debug` never shows the secrets inside.
@@ -260,113 +233,7 @@ pub fn host(relay: &Relay, env: &Env) -> String {
     format!("{}.{}", relay.settings.subdomain, env.relay_domain)
 }
 
-/// zooid's schema rule `^[a-zA-Z_][a-zA-Z0-9_]*$`, and PostgreSQL's 63-byte identifier limit.
-fn is_valid_schema(schema: &str) -> bool {
-    let mut bytes = schema.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && schema.len() <= 63
-}
-
-/// One or more DNS labels: letters, digits and inner hyphens, 63 bytes a label at most.
-fn is_valid_subdomain(subdomain: &str) -> bool {
-    !subdomain.is_empty()
-        && subdomain.len() <= 200
-        && subdomain.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
 fn validate(relay: &Relay) -> Result<(), InvalidRelay> {
-    validate_settings(&relay.id, &relay.settings)
-}
-
-/// The checks a relay passes before it is sent, and before a host's write of it is taken
-/// ([`crate::Command::create_relay`], [`crate::Command::update_relay`]).
-pub(crate) fn validate_settings(
-    id: &str,
-    s: &crate::store::RelaySettings,
-) -> Result<(), InvalidRelay> {
-    let fail = |field, problem: String| {
-        Err(InvalidRelay {
-            relay_id: id.to_string(),
-            field,
-            problem,
-        })
-    };
-    if !crate::zooid::is_safe_path_segment(id) {
-        return fail(
-            "id",
-            "must be 1 to 128 of A-Z a-z 0-9 - _ . ~ (and not . or ..), to be a URL path segment"
-                .into(),
-        );
-    }
-    if !is_valid_schema(&s.schema) {
-        return fail(
-            "schema",
-            format!(
-                "{} must match ^[a-zA-Z_][a-zA-Z0-9_]*$ and be at most 63 bytes",
-                quote::host_value(&s.schema)
-            ),
-        );
-    }
-    if s.subdomain.is_empty() {
-        return fail("subdomain", "is empty".into());
-    }
-    if !is_valid_subdomain(&s.subdomain) {
-        return fail(
-            "subdomain",
-            format!(
-                "{} is not a valid DNS name (letters, digits, inner hyphens)",
-                quote::host_value(&s.subdomain)
-            ),
-        );
-    }
-    let is_hex64 =
-        s.tenant_pubkey.len() == 64 && s.tenant_pubkey.bytes().all(|b| b.is_ascii_hexdigit());
-    if !is_hex64
-        || nostr::key::PublicKey::from_hex(&s.tenant_pubkey)
-            .and_then(|pk| pk.xonly())
-            .is_err()
-    {
-        return fail(
-            "tenant_pubkey",
-            format!(
-                "{} is not a public key of 64 hex characters",
-                quote::host_value(&s.tenant_pubkey)
-            ),
-        );
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schemas() {
-        for ok in ["alpha", "_x", "A_1", &"a".repeat(63)] {
-            assert!(is_valid_schema(ok), "{ok}");
-        }
-        for bad in ["", "1a", "a-b", "a b", "ä", &"a".repeat(64)] {
-            assert!(!is_valid_schema(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn subdomains() {
-        for ok in ["alpha", "a-b", "a.b", "x1"] {
-            assert!(is_valid_subdomain(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "a..b", "a b", "a/b", "a_b", &"a".repeat(64)] {
-            assert!(!is_valid_subdomain(bad), "{bad}");
-        }
-    }
+    let s = &relay.settings;
+    rules::check_relay(&relay.id, &s.schema, &s.subdomain, &s.tenant_pubkey)
 }

@@ -7,9 +7,11 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::infra::retry::RetryPolicy;
 use crate::quote;
-use crate::store::{format_unix, now_unix, Query};
+use crate::retry::RetryPolicy;
+use crate::store::Query;
+use crate::time::format_unix;
+use crate::time::now_unix;
 use crate::words::plural;
 use crate::zooid::ROBOT_REFUSED;
 

@@ -19,11 +19,12 @@ use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
 
 use crate::env::Env;
-use crate::infra::pace::Pacer;
 use crate::nip98::{make_auth, RobotKey};
+use crate::pace::Pacer;
 use crate::quote;
 use crate::rate::RateLimit;
 use crate::relay_config::RelayBody;
+use crate::rules::is_safe_path_segment;
 
 /// The relay id of [`ZooidClient::probe`]'s request; no relay is expected to have it.
 pub const PROBE_ID: &str = "zooid-sync-probe";
@@ -628,17 +629,6 @@ fn relay_path(method: &'static str, id: &str, rest: &str) -> Result<String, Zooi
     Ok(format!("/relay/{id}{rest}"))
 }
 
-/// Whether `id` can stand alone as one segment of a URL path, unescaped.
-pub fn is_safe_path_segment(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -753,26 +743,5 @@ mod tests {
             .unwrap();
         let printed = format!("{request:?}");
         assert_eq!(printed, "SignedRequest(POST /relay/alpha)");
-    }
-
-    #[test]
-    fn path_segments() {
-        for ok in ["alpha", "a-b_c.d~e", "0", "A1"] {
-            assert!(is_safe_path_segment(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "a b",
-            "a%20",
-            "a?b",
-            "a#b",
-            "ü",
-            &"x".repeat(129),
-        ] {
-            assert!(!is_safe_path_segment(bad), "{bad}");
-        }
     }
 }

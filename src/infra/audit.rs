@@ -30,7 +30,8 @@ use crossbeam_channel::Sender;
 use super::breaker::Breaker;
 use crate::metrics::{Metrics, ThreadWatch};
 use crate::pause::Pause;
-use crate::store::{now_unix, Command, Query};
+use crate::store::{Command, Query};
+use crate::time::now_unix;
 use crate::zooid::ZooidClient;
 
 /// The audit's state in `worker_settings`: the pass in progress (when it started, the last id

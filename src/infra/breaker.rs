@@ -38,10 +38,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::retry::RetryPolicy;
 use crate::metrics::Metrics;
 use crate::quote;
-use crate::store::{now_unix, Command, Query};
+use crate::retry::RetryPolicy;
+use crate::store::{Command, Query};
+use crate::time::now_unix;
 use crate::zooid::{ProbeFailure, ZooidClient, ROBOT_REFUSED};
 
 /// An outage in progress.
@@ -229,7 +230,7 @@ impl Breaker {
                 log::warn!(
                     "zooid has been unavailable since {} ({last_error}); probing it before \
                      any relay is sent",
-                    crate::store::format_unix(since)
+                    crate::time::format_unix(since)
                 );
                 let refused = last_error.starts_with(ROBOT_REFUSED);
                 let mut circuit = self.circuit.lock().unwrap_or_else(PoisonError::into_inner);

@@ -33,10 +33,8 @@
 pub(crate) mod audit;
 pub mod breaker;
 pub(crate) mod lanes;
-pub mod pace;
 pub mod pool;
 mod queue;
-pub mod retry;
 pub mod sync;
 pub mod timer;
 
@@ -50,12 +48,12 @@ use crossbeam_channel::{select, Receiver, Sender};
 use crate::env::Env;
 use crate::lease::Lease;
 use crate::metrics::Metrics;
+use crate::retry::{random_unit, RetryDecision, RetryPolicy};
 use crate::store::{
     activity_type, Activity, Command, PendingRelay, Query, RecvError, RELAY_RESOURCE,
     ZOOID_UNAVAILABLE,
 };
 use pool::Pool;
-use retry::{random_unit, RetryDecision, RetryPolicy};
 use sync::Syncer;
 use timer::Retries;
 
@@ -436,7 +434,7 @@ fn record_settings(env: &Env, command: &Command) {
         ("sync_workers", env.sync_workers.to_string()),
         ("sync_max_rate", env.sync_max_rate.to_string()),
         ("pid", std::process::id().to_string()),
-        ("recorded_at", crate::store::now_unix().to_string()),
+        ("recorded_at", crate::time::now_unix().to_string()),
     ];
     if let Err(e) = command.record_worker_settings(&settings) {
         log::warn!("{e:#}; `zooid-sync status` shows the settings of its own environment");
@@ -599,7 +597,7 @@ impl Dispatcher<'_> {
         };
         match self.env.retry.decide(attempt, random_unit()) {
             RetryDecision::RetryAfter(delay) => {
-                let now = crate::store::now_unix();
+                let now = crate::time::now_unix();
                 let delay = RetryPolicy::remaining(delay, failed_at.unwrap_or(now), now);
                 log::warn!(
                     "relay {id}: retry {attempt} in {} ({source})",

@@ -13,7 +13,7 @@
 //!
 //! **Liveness.** The preparer sleeps only on that condition variable, and only for what
 //! [`Lanes::next`] answers: nothing waits, a write must end first, or a backlog's turn comes
-//! at an instant (a timed wait, at most [`super::pace::DEBT_SPACINGS`] spacings away).
+//! at an instant (a timed wait, at most [`crate::pace::DEBT_SPACINGS`] spacings away).
 //! Whatever may let it proceed wakes it: a relay queued, a write ending (dropping its
 //! [`Admission`]), a stop. The pool reports how many relays wait and when a sync last started
 //! or ended ([`Metrics::work_waiting`], [`Metrics::work_moved`]), so that work that does not
@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 
 pub use super::lanes::FRESH_AT_ONCE;
 use super::lanes::{Lane, Lanes, Next};
-use super::pace::Pacer;
 use super::queue::{CloseOnDrop, Queue};
 use super::sync::{Prepared, SyncOutcome, Syncer};
 use super::timer::Retries;
 use crate::metrics::Metrics;
+use crate::pace::Pacer;
 
 /// How many relays waiting make a catch-up worth a line in the log.
 const CATCH_UP: usize = 20;
@@ -169,7 +169,7 @@ impl PoolShared {
     fn record_catch_up(&self, started: Option<(usize, Duration)>) {
         let values = match started {
             Some((waiting, spacing)) => [
-                Some(crate::store::now_unix().to_string()),
+                Some(crate::time::now_unix().to_string()),
                 Some(waiting.to_string()),
                 Some(spacing.as_millis().to_string()),
             ],

@@ -36,9 +36,11 @@ use super::breaker::{Breaker, Verdict};
 use crate::env::Env;
 use crate::metrics::Metrics;
 use crate::quote;
-use crate::relay_config::{relay_body, InvalidRelay};
+use crate::relay_config::relay_body;
+use crate::rules::InvalidRelay;
 use crate::secret::Secret;
-use crate::store::{format_unix, Command, Query, Relay, RelayForSync, ZOOID_UNAVAILABLE};
+use crate::store::{Command, Query, Relay, RelayForSync, ZOOID_UNAVAILABLE};
+use crate::time::format_unix;
 use crate::zooid::{ProbeFailure, SignedRequest, ZooidClient, ZooidError};
 
 /// Why a sync failed, kept typed until the outcome is recorded.
@@ -741,7 +743,7 @@ impl Syncer {
 /// thread that syncs every relay.
 fn contain_panic(id: &str, doing: &str, half: impl FnOnce() -> Prepared) -> Prepared {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(half)).unwrap_or_else(|panic| {
-        let what = crate::metrics::panic_message(panic.as_ref());
+        let what = crate::liveness::panic_message(panic.as_ref());
         log::error!("relay {id}: {doing} the sync panicked (a bug in zooid-sync): {what}");
         Prepared::failed(
             id,

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::quote;
-use crate::relay_config::InvalidRelay;
+use crate::rules::InvalidRelay;
 
 /// Why a host's write did not happen. Nothing was written in any case.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,7 @@ mod faults;
 mod feed;
 mod fixture_zooid;
 mod host_api;
+mod layers;
 mod lifecycle;
 mod monitoring;
 mod one_syncer;

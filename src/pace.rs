@@ -19,7 +19,7 @@
 //!   size (zooid fast, or far away: latency is network, and more in flight cost it nothing).
 //!
 //! A fresh write (a host's change, a manual sync of a few relays, the follow-up of either; see
-//! [`super::lanes`]) is **urgent**: it is admitted at once whatever the budget, and its cost
+//! the pool's lanes, `infra::lanes`) is **urgent**: it is admitted at once whatever the budget, and its cost
 //! is charged to the backlog that follows, up to [`DEBT_SPACINGS`] budgets: so the share
 //! holds while fresh work and a backlog mix, and a backlog resumes soon after a busy spell.
 //! After a quiet time the budget is full, so the first write of a backlog goes at once too.
@@ -199,7 +199,7 @@ impl Pace {
 }
 
 /// The [`Pace`] shared by the client (which observes every request) and the pool (which
-/// admits writes through it, [`super::lanes::Lanes::next`]).
+/// admits writes through it, `infra::lanes::Lanes::next`).
 #[derive(Debug)]
 pub struct Pacer {
     pace: Mutex<Pace>,

@@ -1,0 +1,111 @@
+//! The host's writes on [`Command`]: creating, updating, activating, deactivating and
+//! deleting relays, each checked with the rules a sync applies and answering a
+//! [`HostError`]; and [`Command::outcomes`], how a host learns what became of them.
+
+use super::*;
+
+impl Command {
+    /// Subscribes to the sync outcomes recorded from now on: each relay's sync, deletion
+    /// or failure, in the order they were committed. This is how a host that runs the worker
+    /// ([`crate::Infra`]) learns what became of its changes, without polling.
+    ///
+    /// ```no_run
+    /// # fn example(store: zooid_sync::Store) -> Result<(), Box<dyn std::error::Error>> {
+    /// # let settings = zooid_sync::RelaySettings::default();
+    /// let outcomes = store.command.outcomes(); // before the change, so none is missed
+    /// store.command.create_relay("alpha", &settings)?;
+    /// let outcome = outcomes.wait_for("alpha", std::time::Duration::from_secs(30))?;
+    /// println!("alpha: {:?}", outcome.kind);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn outcomes(&self) -> Outcomes {
+        Outcomes::new(self.notify.subscribe_to(outcomes::is_outcome))
+    }
+
+    /// Host side: adds a relay (pending, revision 1) and its `create_relay` activity, in one
+    /// transaction. Its settings are checked first with the rules a sync applies before
+    /// sending ([`HostError::InvalidField`]); a relay with this id must not exist
+    /// ([`HostError::RelayExists`]).
+    pub fn create_relay(
+        &self,
+        id: &str,
+        settings: &RelaySettings,
+    ) -> std::result::Result<Activity, HostError> {
+        crate::rules::check_relay(
+            id,
+            &settings.schema,
+            &settings.subdomain,
+            &settings.tenant_pubkey,
+        )?;
+        self.host_write(
+            id,
+            Write::Create {
+                id: id.to_string(),
+                settings: settings.clone(),
+            },
+        )
+    }
+
+    /// Host side: replaces a relay's settings; it becomes pending at a new revision. Checked
+    /// like [`create_relay`](Self::create_relay); the relay must exist
+    /// ([`HostError::UnknownRelay`]).
+    pub fn update_relay(
+        &self,
+        id: &str,
+        settings: &RelaySettings,
+    ) -> std::result::Result<Activity, HostError> {
+        crate::rules::check_relay(
+            id,
+            &settings.schema,
+            &settings.subdomain,
+            &settings.tenant_pubkey,
+        )?;
+        self.host_write(
+            id,
+            Write::Update {
+                id: id.to_string(),
+                settings: settings.clone(),
+            },
+        )
+    }
+
+    /// A host's write, its activity, or what went wrong in the host's terms.
+    fn host_write(&self, id: &str, write: Write) -> std::result::Result<Activity, HostError> {
+        self.write(write)
+            .and_then(Applied::activity)
+            .map_err(|e| HostError::classify(id, e))
+    }
+
+    /// Host side: deletes the relay's row and appends its `delete_relay` activity, in one
+    /// transaction; zooid-sync then deletes the relay at zooid. A relay created again under
+    /// the same id later is a new relay (created at zooid with a new secret).
+    pub fn delete_relay(&self, id: &str) -> std::result::Result<Activity, HostError> {
+        self.host_write(id, Write::Delete { id: id.to_string() })
+    }
+
+    /// Host side: sets the relay's status to `active`; it becomes pending at a new revision.
+    pub fn activate_relay(&self, id: &str) -> std::result::Result<Activity, HostError> {
+        self.set_status(id, RelayStatus::Active, activity_type::ACTIVATE_RELAY)
+    }
+
+    /// Host side: sets the relay's status to `inactive` (zooid stops serving it); it becomes
+    /// pending at a new revision.
+    pub fn deactivate_relay(&self, id: &str) -> std::result::Result<Activity, HostError> {
+        self.set_status(id, RelayStatus::Inactive, activity_type::DEACTIVATE_RELAY)
+    }
+
+    fn set_status(
+        &self,
+        id: &str,
+        status: RelayStatus,
+        activity: &'static str,
+    ) -> std::result::Result<Activity, HostError> {
+        let write = Write::SetStatus {
+            id: id.to_string(),
+            status,
+            activity,
+        };
+        self.host_write(id, write)
+    }
+}
