@@ -9,31 +9,54 @@
 
 use std::path::Path;
 
-use crate::env::Env;
+use crate::env::{Env, SecretSource};
 use crate::store::{schema, Query};
 use crate::zooid::{ProbeFailure, ZooidClient, ZooidError};
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
+    /// Whether it passed (a warning passes).
     pub ok: bool,
+    /// Whether it passed with a warning.
+    pub warning: bool,
     /// What was checked and what was found.
     pub what: String,
 }
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mark = if self.ok { "ok  " } else { "FAIL" };
+        let mark = match (self.ok, self.warning) {
+            (false, _) => "FAIL",
+            (true, true) => "WARN",
+            (true, false) => "ok  ",
+        };
         write!(f, "{mark} {}", self.what)
     }
 }
 
 fn ok(what: String) -> Finding {
-    Finding { ok: true, what }
+    Finding {
+        ok: true,
+        warning: false,
+        what,
+    }
+}
+
+fn warn(what: String) -> Finding {
+    Finding {
+        ok: true,
+        warning: true,
+        what,
+    }
 }
 
 fn fail(what: String) -> Finding {
-    Finding { ok: false, what }
+    Finding {
+        ok: false,
+        warning: false,
+        what,
+    }
 }
 
 /// Runs every check that the settings allow; `vars` answers an environment variable.
@@ -53,6 +76,7 @@ pub fn run(vars: impl Fn(&str) -> Option<String>) -> Vec<Finding> {
             None
         }
     };
+    findings.extend(check_secret_sources(&vars));
     let database = vars("DATABASE_PATH")
         .filter(|p| !p.trim().is_empty())
         .unwrap_or_else(|| "zooid-sync.db".into());
@@ -61,6 +85,27 @@ pub fn run(vars: impl Fn(&str) -> Option<String>) -> Vec<Finding> {
         findings.push(check_zooid(&env));
     }
     findings
+}
+
+/// Where each secret comes from, never its value: one line each that is given. Under systemd
+/// (`INVOCATION_ID` set), a secret in the environment is warned about: every process of the user
+/// can read it in `/proc/<pid>/environ`, and `systemctl show` prints it; the unit's
+/// `LoadCredential=` is the place. Problems of the sources themselves are the settings' line.
+fn check_secret_sources(vars: &impl Fn(&str) -> Option<String>) -> Vec<Finding> {
+    let under_systemd = vars("INVOCATION_ID").is_some_and(|v| !v.is_empty());
+    crate::env::secret_sources(vars)
+        .into_iter()
+        .filter_map(|(name, source)| match source {
+            Ok(Some(source @ SecretSource::Variable(_))) if under_systemd => Some(warn(format!(
+                "secrets: {name} comes from {source}, under systemd: move it to the credential \
+                 file the unit loads (/etc/zooid-sync/{}, mode 600) and out of \
+                 /etc/zooid-sync/env",
+                name.to_lowercase()
+            ))),
+            Ok(Some(source)) => Some(ok(format!("secrets: {name} from {source}"))),
+            Ok(None) | Err(_) => None,
+        })
+        .collect()
 }
 
 /// The database exists, can be read, is at the current schema and holds the contract.

@@ -54,6 +54,7 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
             database.display()
         );
     }
+    warn_of_secrets_in_the_environment();
     crate::memory::limit_arenas();
     ZooidClient::new(env)?; // a bad CA bundle is an error now, not in the worker thread
     let store = Store::open(database)?;
@@ -116,4 +117,22 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
     alive.store(false, Ordering::Release);
     feed.stop();
     worker.shutdown()
+}
+
+/// Under systemd, one WARN for each secret still given in the environment, where every
+/// process of the user can read it (`/proc/<pid>/environ`) and `systemctl show` prints it.
+fn warn_of_secrets_in_the_environment() {
+    let var = |name: &str| std::env::var(name).ok();
+    if var("INVOCATION_ID").is_none_or(|v| v.is_empty()) {
+        return;
+    }
+    for (name, source) in crate::env::secret_sources(&var) {
+        if let Ok(Some(crate::env::SecretSource::Variable(_))) = source {
+            log::warn!(
+                "{name} comes from the environment: move it to the credential file the unit \
+                 loads (/etc/zooid-sync/{}, mode 600), out of /etc/zooid-sync/env",
+                name.to_lowercase()
+            );
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //!
 //! [`Env::make_auth`] is the seed's name for [`crate::nip98::make_auth`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -87,7 +87,113 @@ pub struct Env {
     pub sync_audit_interval: Duration,
 }
 
+/// The secrets, by the variable that names each.
+#[cfg(feature = "cli")]
+pub(crate) const SECRETS: [&str; 3] = [
+    "ROBOT_SECRET",
+    "BLOSSOM_S3_SECRET_KEY",
+    "LIVEKIT_API_SECRET",
+];
+
+/// Where a secret was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SecretSource {
+    /// The variable itself, in the environment.
+    Variable(&'static str),
+    /// `<NAME>_FILE`, naming a file.
+    File(String, PathBuf),
+    /// A systemd credential in `$CREDENTIALS_DIRECTORY`, named like the variable in lower case.
+    Credential(String, PathBuf),
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Variable(name) => write!(f, "the variable {name}"),
+            SecretSource::File(var, path) => write!(f, "{var} ({})", path.display()),
+            SecretSource::Credential(name, path) => {
+                write!(f, "credential {name} ({})", path.display())
+            }
+        }
+    }
+}
+
+/// The ways to give secret `name`, for an error that says none was.
+fn not_given(name: &str) -> String {
+    format!(
+        "{name} is not set (give it as {name}, as {name}_FILE naming a file that holds it, or as \
+         the systemd credential {})",
+        name.to_lowercase()
+    )
+}
+
+/// Secret `name` and where it was given, read through `var`: the variable itself,
+/// `<NAME>_FILE` naming a file, or (when `CREDENTIALS_DIRECTORY` is set) the systemd
+/// credential named like the variable in lower case. `None` when none gives it; an error, with
+/// no value in it, when two do or a file is refused ([`Secret::from_file`]). An empty
+/// credential is none for a secret that is not `required` (the unit's `SetCredential=` default
+/// for a file an operator has not made).
+pub(crate) fn find_secret(
+    name: &'static str,
+    var: &impl Fn(&str) -> Option<String>,
+    required: bool,
+) -> Result<Option<(String, SecretSource)>> {
+    let given = |n: &str| var(n).filter(|v| !v.trim().is_empty());
+    let mut sources = Vec::new();
+    if given(name).is_some() {
+        sources.push(SecretSource::Variable(name));
+    }
+    let file_var = format!("{name}_FILE");
+    if let Some(path) = given(&file_var) {
+        sources.push(SecretSource::File(file_var, PathBuf::from(path)));
+    }
+    if let Some(dir) = given("CREDENTIALS_DIRECTORY") {
+        let credential = name.to_lowercase();
+        let path = Path::new(&dir).join(&credential);
+        let empty = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0);
+        if path.symlink_metadata().is_ok() && (required || !empty) {
+            sources.push(SecretSource::Credential(credential, path));
+        }
+    }
+    match sources.as_slice() {
+        [] => Ok(None),
+        [SecretSource::Variable(_)] => Ok(given(name).map(|v| (v, sources[0].clone()))),
+        [SecretSource::File(var, path) | SecretSource::Credential(var, path)] => {
+            let value = crate::secret::read_secret_file(path).with_context(|| var.clone())?;
+            Ok(Some((value, sources[0].clone())))
+        }
+        [first, second, ..] => {
+            bail!("{name} is given twice, by {first} and by {second}: keep one (nothing was read)")
+        }
+    }
+}
+
+/// Where each secret that is given comes from, read through `var` as [`Env::from_vars`]
+/// reads them; what `zooid-sync check` reports.
+#[cfg(feature = "cli")]
+pub(crate) fn secret_sources(
+    var: &impl Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, Result<Option<SecretSource>>)> {
+    SECRETS
+        .iter()
+        .map(|name| {
+            let required = *name == "ROBOT_SECRET";
+            let found = find_secret(name, var, required).map(|f| f.map(|(_, source)| source));
+            (*name, found)
+        })
+        .collect()
+}
+
 impl Env {
+    /// The robot's key alone, from wherever the environment gives it (`zooid-sync pubkey`).
+    #[doc(hidden)]
+    pub fn robot_from_env() -> Result<RobotKey> {
+        let var = |name: &str| std::env::var(name).ok();
+        let (robot, _) = find_secret("ROBOT_SECRET", &var, true)?
+            .ok_or_else(|| anyhow!("{}", not_given("ROBOT_SECRET")))?;
+        RobotKey::parse(&robot).context("ROBOT_SECRET")
+    }
+
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Env> {
         Env::from_vars(|name| std::env::var(name).ok())
@@ -101,7 +207,9 @@ impl Env {
         let zooid_api_url = parse_api_url(&required("ZOOID_API_URL")?)
             .context("ZOOID_API_URL is not a usable URL")?;
         let relay_domain = parse_relay_domain(&required("RELAY_DOMAIN")?)?;
-        let robot = RobotKey::parse(&required("ROBOT_SECRET")?).context("ROBOT_SECRET")?;
+        let (robot, _) = find_secret("ROBOT_SECRET", &var, true)?
+            .ok_or_else(|| anyhow!("{}", not_given("ROBOT_SECRET")))?;
+        let robot = RobotKey::parse(&robot).context("ROBOT_SECRET")?;
 
         let sync_workers = whole_number(get, "SYNC_WORKERS", 4)?;
         let retry = retry_policy_from_vars(&var)?;
@@ -116,12 +224,14 @@ impl Env {
                 region: get("BLOSSOM_S3_REGION"),
                 bucket: get("BLOSSOM_S3_BUCKET"),
                 access_key: get("BLOSSOM_S3_ACCESS_KEY"),
-                secret_key: get("BLOSSOM_S3_SECRET_KEY").map(Secret::new),
+                secret_key: find_secret("BLOSSOM_S3_SECRET_KEY", &var, false)?
+                    .map(|(value, _)| Secret::new(value)),
             },
             livekit: Livekit {
                 url: get("LIVEKIT_URL"),
                 api_key: get("LIVEKIT_API_KEY"),
-                api_secret: get("LIVEKIT_API_SECRET").map(Secret::new),
+                api_secret: find_secret("LIVEKIT_API_SECRET", &var, false)?
+                    .map(|(value, _)| Secret::new(value)),
             },
             sync_workers: sync_workers as usize,
             retry,

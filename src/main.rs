@@ -247,11 +247,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::from(u8::from(failed > 0)))
         }
         Cmd::Pubkey => {
-            let secret = std::env::var("ROBOT_SECRET").unwrap_or_default();
-            if secret.trim().is_empty() {
-                anyhow::bail!("ROBOT_SECRET is not set");
-            }
-            let robot = zooid_sync::RobotKey::parse(secret.trim()).context("ROBOT_SECRET")?;
+            let robot = Env::robot_from_env()?;
             let (hex, npub) = robot.public_key_names();
             println!("{hex}\n{npub}");
             Ok(ExitCode::SUCCESS)

@@ -48,6 +48,15 @@ impl RobotKey {
         })))
     }
 
+    /// Reads the secret key kept in the file at `path` (as [`Secret::from_file`] reads a
+    /// secret: checked first, one trailing newline ignored) and parses it. Errors name the
+    /// file, never the key.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let secret = crate::secret::read_secret_file(path)?;
+        RobotKey::parse(&secret).with_context(|| path.display().to_string())
+    }
+
     /// The robot's public key; zooid's `API_WHITELIST` must contain it.
     /// The public key as zooid's `API_WHITELIST` lists it (hex) and as Nostr clients show it
     /// (`npub1…`).

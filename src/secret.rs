@@ -14,6 +14,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
+use std::path::Path;
 use std::sync::{LazyLock, Mutex};
 
 /// How many generated relay secrets [`redact`] keeps looking for.
@@ -60,6 +61,14 @@ pub fn redact(text: &str) -> String {
 pub struct Secret(String);
 
 impl Secret {
+    /// The secret kept in the file at `path` (a Docker or Kubernetes secret, a systemd
+    /// credential): its contents without one trailing newline. Refused, naming the file and
+    /// never its contents, when it is not a regular file, is empty, or can be read or written
+    /// by others than its owner and group (mode beyond `0640`).
+    pub fn from_file(path: impl AsRef<Path>) -> anyhow::Result<Secret> {
+        read_secret_file(path.as_ref()).map(Secret::new)
+    }
+
     /// Wraps a configured secret value (a key from the environment, say), and remembers it
     /// for `redact` for the life of the process. Secrets made per request use
     /// [`Secret::generate`].
@@ -125,6 +134,50 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The most of a secret file's mode that is allowed: read and write for its owner, read for
+/// its group.
+const SECRET_FILE_MODE: u32 = 0o640;
+
+/// Reads the secret kept in the file at `path`, checked as [`Secret::from_file`] says.
+pub(crate) fn read_secret_file(path: &Path) -> anyhow::Result<String> {
+    use anyhow::{bail, Context};
+    let shown = path.display();
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {shown}"))?;
+    if !meta.is_file() {
+        let kind = match meta.is_dir() {
+            true => "a directory",
+            false => "not a regular file",
+        };
+        bail!("{shown} is {kind}; a secret is kept in a regular file");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & !SECRET_FILE_MODE != 0 {
+            bail!(
+                "{shown} has mode {mode:04o}: others than its owner and its group can read or \
+                 write it, or it is executable; `chmod 600 {shown}` (or 640 for its group to \
+                 read it)"
+            );
+        }
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {shown}"))?;
+    let Ok(mut text) = String::from_utf8(bytes) else {
+        bail!("{shown} is not text (UTF-8)");
+    };
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.trim().is_empty() {
+        bail!("{shown} is empty");
+    }
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +206,49 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_is_read_without_its_newline_and_checked_first() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path
+        };
+        let ok = file("ok", "s3cr3t\n", 0o600);
+        assert_eq!(Secret::from_file(&ok).unwrap().expose(), "s3cr3t");
+        let crlf = file("crlf", "s3cr3t\r\n", 0o640);
+        assert_eq!(read_secret_file(&crlf).unwrap(), "s3cr3t");
+        let two = file("two", "s3cr3t\n\n", 0o400);
+        assert_eq!(
+            read_secret_file(&two).unwrap(),
+            "s3cr3t\n",
+            "one newline only"
+        );
+        let open = file("open", "s3cr3t", 0o644);
+        let err = format!("{:#}", read_secret_file(&open).unwrap_err());
+        assert!(
+            err.contains("has mode 0644") && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cr3t"), "the error quotes no secret: {err}");
+        for mode in [0o660, 0o700, 0o604] {
+            let path = file("m", "s3cr3t", mode);
+            assert!(read_secret_file(&path).is_err(), "{mode:o}");
+        }
+        let empty = file("empty", "\n", 0o600);
+        let err = format!("{:#}", read_secret_file(&empty).unwrap_err());
+        assert!(err.ends_with("is empty"), "{err}");
+        let err = format!("{:#}", read_secret_file(dir.path()).unwrap_err());
+        assert!(err.contains("is a directory"), "{err}");
+        let err = format!(
+            "{:#}",
+            read_secret_file(&dir.path().join("none")).unwrap_err()
+        );
+        assert!(err.contains("cannot read") && err.contains("none"), "{err}");
     }
 }

@@ -23,6 +23,7 @@ mod operators;
 mod outages;
 mod pacing;
 mod relay_body;
+mod secrets;
 mod store;
 mod stress;
 mod worker;
