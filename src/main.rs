@@ -338,7 +338,10 @@ Settings (environment variables):
   RUST_LOG               log filter (default info)
   SYNC_LOG_FORMAT        text, journal (journald's priorities, no timestamps) or json (one
                          object a line); default journal under systemd, text otherwise
-Durations are written 250ms, 30s, 15m, 2h, 1d or 90d.";
+Durations are written 250ms, 30s, 15m, 2h, 1d or 90d.
+The secrets (ROBOT_SECRET, BLOSSOM_S3_SECRET_KEY, LIVEKIT_API_SECRET) can also be given as
+<NAME>_FILE, a file that holds it (mode 0640 at most), or as the systemd credential named like
+the variable in lower case (robot_secret, ...; LoadCredential=); one way each.";
 
 /// Opens a database that must already exist: `status` and `sync` on a mistyped path should
 /// say so, not report on a new, empty database.
