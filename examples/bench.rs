@@ -18,7 +18,8 @@
 //! Options: `--relays 1000,10000` (throughput sizes), `--skip-process` (skip 3, 4 and 6, which
 //! need the release binary: build it first with `cargo build --release`), `--only-latency`
 //! (section 7 alone), `--only-scale` (section 8 alone), `--only-prune` (section 9 alone),
-//! `--only-catch-up` (section 10 alone), `--only-startup` (section 6 alone), `--only-idle` (section 4 alone).
+//! `--only-catch-up` (section 10 alone), `--only-startup` (section 6 alone), `--only-idle` (section 4 alone),
+//! `--only-host-idle` (section 12 alone).
 //! `BENCH_SMAPS=<program>` runs the program with the daemon's pid once section 6's burst is
 //! over, to look at where its memory is (`/proc/<pid>/smaps`); `BENCH_THREADS=1` prints the
 //! CPU per sync of each kind of worker thread.
@@ -74,6 +75,10 @@ fn main() -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--only-idle") {
         println!("## 4. footprint of `zooid-sync run` with 10 000 synced relays");
         return footprint(&release_binary()?, 10_000);
+    }
+    if args.iter().any(|a| a == "--only-host-idle") {
+        println!("## 12. a host process's idle CPU, 10 000 synced relays");
+        return host_idle(10_000);
     }
     if args.iter().any(|a| a == "--only-startup") {
         println!("## 6. startup with 10 000 pending relays");
@@ -425,6 +430,34 @@ fn worker_run(
     worker.shutdown()?;
     assert_eq!(s.zooid.relay_ids().len(), n);
     Ok((rate, cpu, zooid))
+}
+
+/// The idle CPU of a host process over 10 s, after a settling second: with an open `Store`
+/// that waits on `outcomes()` (the feed follows the daemon's writes) and no worker, then with
+/// an embedded worker beside it (its existence audit off, as the daemon's idle figure is
+/// measured with and without it). Counts this process's `zooid-sync-*` threads.
+fn host_idle(n: usize) -> anyhow::Result<()> {
+    let s = setup(n, true, 4)?;
+    let store = Store::open(&s.db)?;
+    let outcomes = store.command.outcomes();
+    let measure = |what: &str| {
+        std::thread::sleep(Duration::from_secs(2));
+        let before = thread_cpu("zooid-sync");
+        std::thread::sleep(Duration::from_secs(10));
+        let used = thread_cpu("zooid-sync") - before;
+        println!(
+            "{what}: {:.2} ms of CPU over 10 s",
+            used.as_secs_f64() * 1e3
+        );
+    };
+    measure("a Store and outcomes(), no worker");
+    let mut env = s.env.clone();
+    env.sync_audit_interval = Duration::ZERO;
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &env).spawn()?;
+    measure("with an embedded worker");
+    worker.shutdown()?;
+    drop(outcomes);
+    Ok(())
 }
 
 /// CPU time so far of this process's threads whose name starts with `prefix`.

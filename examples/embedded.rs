@@ -12,17 +12,28 @@
 //!     ROBOT_SECRET=... cargo run --example embedded
 //! ```
 //!
-//! A host copies `run` as it is; `main` only chooses the zooid.
+//! Where the daemon (`zooid-sync run`) syncs the database, a host only records its changes and
+//! waits for the outcomes the daemon records, which its store's feed brings to it:
+//!
+//! ```sh
+//! DATABASE_PATH=/var/lib/zooid-sync/platform.db cargo run --example embedded -- --record-only
+//! ```
+//!
+//! A host copies `run` as it is; `main` only chooses the zooid, or none.
 
 use std::path::Path;
 use std::time::Duration;
 
 use zooid_sync::{Env, HostError, Infra, OutcomeKind, RelaySettings, RelayStatus, Store};
 
-/// What a host does: open, start the worker, record a change, wait for its outcome, stop.
-fn run(env: &Env, database: &Path) -> Result<(), Box<dyn std::error::Error>> {
+/// What a host does: open, start the worker (unless a daemon syncs the database: `env` is
+/// `None`), record a change, wait for its outcome, stop.
+fn run(env: Option<&Env>, database: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(database)?;
-    let worker = Infra::new(store.query.clone(), store.command.clone(), env).spawn()?;
+    let worker = match env {
+        Some(env) => Some(Infra::new(store.query.clone(), store.command.clone(), env).spawn()?),
+        None => None,
+    };
 
     // Subscribe before the change, so that its outcome cannot be missed.
     let outcomes = store.command.outcomes();
@@ -52,15 +63,19 @@ fn run(env: &Env, database: &Path) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Stop intake and let the syncs in flight finish.
-    worker.shutdown()?;
+    if let Some(worker) = worker {
+        worker.shutdown()?;
+    }
     Ok(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let database = std::env::var_os("DATABASE_PATH").unwrap_or("platform.db".into());
+    if std::env::args().any(|a| a == "--record-only") {
+        return run(None, Path::new(&database));
+    }
     if std::env::var_os("ZOOID_API_URL").is_some() {
-        let env = Env::from_env()?;
-        let database = std::env::var_os("DATABASE_PATH").unwrap_or("platform.db".into());
-        return run(&env, Path::new(&database));
+        return run(Some(&Env::from_env()?), Path::new(&database));
     }
     // No zooid given: the fixture zooid, a fresh robot and a temporary database.
     let robot = zooid_sync::RobotKey::parse(zooid_sync::Secret::generate(32).expose())?;
@@ -68,7 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let env = Env::new(&zooid.url(), "relays.example.com", robot)?;
     let dir = std::env::temp_dir().join(format!("zooid-sync-example-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run(&env, &dir.join("platform.db"));
+    let result = run(Some(&env), &dir.join("platform.db"));
     println!(
         "the fixture zooid holds: {}",
         zooid

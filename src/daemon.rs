@@ -14,11 +14,10 @@ use crossbeam_channel::{select, Receiver};
 
 use crate::endpoint;
 use crate::env::Env;
-use crate::feed::Feed;
 use crate::infra::Infra;
 use crate::lease::{Holder, Lease};
 use crate::notify::{watchdog_interval, Notifier, Watchdog};
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 use crate::zooid::ZooidClient;
 
 /// Settings of the daemon that are not part of [`Env`].
@@ -57,7 +56,13 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
     warn_of_secrets_in_the_environment();
     crate::memory::limit_arenas();
     ZooidClient::new(env)?; // a bad CA bundle is an error now, not in the worker thread
-    let store = Store::open(database)?;
+    let store = Store::open_with(
+        database,
+        StoreOptions {
+            feed_interval: options.feed_interval,
+            ..StoreOptions::default()
+        },
+    )?;
     let infra = Infra::new(store.query.clone(), store.command.clone(), env);
     // A hidden hook for the tests of the liveness check (`Infra::inject_stall`).
     if let Ok(id) = std::env::var("ZOOID_SYNC_INJECT_STALL") {
@@ -100,14 +105,9 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
         notify("STOPPING=1");
         return Ok(()); // stopped while standing by
     };
-    let feed = Feed::start(
-        store.query.clone(),
-        store.command.clone(),
-        options.feed_interval,
-        metrics,
-    )?;
+    // The worker follows other processes' writes through the store's feed; `store` keeps the
+    // bus open until the daemon stops.
     let worker = infra.with_lease(lease).spawn()?;
-    drop(store);
     notify("READY=1\nSTATUS=syncing");
     select! {
         recv(stop) -> _ => {}
@@ -115,8 +115,9 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
     }
     notify("STOPPING=1");
     alive.store(false, Ordering::Release);
-    feed.stop();
-    worker.shutdown()
+    let stopped = worker.shutdown();
+    drop(store);
+    stopped
 }
 
 /// Under systemd, one WARN for each secret still given in the environment, where every

@@ -132,6 +132,7 @@ pub fn serve(
                     pending: pending.get(),
                     writes: Some(query.write_health()),
                 };
+                metrics.set_feed_bad_rows(query.bad_activity_rows());
                 Reply::Body {
                     status: 200,
                     content_type: "text/plain; version=0.0.4; charset=utf-8",

@@ -65,6 +65,31 @@
 //!
 //! `examples/embedded.rs` is the same program, runnable against the fixture zooid.
 //! `ARCHITECTURE.md` has the code map; the README the database contract.
+//!
+//! # Three ways to run it
+//!
+//! A platform has several processes on one database, and a [`Store`] sees what every one of
+//! them commits: once anything listens to its bus (a worker, [`Command::outcomes`]), it
+//! follows the `activity` table ([`StoreOptions::feed_interval`]) and publishes the rows
+//! other processes wrote, so their changes and the outcomes their workers record reach it
+//! too. So:
+//!
+//! 1. **The worker embedded in the host** (the example above). It syncs the host's own
+//!    changes at once and every other process's within the feed interval; the host's
+//!    [`Outcomes`] see all of them. Needs the zooid settings ([`Env`]) in the host.
+//! 2. **The worker in the daemon, the host only recording.** `zooid-sync run` syncs; the host
+//!    opens a [`Store`], records changes with [`Command`] and waits on [`Command::outcomes`]
+//!    for what the daemon recorded, within the feed interval plus zooid's answer. Needs only
+//!    the database: no zooid settings, no secrets in the host.
+//! 3. **Several host processes and one daemon**: each host as in 2. Every change is synced
+//!    once, whoever wrote it (one process at a time holds the database's lease and syncs),
+//!    and each host sees the outcomes of every change, its own among them.
+//!
+//! In each, an outcome arrives once per sync, in the order it was committed; a host that
+//! subscribed late sees only what is recorded after it subscribed (the database has the rest:
+//! [`Query::get_relay`]). A host that falls behind by more than its queue
+//! ([`StoreOptions::bus_capacity`]) is told once ([`WaitError::Lagged`]) and should read the
+//! relays it waits for from the database.
 
 #![warn(missing_docs)]
 
@@ -86,6 +111,7 @@ mod rules;
 mod secret;
 mod store;
 mod time;
+mod watch;
 mod words;
 mod zooid;
 
@@ -109,9 +135,6 @@ pub mod dev;
 pub mod endpoint;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
-pub mod feed;
-#[cfg(feature = "cli")]
-#[doc(hidden)]
 pub mod logging;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
@@ -127,8 +150,6 @@ pub mod prune;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod status;
-#[cfg(feature = "cli")]
-mod watch;
 
 /// The error type of opening the store, reading it, reading settings and starting the worker
 /// (`anyhow::Result`), re-exported so that a host needs no dependency of its own to name it.

@@ -40,6 +40,8 @@ pub struct Metrics {
     /// While the breaker is open because zooid refuses the robot (401, 403, not its API).
     robot_refused: AtomicBool,
     bad_activity_rows: AtomicU64,
+    /// Activity rows the store's feed skipped, as last read from the store.
+    feed_bad_rows: AtomicU64,
     in_flight: AtomicI64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
@@ -393,6 +395,13 @@ impl Metrics {
         !self.zooid_down.load(Ordering::Relaxed)
     }
 
+    /// The activity rows the store's feed skipped so far (`Query::bad_activity_rows`), for
+    /// `zooid_sync_bad_rows_total`.
+    #[cfg(feature = "cli")]
+    pub(crate) fn set_feed_bad_rows(&self, n: u64) {
+        self.feed_bad_rows.store(n, Ordering::Relaxed);
+    }
+
     /// Counts a host row that was skipped because it cannot be read.
     pub(crate) fn bad_row(&self, row: &BadRow) {
         let counter = match row.table {
@@ -514,7 +523,7 @@ impl Metrics {
                 ),
                 (
                     "{table=\"activity\"}".into(),
-                    get(&self.bad_activity_rows).to_string(),
+                    (get(&self.bad_activity_rows) + get(&self.feed_bad_rows)).to_string(),
                 ),
             ],
         );
@@ -670,6 +679,7 @@ mod tests {
         m.retry_scheduled();
         m.observe(Duration::from_millis(20));
         m.observe(Duration::from_secs(3));
+        m.feed_bad_rows.store(4, Ordering::Relaxed);
         let text = m.render(&Read {
             pending: Some(7),
             writes: Some(WriteHealth {
@@ -684,6 +694,7 @@ mod tests {
         );
         assert!(text.contains("zooid_sync_syncs_total{outcome=\"failed\"} 1"));
         assert!(text.contains("zooid_sync_retries_scheduled_total 1"));
+        assert!(text.contains("zooid_sync_bad_rows_total{table=\"activity\"} 4"));
         assert!(text.contains("zooid_sync_relays_pending 7"));
         assert!(text.contains("zooid_sync_outcome_write_failures_total 3"));
         assert!(text.contains("zooid_sync_outcomes_unrecorded 2"));

@@ -6,7 +6,6 @@
 //! an idle daemon's CPU.
 
 use std::sync::{Condvar, Mutex, PoisonError};
-#[cfg(feature = "cli")]
 use std::time::Duration;
 use std::time::Instant;
 
@@ -19,7 +18,6 @@ pub(crate) struct Pause {
 
 impl Pause {
     /// Sleeps for `duration` or until stopped; answers whether stopped.
-    #[cfg(feature = "cli")]
     pub(crate) fn sleep(&self, duration: Duration) -> bool {
         self.until(Instant::now() + duration)
     }
@@ -38,12 +36,6 @@ impl Pause {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-    }
-
-    /// Whether [`stop`](Self::stop) was called.
-    #[cfg(feature = "cli")]
-    pub(crate) fn is_stopped(&self) -> bool {
-        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Ends the current and every later sleep at once.

@@ -4,17 +4,17 @@
 //! database file itself in rollback-journal mode. On Linux the kernel reports those writes
 //! through inotify, so the feed can sleep until something was written and then look, rather
 //! than asking SQLite every few milliseconds whether anything changed. An idle daemon's feed
-//! then wakes only for its backstop look (see [`crate::feed`]), and a lone change is seen as
+//! then wakes only for its backstop look (see the store's feed), and a lone change is seen as
 //! soon as it is written.
 //!
 //! A [`Watch`] watches the database's directory (the log is created and removed beside the
 //! database) and wakes for writes to any file whose name starts with the database's. It also
-//! holds a pipe: [`Waker::wake`] writes to it, which is how the feed is stopped while it sleeps
-//! in `poll`. Where inotify is missing (another system than Linux) or refused (the per-user
+//! holds a pipe: [`Waker::wake`] writes to it, which is how the feed learns, while it sleeps
+//! in `poll`, that its bus closed. Where inotify is missing (another system than Linux) or refused (the per-user
 //! limit of watches or instances reached), [`Watch::new`] fails and the feed polls instead.
 
 #[cfg(target_os = "linux")]
-pub use linux::{Waker, Watch};
+pub use linux::Watch;
 #[cfg(not(target_os = "linux"))]
 pub use other::{Waker, Watch};
 

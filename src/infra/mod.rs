@@ -236,6 +236,9 @@ impl Infra {
             }
         };
         let activities = command.notify.subscribe_to(is_dispatched);
+        // Other processes' changes (the platform's web workers, jobs, admin tools) reach this
+        // bus too, from now on.
+        command.follow_other_writers();
         // From here on the worker's own handle must not keep the bus open.
         let command = {
             let weak = command.weak();

@@ -55,6 +55,8 @@ struct Shared {
     strong_count: AtomicUsize,
     /// `None` once closed.
     subscribers: Mutex<Option<Vec<Slot>>>,
+    /// Run once when the bus closes ([`Bus::on_close`]).
+    on_close: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 struct Slot {
@@ -78,6 +80,7 @@ impl Bus {
                 capacity: capacity.max(1),
                 strong_count: AtomicUsize::new(1),
                 subscribers: Mutex::new(Some(Vec::new())),
+                on_close: Mutex::new(Vec::new()),
             }),
             strong: true,
         }
@@ -108,6 +111,21 @@ impl Bus {
             }
             slot.tx.send(activity.clone()).is_ok()
         });
+    }
+
+    /// Runs `f` once the bus closes (at once if it is closed already): how a thread that
+    /// serves the bus learns that nobody can hear it any more.
+    pub(crate) fn on_close(&self, f: impl FnOnce() + Send + 'static) {
+        let closed = self.shared.subscribers.lock().unwrap().is_none();
+        match closed {
+            true => f(),
+            false => self.shared.on_close.lock().unwrap().push(Box::new(f)),
+        }
+    }
+
+    /// Whether the bus is closed: its last strong handle is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.subscribers.lock().unwrap().is_none()
     }
 
     /// A new subscription that sees every activity sent from now on.
@@ -149,6 +167,10 @@ impl Drop for Bus {
         if self.strong && self.shared.strong_count.fetch_sub(1, Ordering::AcqRel) == 1 {
             // Dropping the senders disconnects every subscriber once its queue is drained.
             self.shared.subscribers.lock().unwrap().take();
+            let callbacks = std::mem::take(&mut *self.shared.on_close.lock().unwrap());
+            for f in callbacks {
+                f();
+            }
         }
     }
 }

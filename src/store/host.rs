@@ -7,7 +7,10 @@ use super::*;
 impl Command {
     /// Subscribes to the sync outcomes recorded from now on: each relay's sync, deletion
     /// or failure, in the order they were committed. This is how a host that runs the worker
-    /// ([`crate::Infra`]) learns what became of its changes, without polling.
+    /// ([`crate::Infra`]) learns what became of its changes, without polling, and how a host
+    /// whose worker runs in another process (the daemon) does: from the first subscription
+    /// on, the store follows what other processes commit ([`StoreOptions::feed_interval`]),
+    /// so an outcome recorded anywhere arrives here within about that interval.
     ///
     /// ```no_run
     /// # fn example(store: zooid_sync::Store) -> Result<(), Box<dyn std::error::Error>> {
@@ -20,7 +23,9 @@ impl Command {
     /// # }
     /// ```
     pub fn outcomes(&self) -> Outcomes {
-        Outcomes::new(self.notify.subscribe_to(outcomes::is_outcome))
+        let outcomes = Outcomes::new(self.notify.subscribe_to(outcomes::is_outcome));
+        self.follow_other_writers();
+        outcomes
     }
 
     /// Host side: adds a relay (pending, revision 1) and its `create_relay` activity, in one

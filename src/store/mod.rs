@@ -43,6 +43,7 @@ pub use outcomes::{Outcome, OutcomeKind, Outcomes, WaitError};
 
 use model::{relay_select_list, ACTIVITY_SELECT_LIST, SETTINGS_COLUMNS};
 
+mod feed;
 mod host;
 mod open;
 mod query;
@@ -92,6 +93,12 @@ struct Db {
     /// Whether a writer thread runs, which writes failed outcomes again until they are
     /// recorded; without one (a foreground `sync`), a failed write is answered at once.
     retrying: AtomicBool,
+    /// See [`StoreOptions::feed_interval`].
+    feed_interval: Duration,
+    /// Whether the feed runs ([`Command::follow_other_writers`]).
+    feed_running: AtomicBool,
+    /// Activity rows the feed skipped because they cannot be read.
+    bad_activity_rows: std::sync::atomic::AtomicU64,
 }
 
 /// The reading half of the store. Cheap to clone; usable from any thread.

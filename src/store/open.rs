@@ -19,6 +19,11 @@ pub struct StoreOptions {
     /// cost of recording an outcome; alone, an outcome is recorded this much later. Zero
     /// commits each outcome as soon as the writer wakes.
     pub write_linger: Duration,
+    /// How often the store looks for activity that other processes committed while it flows
+    /// (it backs off when quiet, and on Linux then sleeps until the database's files are
+    /// written), once anything listens to its bus: [`Command::outcomes`], a worker. A change
+    /// another process makes is on this process's bus within about this long.
+    pub feed_interval: Duration,
 }
 
 impl Default for StoreOptions {
@@ -28,6 +33,7 @@ impl Default for StoreOptions {
             bus_capacity: 4096,
             max_readers: 8,
             write_linger: Duration::from_millis(8),
+            feed_interval: Duration::from_millis(20),
         }
     }
 }
@@ -79,6 +85,9 @@ impl Db {
             write_linger: options.write_linger,
             retrying: AtomicBool::new(false),
             watch: Mutex::new(None),
+            feed_interval: options.feed_interval.max(Duration::from_millis(1)),
+            feed_running: AtomicBool::new(false),
+            bad_activity_rows: Default::default(),
         }
     }
 }

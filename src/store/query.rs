@@ -572,6 +572,14 @@ impl Query {
         })
     }
 
+    /// Activity rows the feed skipped because they cannot be read, since the store opened.
+    #[doc(hidden)]
+    pub fn bad_activity_rows(&self) -> u64 {
+        self.db
+            .bad_activity_rows
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The newest activity's `seq`, 0 when there is none.
     #[doc(hidden)]
     pub fn last_activity_seq(&self) -> Result<i64> {

@@ -439,16 +439,38 @@ impl Done {
 }
 
 impl Command {
+    /// Follows the activity other processes commit from now on, publishing it on this
+    /// store's bus (see [`feed`](super::feed)): started once, by the first that listens (a
+    /// host's [`outcomes`](Self::outcomes), a worker), and running until the bus closes. A
+    /// failure to start it is logged: this process then sees its own writes only.
+    #[doc(hidden)]
+    pub fn follow_other_writers(&self) {
+        if self.db.feed_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let started = super::feed::Feed::start(
+            Query {
+                db: self.db.clone(),
+            },
+            self.weak(),
+            self.db.feed_interval,
+        );
+        if let Err(e) = started {
+            self.db.feed_running.store(false, Ordering::Release);
+            log::error!(
+                "cannot follow other processes' writes: {e:#}; only this process's own are seen"
+            );
+        }
+    }
+
     /// From now on, remember which activities this process writes, so that a feed tailing
     /// the table can skip them ([`take_own_write`](Self::take_own_write)): they were
     /// published already.
-    #[cfg(feature = "cli")]
     pub(crate) fn track_own_writes(&self) {
         self.own_writes.tracking.store(true, Ordering::Release);
     }
 
     /// Whether this process wrote (and so already published) activity `seq`; forgets it.
-    #[cfg(feature = "cli")]
     pub(crate) fn take_own_write(&self, seq: i64) -> bool {
         self.own_writes
             .seqs

@@ -6,7 +6,16 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use rusqlite::{params, Connection};
-use zooid_sync::feed::Feed;
+use zooid_sync::{Store, StoreOptions};
+
+/// A store whose feed looks every 5 ms while activity flows.
+fn fast_feed(path: &std::path::Path) -> Store {
+    let options = StoreOptions {
+        feed_interval: Duration::from_millis(5),
+        ..StoreOptions::default()
+    };
+    Store::open_with(path, options).unwrap()
+}
 
 fn insert_elsewhere(conn: &Connection, id: &str) {
     conn.execute(
@@ -20,19 +29,13 @@ fn insert_elsewhere(conn: &Connection, id: &str) {
 #[test]
 fn every_activity_reaches_the_bus_exactly_once() {
     let (_dir, path) = temp_db();
-    let store = open_store(&path);
+    let store = fast_feed(&path);
     store
         .command
         .create_relay("before", &settings("before"))
         .unwrap(); // older than the feed
     let subscriber = store.command.notify.subscribe();
-    let feed = Feed::start(
-        store.query.clone(),
-        store.command.clone(),
-        Duration::from_millis(5),
-        Default::default(),
-    )
-    .unwrap();
+    store.command.follow_other_writers();
 
     let other = Connection::open(&path).unwrap();
     insert_elsewhere(&other, "elsewhere-1");
@@ -56,7 +59,6 @@ fn every_activity_reaches_the_bus_exactly_once() {
         sentinel |= activity.id == "sentinel";
         *seen.entry(activity.id).or_default() += 1;
     }
-    feed.stop();
     assert_eq!(seen.len(), 5, "{seen:?}");
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
     assert!(seen.contains_key("elsewhere-1") && seen.contains_key("elsewhere-2"));
@@ -77,15 +79,9 @@ fn subscriber_is_idle(s: &zooid_sync::Subscriber) -> bool {
 #[test]
 fn a_lone_change_after_a_quiet_spell_is_published_at_once() {
     let (_dir, path) = temp_db();
-    let store = open_store(&path);
+    let store = fast_feed(&path);
     let subscriber = store.command.notify.subscribe();
-    let feed = Feed::start(
-        store.query.clone(),
-        store.command.clone(),
-        Duration::from_millis(5),
-        Default::default(),
-    )
-    .unwrap();
+    store.command.follow_other_writers();
     let other = Connection::open(&path).unwrap();
     for round in 0..3 {
         // A quiet second, and the back-off after it, leave the feed waiting for writes.
@@ -104,5 +100,4 @@ fn a_lone_change_after_a_quiet_spell_is_published_at_once() {
             written.elapsed()
         );
     }
-    feed.stop();
 }

@@ -37,7 +37,7 @@ const LAYERS: &[&[&str]] = &[
     &["infra"],
     // The binary's parts.
     &[
-        "feed", "notify", "logging", "check", "status", "manual", "prune", "endpoint",
+        "notify", "logging", "check", "status", "manual", "prune", "endpoint",
     ],
     // The binary's commands that wire the parts.
     &["dev", "daemon"],

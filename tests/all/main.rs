@@ -22,6 +22,7 @@ mod one_syncer;
 mod operators;
 mod outages;
 mod pacing;
+mod processes;
 mod relay_body;
 mod secrets;
 mod store;

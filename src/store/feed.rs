@@ -1,8 +1,12 @@
 //! The feed: activity written by other processes, brought onto this process's bus.
 //!
-//! When zooid-sync runs as its own daemon, the host platform writes relays and activity from
-//! another process, so nothing arrives on the in-process bus. The feed tails the `activity`
-//! table by its increasing `seq` and publishes each new row. It checks
+//! A platform has several processes on one database (web workers, jobs, an admin tool, the
+//! daemon), and what one of them writes never reaches another's in-process bus by itself. So a
+//! store follows the other writers as soon as anything listens to its bus
+//! ([`Command::outcomes`], a worker): the feed tails the `activity` table by its increasing
+//! `seq` and publishes each new row that another connection committed, a host's change as
+//! much as an outcome another process's worker recorded. It ends once the bus closes (the last
+//! strong [`Command`] dropped). It checks
 //! `PRAGMA data_version` first, which changes only when another connection committed, so a
 //! look that finds nothing costs one tiny query and reads nothing.
 //!
@@ -18,17 +22,15 @@
 //! [`Command`] when they committed, and are remembered (only while a feed runs) so that the
 //! feed skips them.
 
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rusqlite::Connection;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use crate::metrics::Metrics;
+use super::{open_connection, Command, Query};
 use crate::pause::Pause;
-use crate::store::{open_connection, Command, Query};
-use crate::watch::{Waker, Watch, Woken};
+use crate::watch::{Watch, Woken};
 
 /// How many rows the feed reads at a time.
 const BATCH: usize = 1000;
@@ -37,47 +39,15 @@ const BATCH: usize = 1000;
 /// Nothing is known to slip past the watch; this bounds the cost if something ever does.
 pub const BACKSTOP: Duration = Duration::from_secs(2);
 
-/// A running feed. Stopping it drops its bus handle.
-pub struct Feed {
-    stop: Arc<Stop>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// The feed's stop: its [`Pause`], and the watch's waker when it waits for writes instead.
-#[derive(Default)]
-struct Stop {
-    pause: Pause,
-    watch: Option<Waker>,
-}
-
-impl Stop {
-    /// Sleeps for `interval` or until stopped; answers whether to stop.
-    fn sleep(&self, interval: Duration) -> bool {
-        self.pause.sleep(interval)
-    }
-
-    fn is_stopped(&self) -> bool {
-        self.pause.is_stopped()
-    }
-
-    fn stop(&self) {
-        self.pause.stop();
-        if let Some(watch) = &self.watch {
-            watch.wake();
-        }
-    }
-}
+/// The feed, started by [`Feed::start`]; its thread ends by itself once the bus closes.
+pub(super) struct Feed;
 
 impl Feed {
     /// Starts tailing from the newest activity now in the table (everything older is the
     /// startup reconcile's business), checking every `interval`.
-    /// Rows that cannot be read are logged once, counted in `metrics` and skipped.
-    pub fn start(
-        query: Query,
-        command: Command,
-        interval: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Result<Feed> {
+    /// Rows that cannot be read are logged once, counted ([`Query::bad_activity_rows`]) and
+    /// skipped.
+    pub(super) fn start(query: Query, command: Command, interval: Duration) -> Result<()> {
         command.track_own_writes();
         let cursor = query.last_activity_seq()?;
         let conn = open_connection(query.path(), Duration::from_secs(5))?;
@@ -91,45 +61,23 @@ impl Feed {
                 None
             }
         };
-        let stop = Arc::new(Stop {
-            watch: watch.as_ref().map(Watch::waker),
-            ..Stop::default()
-        });
-        let stopped = stop.clone();
-        let thread = std::thread::Builder::new()
+        if let Some(waker) = watch.as_ref().map(Watch::waker) {
+            // A feed asleep in the watch ends as soon as nobody can hear it.
+            command.notify.on_close(move || waker.wake());
+        }
+        std::thread::Builder::new()
             .name("zooid-sync-feed".into())
             .spawn(move || {
                 let feed = Tail {
                     conn,
                     query,
                     command,
-                    metrics,
                 };
-                feed.run(cursor, interval, watch, &stopped)
+                feed.run(cursor, interval, watch, &Pause::default());
+                feed.command.db.feed_running.store(false, Ordering::Release);
             })
             .context("cannot start the feed thread")?;
-        Ok(Feed {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops the feed and waits for its thread.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        self.shutdown();
+        Ok(())
     }
 }
 
@@ -143,16 +91,19 @@ struct Tail {
     /// Its own connection, for `PRAGMA data_version` (which is per connection).
     conn: Connection,
     query: Query,
+    /// A weak handle: the feed does not keep the bus open.
     command: Command,
-    metrics: Arc<Metrics>,
 }
 
 impl Tail {
-    fn run(&self, mut cursor: i64, interval: Duration, mut watch: Option<Watch>, stop: &Stop) {
+    fn run(&self, mut cursor: i64, interval: Duration, mut watch: Option<Watch>, stop: &Pause) {
         let mut seen_version = None;
         let mut pace = Pace::new(interval);
         let backstop = BACKSTOP.max(interval * Pace::MAX_FACTOR);
         loop {
+            if self.command.notify.is_closed() {
+                return; // nothing can hear it any more
+            }
             match watch.as_ref().filter(|_| pace.settled()) {
                 Some(w) => match w.wait(backstop) {
                     Ok(Woken::Written) => {
@@ -162,7 +113,7 @@ impl Tail {
                             return;
                         }
                     }
-                    Ok(Woken::Called | Woken::TimedOut) if stop.is_stopped() => return,
+                    // Called: the bus closed (`Bus::on_close`), the loop's first check ends it.
                     Ok(Woken::Called | Woken::TimedOut) => {}
                     Err(e) => {
                         log::warn!("feed: watching the database's files failed ({e}); looking every {} instead",
@@ -215,7 +166,10 @@ impl Tail {
                     Err(bad) => {
                         *cursor = (*cursor).max(bad.key);
                         log::error!("feed: {bad}");
-                        self.metrics.bad_row(&bad);
+                        self.command
+                            .db
+                            .bad_activity_rows
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
