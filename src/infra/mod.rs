@@ -262,14 +262,14 @@ impl Infra {
         .context("cannot start the prober thread")?;
 
         let (timer_tx, timer_rx) = crossbeam_channel::unbounded();
-        let (due_tx, due_rx) = crossbeam_channel::unbounded();
+        let (due_tx, mut due_rx) = crossbeam_channel::unbounded();
         let timer = timer::spawn(timer_rx, due_tx, metrics.watch_thread("zooid-sync-timer"))
             .context("cannot start the timer thread")?;
         let retries = Arc::new(Retries::new(timer_tx));
         let writer = command_for_writer
             .spawn_writer(metrics.clone())
             .context("cannot start the writer thread")?;
-        let (lost_tx, lost_rx) = crossbeam_channel::unbounded();
+        let (lost_tx, mut lost_rx) = crossbeam_channel::unbounded();
         let audit_parts = audit::Parts {
             query: query.clone(),
             command: command_for_writer.clone(),
@@ -360,18 +360,22 @@ impl Infra {
                         break;
                     }
                 },
-                recv(due_rx) -> id => {
-                    if let Ok(id) = id {
+                recv(due_rx) -> id => match id {
+                    Ok(id) => {
                         log::debug!("relay {id}: retry due");
                         dispatcher.retries.fired(&id);
                         dispatcher.pool.submit(&id);
                     }
+                    // The timer thread ended (it is watched: a panic is reported): a
+                    // disconnected channel is ready at once, so stop selecting it.
+                    Err(_) => due_rx = crossbeam_channel::never(),
                 },
                 recv(breaker.back()) -> _ => dispatcher.reconcile("zooid answers again"),
-                recv(lost_rx) -> id => {
-                    if let Ok(id) = id {
-                        dispatcher.pool.submit(&id);
-                    }
+                recv(lost_rx) -> id => match id {
+                    Ok(id) => dispatcher.pool.submit(&id),
+                    // No audit (SYNC_AUDIT_INTERVAL=0), or it ended: a disconnected channel
+                    // is ready at once and would spin this loop, so stop selecting it.
+                    Err(_) => lost_rx = crossbeam_channel::never(),
                 },
                 recv(stop) -> _ => {
                     log::info!("stop requested; finishing the syncs in flight");

@@ -387,3 +387,45 @@ fn work_that_does_not_move_turns_healthz_503_and_starves_the_watchdog_within_the
     assert!(fx.relay("behind").is_none(), "nothing moved");
     terminate(&mut run);
 }
+
+/// CPU time a process has used, in clock ticks (utime + stime of `/proc/<pid>/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name, in parentheses, may hold spaces: count fields after it.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// With the existence audit off (`SYNC_AUDIT_INTERVAL=0`) no thread feeds the dispatcher's
+/// channel of lost relays; a disconnected channel is always ready, and the dispatcher spun a
+/// core on it. An idle daemon uses next to nothing, audit or not.
+#[test]
+fn an_idle_daemon_with_the_audit_off_does_not_spin() {
+    let (fx, _dir, db, _store) = one_relay("alpha");
+    for audit in ["0", "1d"] {
+        let mut run = {
+            let mut cmd = zooid_sync(&fx, &db);
+            cmd.env("SYNC_AUDIT_INTERVAL", audit)
+                .env("RUST_LOG", "warn")
+                .args(["run", "--feed-interval", "10ms"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd.spawn().unwrap()
+        };
+        expect_within(Duration::from_secs(20), "alpha synced", || {
+            fx.relay("alpha").is_some()
+        });
+        std::thread::sleep(Duration::from_millis(500)); // the start's own work settles
+        let before = cpu_ticks(run.id());
+        let waited = Instant::now();
+        std::thread::sleep(Duration::from_secs(2));
+        let used = cpu_ticks(run.id()) - before;
+        let elapsed = waited.elapsed();
+        terminate(&mut run);
+        // A tick is 10 ms: a spinning thread takes ~200 in 2 s, an idle daemon ~0.
+        assert!(
+            used < 20,
+            "SYNC_AUDIT_INTERVAL={audit}: {used} ticks of CPU in {elapsed:?} idle"
+        );
+    }
+}
