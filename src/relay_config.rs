@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use crate::env::Env;
-use crate::rules::{self, InvalidRelay};
+use crate::rules::InvalidRelay;
 use crate::secret::Secret;
 use crate::store::Relay;
 
@@ -234,6 +234,5 @@ pub fn host(relay: &Relay, env: &Env) -> String {
 }
 
 fn validate(relay: &Relay) -> Result<(), InvalidRelay> {
-    let s = &relay.settings;
-    rules::check_relay(&relay.id, &s.schema, &s.subdomain, &s.tenant_pubkey)
+    relay.settings.check(&relay.id)
 }

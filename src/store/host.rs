@@ -37,12 +37,7 @@ impl Command {
         id: &str,
         settings: &RelaySettings,
     ) -> std::result::Result<Activity, HostError> {
-        crate::rules::check_relay(
-            id,
-            &settings.schema,
-            &settings.subdomain,
-            &settings.tenant_pubkey,
-        )?;
+        settings.check(id)?;
         self.host_write(
             id,
             Write::Create {
@@ -60,12 +55,7 @@ impl Command {
         id: &str,
         settings: &RelaySettings,
     ) -> std::result::Result<Activity, HostError> {
-        crate::rules::check_relay(
-            id,
-            &settings.schema,
-            &settings.subdomain,
-            &settings.tenant_pubkey,
-        )?;
+        settings.check(id)?;
         self.host_write(
             id,
             Write::Update {

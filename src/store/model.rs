@@ -151,6 +151,12 @@ pub(crate) const SETTINGS_COLUMNS: [&str; 18] = [
 ];
 
 impl RelaySettings {
+    /// Checks relay `id` with these settings by what zooid accepts ([`crate::rules`]): what a
+    /// host's write and a sync check before anything is written or sent.
+    pub(crate) fn check(&self, id: &str) -> Result<(), crate::rules::InvalidRelay> {
+        crate::rules::check_relay(id, &self.schema, &self.subdomain, &self.tenant_pubkey)
+    }
+
     /// The values of [`SETTINGS_COLUMNS`], in order, for an INSERT or UPDATE.
     pub(crate) fn to_values(&self) -> Vec<rusqlite::types::Value> {
         use rusqlite::types::Value;

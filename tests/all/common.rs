@@ -251,6 +251,16 @@ pub fn host_deletes(conn: &Connection, id: &str) {
     conn.execute_batch("COMMIT").unwrap();
 }
 
+/// Relay `id`'s name and `synced` flag, as the database has them.
+pub fn name_and_synced(conn: &Connection, id: &str) -> (String, i64) {
+    conn.query_row(
+        "SELECT info_name, synced FROM relay WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
 /// A connection to `db` as a host's own process holds it, waiting out the daemon's locks.
 pub fn host_connection(db: &std::path::Path) -> Connection {
     let conn = Connection::open(db).unwrap();

@@ -22,13 +22,7 @@ fn health(port: u16) -> Option<String> {
 fn assert_no_lost_update(fx: &FixtureZooid, db: &std::path::Path, ids: &[String]) {
     let conn = host_connection(db);
     for id in ids {
-        let (name, synced): (String, i64) = conn
-            .query_row(
-                "SELECT info_name, synced FROM relay WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
+        let (name, synced) = name_and_synced(&conn, id);
         assert_eq!(synced, 1, "{id} converged");
         assert_eq!(
             fx.relay(id).unwrap()["info"]["name"],

@@ -91,13 +91,7 @@ fn paced_daemon(fx: &FixtureZooid, db: &std::path::Path, log: &std::path::Path) 
 fn unsynced(fx: &FixtureZooid, conn: &Connection, ids: &[String]) -> Vec<String> {
     ids.iter()
         .filter(|id| {
-            let (name, synced): (String, i64) = conn
-                .query_row(
-                    "SELECT info_name, synced FROM relay WHERE id = ?1",
-                    [id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .unwrap();
+            let (name, synced) = name_and_synced(conn, id);
             synced != 1 || fx.relay(id).is_none_or(|r| r["info"]["name"] != name)
         })
         .cloned()
