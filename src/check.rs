@@ -87,20 +87,17 @@ pub fn run(vars: impl Fn(&str) -> Option<String>) -> Vec<Finding> {
     findings
 }
 
-/// Where each secret comes from, never its value: one line each that is given. Under systemd
-/// (`INVOCATION_ID` set), a secret in the environment is warned about: every process of the user
-/// can read it in `/proc/<pid>/environ`, and `systemctl show` prints it; the unit's
-/// `LoadCredential=` is the place. Problems of the sources themselves are the settings' line.
+/// Where each secret comes from, never its value: one line each that is given, a warning
+/// (it passes) for one still in the environment under systemd. Problems of the sources
+/// themselves are the settings' line.
 fn check_secret_sources(vars: &impl Fn(&str) -> Option<String>) -> Vec<Finding> {
-    let under_systemd = vars("INVOCATION_ID").is_some_and(|v| !v.is_empty());
+    let under_systemd = crate::env::under_systemd(vars);
     crate::env::secret_sources(vars)
         .into_iter()
         .filter_map(|(name, source)| match source {
-            Ok(Some(source @ SecretSource::Variable(_))) if under_systemd => Some(warn(format!(
-                "secrets: {name} comes from {source}, under systemd: move it to the credential \
-                 file the unit loads (/etc/zooid-sync/{}, mode 600) and out of \
-                 /etc/zooid-sync/env",
-                name.to_lowercase()
+            Ok(Some(SecretSource::Variable(_))) if under_systemd => Some(warn(format!(
+                "secrets: {}",
+                crate::env::move_to_credential(name)
             ))),
             Ok(Some(source)) => Some(ok(format!("secrets: {name} from {source}"))),
             Ok(None) | Err(_) => None,

@@ -120,20 +120,15 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
     stopped
 }
 
-/// Under systemd, one WARN for each secret still given in the environment, where every
-/// process of the user can read it (`/proc/<pid>/environ`) and `systemctl show` prints it.
+/// Under systemd, one WARN for each secret still given in the environment.
 fn warn_of_secrets_in_the_environment() {
     let var = |name: &str| std::env::var(name).ok();
-    if var("INVOCATION_ID").is_none_or(|v| v.is_empty()) {
+    if !crate::env::under_systemd(&var) {
         return;
     }
     for (name, source) in crate::env::secret_sources(&var) {
         if let Ok(Some(crate::env::SecretSource::Variable(_))) = source {
-            log::warn!(
-                "{name} comes from the environment: move it to the credential file the unit \
-                 loads (/etc/zooid-sync/{}, mode 600), out of /etc/zooid-sync/env",
-                name.to_lowercase()
-            );
+            log::warn!("{}", crate::env::move_to_credential(name));
         }
     }
 }

@@ -168,6 +168,25 @@ pub(crate) fn find_secret(
     }
 }
 
+/// Whether the process runs under systemd (`INVOCATION_ID` set, as `var` reads it), where a
+/// secret belongs in a credential: in the environment every process of the user reads it in
+/// `/proc/<pid>/environ`, and `systemctl show` prints it.
+#[cfg(feature = "cli")]
+pub(crate) fn under_systemd(var: &impl Fn(&str) -> Option<String>) -> bool {
+    var("INVOCATION_ID").is_some_and(|v| !v.is_empty())
+}
+
+/// What to do about secret `name` given in the environment under systemd: what `check` warns
+/// and the daemon logs at start.
+#[cfg(feature = "cli")]
+pub(crate) fn move_to_credential(name: &str) -> String {
+    format!(
+        "{name} comes from the environment under systemd: move it to the credential file the \
+         unit loads (/etc/zooid-sync/{}, mode 600) and out of /etc/zooid-sync/env",
+        name.to_lowercase()
+    )
+}
+
 /// Where each secret that is given comes from, read through `var` as [`Env::from_vars`]
 /// reads them; what `zooid-sync check` reports.
 #[cfg(feature = "cli")]

@@ -1,12 +1,11 @@
 //! [`Pause`]: a sleep that a stop ends at once, for the background threads that wake on a
-//! schedule (the feed, the existence audit).
+//! schedule (the existence audit).
 //!
 //! It parks on a condition variable: the thread sleeps straight away, where a channel's timed
-//! receive spins and yields a little first, which, repeated every feed interval, was most of
-//! an idle daemon's CPU.
+//! receive spins and yields a little first, which, repeated every interval of an idle loop,
+//! was most of an idle daemon's CPU.
 
 use std::sync::{Condvar, Mutex, PoisonError};
-use std::time::Duration;
 use std::time::Instant;
 
 /// A stop flag and the condition variable its thread sleeps on.
@@ -17,11 +16,6 @@ pub(crate) struct Pause {
 }
 
 impl Pause {
-    /// Sleeps for `duration` or until stopped; answers whether stopped.
-    pub(crate) fn sleep(&self, duration: Duration) -> bool {
-        self.until(Instant::now() + duration)
-    }
-
     /// Sleeps until `deadline` or a stop; answers whether stopped.
     pub(crate) fn until(&self, deadline: Instant) -> bool {
         let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);

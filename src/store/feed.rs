@@ -29,7 +29,6 @@ use rusqlite::Connection;
 use std::sync::atomic::Ordering;
 
 use super::{open_connection, Command, Query};
-use crate::pause::Pause;
 use crate::watch::{Watch, Woken};
 
 /// How many rows the feed reads at a time.
@@ -39,46 +38,41 @@ const BATCH: usize = 1000;
 /// Nothing is known to slip past the watch; this bounds the cost if something ever does.
 pub const BACKSTOP: Duration = Duration::from_secs(2);
 
-/// The feed, started by [`Feed::start`]; its thread ends by itself once the bus closes.
-pub(super) struct Feed;
-
-impl Feed {
-    /// Starts tailing from the newest activity now in the table (everything older is the
-    /// startup reconcile's business), checking every `interval`.
-    /// Rows that cannot be read are logged once, counted ([`Query::bad_activity_rows`]) and
-    /// skipped.
-    pub(super) fn start(query: Query, command: Command, interval: Duration) -> Result<()> {
-        command.track_own_writes();
-        let cursor = query.last_activity_seq()?;
-        let conn = open_connection(query.path(), Duration::from_secs(5))?;
-        let watch = match Watch::new(query.path()) {
-            Ok(watch) => Some(watch),
-            Err(e) => {
-                log::info!(
-                    "feed: cannot watch the database's files ({e}); looking every {} instead",
-                    crate::words::show_duration(interval * Pace::MAX_FACTOR)
-                );
-                None
-            }
-        };
-        if let Some(waker) = watch.as_ref().map(Watch::waker) {
-            // A feed asleep in the watch ends as soon as nobody can hear it.
-            command.notify.on_close(move || waker.wake());
+/// Starts tailing from the newest activity now in the table (everything older is the
+/// startup reconcile's business), checking every `interval`.
+/// Rows that cannot be read are logged once, counted ([`Query::bad_activity_rows`]) and
+/// skipped.
+pub(super) fn start(query: Query, command: Command, interval: Duration) -> Result<()> {
+    command.track_own_writes();
+    let cursor = query.last_activity_seq()?;
+    let conn = open_connection(query.path(), Duration::from_secs(5))?;
+    let watch = match Watch::new(query.path()) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            log::info!(
+                "feed: cannot watch the database's files ({e}); looking every {} instead",
+                crate::words::show_duration(interval * Pace::MAX_FACTOR)
+            );
+            None
         }
-        std::thread::Builder::new()
-            .name("zooid-sync-feed".into())
-            .spawn(move || {
-                let feed = Tail {
-                    conn,
-                    query,
-                    command,
-                };
-                feed.run(cursor, interval, watch, &Pause::default());
-                feed.command.db.feed_running.store(false, Ordering::Release);
-            })
-            .context("cannot start the feed thread")?;
-        Ok(())
+    };
+    if let Some(waker) = watch.as_ref().map(Watch::waker) {
+        // A feed asleep in the watch ends as soon as nobody can hear it.
+        command.notify.on_close(move || waker.wake());
     }
+    std::thread::Builder::new()
+        .name("zooid-sync-feed".into())
+        .spawn(move || {
+            let feed = Tail {
+                conn,
+                query,
+                command,
+            };
+            feed.run(cursor, interval, watch);
+            feed.command.db.feed_running.store(false, Ordering::Release);
+        })
+        .context("cannot start the feed thread")?;
+    Ok(())
 }
 
 fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
@@ -96,7 +90,10 @@ struct Tail {
 }
 
 impl Tail {
-    fn run(&self, mut cursor: i64, interval: Duration, mut watch: Option<Watch>, stop: &Pause) {
+    /// Tails from `cursor` until the bus closes. Its sleeps need no stop of their own: a
+    /// closed bus wakes the watch ([`Bus::on_close`](super::Bus)), and a polling sleep is at
+    /// most ten intervals.
+    fn run(&self, mut cursor: i64, interval: Duration, mut watch: Option<Watch>) {
         let mut seen_version = None;
         let mut pace = Pace::new(interval);
         let backstop = BACKSTOP.max(interval * Pace::MAX_FACTOR);
@@ -109,9 +106,7 @@ impl Tail {
                     Ok(Woken::Written) => {
                         // Looking at once could come before the commit is visible.
                         pace.active();
-                        if stop.sleep(interval) {
-                            return;
-                        }
+                        std::thread::sleep(interval);
                     }
                     // Called: the bus closed (`Bus::on_close`), the loop's first check ends it.
                     Ok(Woken::Called | Woken::TimedOut) => {}
@@ -121,11 +116,7 @@ impl Tail {
                         watch = None;
                     }
                 },
-                None => {
-                    if stop.sleep(pace.next_sleep()) {
-                        return;
-                    }
-                }
+                None => std::thread::sleep(pace.next_sleep()),
             }
             match data_version(&self.conn) {
                 Ok(v) if Some(v) == seen_version => {

@@ -448,7 +448,7 @@ impl Command {
         if self.db.feed_running.swap(true, Ordering::AcqRel) {
             return;
         }
-        let started = super::feed::Feed::start(
+        let started = super::feed::start(
             Query {
                 db: self.db.clone(),
             },

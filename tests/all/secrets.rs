@@ -226,7 +226,7 @@ fn check_says_where_each_secret_came_from_and_warns_of_the_environment_under_sys
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.lines().any(|l| l.starts_with(
-            "WARN secrets: ROBOT_SECRET comes from the variable ROBOT_SECRET, under systemd"
+            "WARN secrets: ROBOT_SECRET comes from the environment under systemd: move it"
         )),
         "{out}"
     );
