@@ -3,13 +3,16 @@
 //! TLS trusted, its API answering on this host name, the robot accepted).
 //!
 //! Each finding is one line: `ok` or `FAIL`, what was checked, and for a failure the likely
-//! cause and what to do. It only reads: the database is opened read-only and the one request
-//! to zooid is the breaker's probe (`GET /relay/zooid-sync-probe/members`), which changes
-//! nothing there.
+//! cause and what to do. It only reads: the database is opened read-only, the one request to
+//! zooid's API is the breaker's probe (`GET /relay/zooid-sync-probe/members`), which changes
+//! nothing there, and it asks zooid for up to three relays' NIP-11 documents as a relay user
+//! would, to say how catch-ups will be paced.
 
 use std::path::Path;
 
-use crate::env::{Env, SecretSource};
+use std::time::Duration;
+
+use crate::env::{Env, PacingSignal, SecretSource};
 use crate::store::{schema, Query};
 use crate::zooid::{ProbeFailure, ZooidClient, ZooidError};
 
@@ -82,9 +85,70 @@ pub fn run(vars: impl Fn(&str) -> Option<String>) -> Vec<Finding> {
         .unwrap_or_else(|| "zooid-sync.db".into());
     findings.push(check_database(Path::new(&database)));
     if let Some(env) = env {
-        findings.push(check_zooid(&env));
+        let zooid = check_zooid(&env);
+        let answers = zooid.ok;
+        findings.push(zooid);
+        if answers {
+            findings.extend(check_relay_users(&env, Path::new(&database)));
+        }
     }
     findings
+}
+
+/// Whether zooid answers relay users at its API's address, which catch-ups are paced by
+/// (`SYNC_PACING=users`): asked about up to three relays the database says zooid serves. A
+/// zooid that does not is a warning (it passes): catch-ups are then paced by its answers
+/// alone.
+fn check_relay_users(env: &Env, database: &Path) -> Option<Finding> {
+    if env.sync_zooid_share == 0.0 {
+        return Some(ok("pacing: off (SYNC_ZOOID_SHARE=0)".into()));
+    }
+    if env.sync_pacing == PacingSignal::Answers {
+        return Some(ok(
+            "pacing: by zooid's answers alone (SYNC_PACING=answers)".into()
+        ));
+    }
+    let query = Query::open_read_only(database).ok()?;
+    let hosts: Vec<String> = query
+        .served_subdomains(3)
+        .ok()?
+        .into_iter()
+        .map(|sub| format!("{sub}.{}", env.relay_domain))
+        .collect();
+    let client = ZooidClient::new(env).ok()?;
+    let mut refused = Vec::new();
+    for host in &hosts {
+        match client.ask_as_user(host) {
+            Ok(wait) => {
+                return Some(ok(format!(
+                    "relay users: zooid answers {host}'s NIP-11 document at its API's address \
+                     in {}: catch-ups are paced by what its users feel",
+                    crate::words::show_duration(wait.max(Duration::from_micros(100)))
+                )))
+            }
+            Err(Some(why)) => refused.push(format!("{host}: {why}")),
+            Err(None) => {
+                return Some(warn(format!(
+                    "relay users: no answer to {host}'s NIP-11 request at zooid's API address; \
+                     the daemon asks again at its start"
+                )))
+            }
+        }
+    }
+    Some(match refused.is_empty() {
+        true => ok(
+            "relay users: no active relay is synced yet; the daemon asks zooid as one's user at \
+             its first catch-up"
+                .into(),
+        ),
+        false => warn(format!(
+            "relay users: zooid does not answer a relay user's NIP-11 request at its API's \
+             address ({}): catch-ups will be paced by zooid's answers alone, which do not show \
+             the work zooid does after answering. A proxy in front of zooid may route relay \
+             hosts elsewhere; SYNC_PACING=answers stops the asking",
+            refused.join("; ")
+        )),
+    })
 }
 
 /// Where each secret comes from, never its value: one line each that is given, a warning

@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nostr::types::Url;
 
 pub use crate::nip98::RobotKey;
+pub use crate::pace::Signal as PacingSignal;
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::words::show_duration;
@@ -72,8 +73,14 @@ pub struct Env {
     /// refused unless this is set.
     pub allow_plain_http: bool,
     /// The most of zooid's time a catch-up's writes may take (`SYNC_ZOOID_SHARE`, 0 to 1;
-    /// 0: no pacing), see `src/infra/pace.rs`.
+    /// 0: no pacing), see `src/pace/mod.rs`.
     pub sync_zooid_share: f64,
+    /// Where the pacer learns what a write costs zooid (`SYNC_PACING`): from zooid's relay
+    /// users too (the default), or from zooid's answers alone.
+    pub sync_pacing: PacingSignal,
+    /// The most a catch-up may add to what a relay user waits for zooid (median;
+    /// `SYNC_USER_DELAY`), when the pacer asks relay users.
+    pub sync_user_delay: Duration,
     /// The ceiling on requests to zooid per second, all of them together (`SYNC_MAX_RATE`);
     /// `0` for none. Bursts of up to one second's worth pass at once.
     pub sync_max_rate: f64,
@@ -259,6 +266,8 @@ impl Env {
             allow_plain_http: flag(get, "ZOOID_ALLOW_PLAIN_HTTP")?,
             sync_max_rate: rate(get, "SYNC_MAX_RATE", DEFAULT_MAX_RATE)?,
             sync_zooid_share: share(get, "SYNC_ZOOID_SHARE", DEFAULT_ZOOID_SHARE)?,
+            sync_pacing: pacing(get)?,
+            sync_user_delay: duration(get, "SYNC_USER_DELAY", DEFAULT_USER_DELAY)?,
             zooid_proxy: get("ZOOID_PROXY"),
             sync_audit_interval: match get("SYNC_AUDIT_INTERVAL") {
                 Some(v) if v.trim() == "0" => Duration::ZERO,
@@ -293,6 +302,12 @@ impl Env {
                 Duration::from_secs(365 * 86_400),
             )?;
         }
+        within(
+            "SYNC_USER_DELAY",
+            self.sync_user_delay,
+            Duration::from_millis(1),
+            Duration::from_secs(10),
+        )?;
         let share = self.sync_zooid_share;
         if !(share == 0.0 || (0.01..=1.0).contains(&share)) {
             bail!("SYNC_ZOOID_SHARE is out of range: {share}; it must be 0 or 0.01 to 1");
@@ -351,6 +366,8 @@ impl Env {
             allow_plain_http: false,
             sync_max_rate: DEFAULT_MAX_RATE,
             sync_zooid_share: DEFAULT_ZOOID_SHARE,
+            sync_pacing: PacingSignal::Users,
+            sync_user_delay: DEFAULT_USER_DELAY,
             zooid_proxy: None,
             sync_audit_interval: DEFAULT_AUDIT_INTERVAL,
         })
@@ -477,6 +494,28 @@ fn share(get: impl Fn(&str) -> Option<String>, name: &str, default: f64) -> Resu
                  pacing), got {v:?}"
             ),
         },
+    }
+}
+
+/// `SYNC_USER_DELAY`'s default: a catch-up may add a millisecond to what a relay user waits
+/// for zooid (median). A millisecond is nothing a person notices beside the tens of
+/// milliseconds a relay's user is away over the Internet, three times what the real zooid
+/// takes to answer idle (0.3 ms), and above the jitter of a request on loopback (~0.2 ms), so
+/// noise alone does not slow a catch-up.
+pub const DEFAULT_USER_DELAY: Duration = Duration::from_millis(1);
+
+/// `SYNC_PACING`: `users` (the default) or `answers`.
+fn pacing(get: impl Fn(&str) -> Option<String>) -> Result<PacingSignal> {
+    match get("SYNC_PACING")
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("users") => Ok(PacingSignal::Users),
+        Some("answers") => Ok(PacingSignal::Answers),
+        Some(other) => bail!(
+            "SYNC_PACING is malformed: expected users (learn from zooid's relay users and its \
+             answers) or answers (from zooid's answers alone), got {other:?}"
+        ),
     }
 }
 

@@ -330,6 +330,10 @@ Settings (environment variables):
                          (default 100)
   SYNC_ZOOID_SHARE       the most of zooid's time a catch-up's writes may take, 0.01 to 1, 0 for
                          no pacing (default 0.25)
+  SYNC_PACING            users (learn what writes cost zooid from its relay users' NIP-11
+                         requests too) or answers (from zooid's answers alone) (default users)
+  SYNC_USER_DELAY        the most a catch-up may add to a relay user's median wait, 1ms to 10s
+                         (default 1ms)
   SYNC_AUDIT_INTERVAL    how long one pass of the existence audit takes (every synced relay
                          asked about once, spread evenly), 1s to 365d, 0 for off (default 1d)
   ZOOID_CA_FILE          PEM CA bundle to trust for https to zooid

@@ -10,7 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::pace::{PaceState, Signal, UsersState};
 use crate::store::{BadRow, WriteHealth};
+
+/// A duration in whole microseconds, for a gauge.
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
 
 /// What [`Metrics::render`] shows beside the counters, read from the database or the store.
 #[derive(Debug, Clone, Default)]
@@ -60,6 +66,18 @@ pub struct Metrics {
     write_spacing_micros: AtomicU64,
     /// A write's smoothed latency at zooid, in microseconds (0: not known yet).
     write_latency_micros: AtomicU64,
+    /// What a write costs zooid's core in all, as the pacer believes, in microseconds.
+    write_cost_micros: AtomicU64,
+    /// Whether the pacer learns from relay users' answers (1) or zooid's alone (0).
+    pacing_by_users: AtomicBool,
+    /// What a relay user waits while zooid-sync is quiet, and now (medians, microseconds;
+    /// 0: not known).
+    user_idle_micros: AtomicU64,
+    user_now_micros: AtomicU64,
+    /// zooid-sync's share of zooid's core over the last window, in millionths.
+    busy_share_ppm: AtomicU64,
+    /// How much slower than their cost writes go because users feel them, in thousandths.
+    user_penalty_milli: AtomicU64,
     /// Relays the existence audit asked zooid about, and those zooid no longer had.
     audit_checks: AtomicU64,
     audit_missing: AtomicU64,
@@ -202,14 +220,29 @@ impl Metrics {
     }
 
     /// What the pacer says now: its limit of writes in flight, its spacing of a backlog's
-    /// writes, and a write's smoothed latency.
-    pub(crate) fn set_pace(&self, (limit, spacing, latency): (usize, Duration, Option<Duration>)) {
-        self.write_limit.store(limit as u64, Ordering::Relaxed);
-        let micros = |d: Duration| d.as_micros().min(u64::MAX as u128) as u64;
+    /// writes, a write's smoothed latency and cost, and where it learns them.
+    pub(crate) fn set_pace(&self, pace: &PaceState) {
+        self.write_limit.store(pace.limit as u64, Ordering::Relaxed);
         self.write_spacing_micros
-            .store(micros(spacing), Ordering::Relaxed);
+            .store(micros(pace.spacing), Ordering::Relaxed);
         self.write_latency_micros
-            .store(latency.map_or(0, micros), Ordering::Relaxed);
+            .store(pace.write_latency.map_or(0, micros), Ordering::Relaxed);
+        self.write_cost_micros
+            .store(pace.write_cost.map_or(0, micros), Ordering::Relaxed);
+        self.pacing_by_users
+            .store(pace.signal == Signal::Users, Ordering::Relaxed);
+    }
+
+    /// What relay users' answers say now (see [`crate::pace::users`]).
+    pub(crate) fn set_users(&self, users: &UsersState) {
+        self.user_idle_micros
+            .store(users.idle.map_or(0, micros), Ordering::Relaxed);
+        self.user_now_micros
+            .store(users.felt.map_or(0, micros), Ordering::Relaxed);
+        let ppm = users.busy_share.map_or(0.0, |s| s * 1e6);
+        self.busy_share_ppm.store(ppm as u64, Ordering::Relaxed);
+        self.user_penalty_milli
+            .store((users.penalty * 1e3) as u64, Ordering::Relaxed);
     }
 
     /// The dispatcher went round its loop.
@@ -621,6 +654,58 @@ impl Metrics {
             "How long zooid takes to answer a write, smoothed over recent writes.",
             &[(String::new(), seconds(&self.write_latency_micros))],
         );
+        metric(
+            "zooid_sync_zooid_write_cost_seconds",
+            "gauge",
+            "What one write costs zooid's core in all, its work after the answer included, as \
+             the pacer learned it: the spacing is this over SYNC_ZOOID_SHARE.",
+            &[(String::new(), seconds(&self.write_cost_micros))],
+        );
+        metric(
+            "zooid_sync_pacing_by_users",
+            "gauge",
+            "1 while catch-ups are paced by what zooid's relay users feel (their NIP-11 \
+             requests), 0 while by zooid's answers alone (SYNC_PACING=answers, or zooid does \
+             not answer relay users at its API's address).",
+            &[(
+                String::new(),
+                u8::from(self.pacing_by_users.load(Ordering::Relaxed)).to_string(),
+            )],
+        );
+        metric(
+            "zooid_sync_user_wait_seconds",
+            "gauge",
+            "What a relay user waits for zooid's answer (median), while zooid-sync is quiet \
+             (when=\"idle\") and over the last samples of a catch-up (when=\"now\"); 0 until \
+             measured.",
+            &[
+                (
+                    "{when=\"idle\"}".to_string(),
+                    seconds(&self.user_idle_micros),
+                ),
+                ("{when=\"now\"}".to_string(), seconds(&self.user_now_micros)),
+            ],
+        );
+        metric(
+            "zooid_sync_zooid_busy_share",
+            "gauge",
+            "The share of zooid's core zooid-sync's writes took over the last 10 s of a \
+             catch-up, as relay users' answers show it; held at most at SYNC_ZOOID_SHARE.",
+            &[(
+                String::new(),
+                format!("{}", get(&self.busy_share_ppm) as f64 / 1e6),
+            )],
+        );
+        metric(
+            "zooid_sync_user_penalty",
+            "gauge",
+            "How much slower than their cost a catch-up's writes go because relay users wait \
+             more than SYNC_USER_DELAY above idle (1: not at all).",
+            &[(
+                String::new(),
+                format!("{}", get(&self.user_penalty_milli).max(1000) as f64 / 1e3),
+            )],
+        );
         let mut histogram: Vec<(String, String)> = BUCKETS
             .iter()
             .zip(&self.latency_buckets)
@@ -815,7 +900,13 @@ mod tests {
         );
         let m = Metrics::default();
         m.set_work_bound(s(2), 0.0);
-        m.set_pace((1, Duration::from_millis(500), None));
+        m.set_pace(&PaceState {
+            limit: 1,
+            spacing: Duration::from_millis(500),
+            write_latency: None,
+            write_cost: None,
+            signal: Signal::Answers,
+        });
         assert_eq!(m.work_bound(), Duration::from_millis(5_500) + WORK_SLACK);
     }
 

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::env::Env;
 use crate::nip98::{make_auth, RobotKey};
-use crate::pace::Pacer;
+use crate::pace::{Pace, Pacer, Signal};
 use crate::quote;
 use crate::rate::RateLimit;
 use crate::relay_config::RelayBody;
@@ -195,6 +195,8 @@ impl std::error::Error for ZooidError {}
 pub struct ZooidClient {
     agent: ureq::Agent,
     base_url: String,
+    /// `GET /` at zooid's address: where a relay user asks for a relay's NIP-11 document.
+    user_url: String,
     robot: RobotKey,
     /// Every request, from every clone of this client, takes a token here first.
     rate: Arc<RateLimit>,
@@ -278,15 +280,23 @@ impl ZooidClient {
             ureq::unversioned::transport::DefaultConnector::default(),
             CachingResolver::default(),
         );
+        let pace = Pace::new(env.sync_zooid_share, env.sync_workers);
+        let pace = match env.sync_pacing {
+            Signal::Users if env.sync_zooid_share > 0.0 => pace.with_users(env.sync_user_delay),
+            _ => pace,
+        };
+        let api = ureq::http::Uri::try_from(env.zooid_api_url.as_str())
+            .map_err(|e| anyhow!("ZOOID_API_URL is not a usable URL: {e}"))?;
         Ok(ZooidClient {
             agent,
             base_url: env.zooid_api_url.clone(),
+            user_url: format!(
+                "{}://{}/",
+                api.scheme_str().unwrap_or("http"),
+                api.authority().map_or("", |a| a.as_str())
+            ),
             robot: env.robot.clone(),
-            pacer: Arc::new(Pacer::new(
-                env.sync_zooid_share,
-                env.sync_workers,
-                env.zooid_timeout,
-            )),
+            pacer: Arc::new(Pacer::with_pace(pace, env.zooid_timeout)),
             rate: Arc::new(RateLimit::per_second(env.sync_max_rate)),
         })
     }
@@ -340,8 +350,14 @@ impl ZooidClient {
     pub(crate) fn send(&self, signed: SignedRequest) -> Result<Response, ZooidError> {
         self.rate.acquire();
         let write = matches!(signed.method, "POST" | "PUT" | "PATCH" | "DELETE");
+        if write {
+            self.pacer.write_sent();
+        }
         let started = std::time::Instant::now();
         let result = self.send_now(signed);
+        if write {
+            self.pacer.write_ended();
+        }
         // Only an answer says what zooid's work costs: a failure without one (zooid down, a
         // refused connection) would teach the pacer a cost zooid never had. A write that timed
         // out while zooid answers others is charged by the sync that judges it slow.
@@ -410,6 +426,44 @@ impl ZooidClient {
                 body: quote::remote(&text, quote::REMOTE_MAX),
                 retry_after,
             })
+        }
+    }
+
+    /// Asks zooid, as one of its relays' users would, for the NIP-11 document of the relay
+    /// served at `host`: `GET /` at zooid's address with that `Host` and `Accept:
+    /// application/nostr+json`, unsigned, and outside `SYNC_MAX_RATE` (it is not a request
+    /// to the API; its sampler bounds its own rate). Answers how long the answer took;
+    /// `Err(Some(why))` when the answer is not a relay's NIP-11 document (a proxy that routes
+    /// relay hosts elsewhere, a relay zooid no longer serves), `Err(None)` when no answer
+    /// came (zooid down, a timeout), which says nothing about relay users.
+    pub(crate) fn ask_as_user(&self, host: &str) -> Result<Duration, Option<String>> {
+        let request = ureq::http::Request::builder()
+            .method("GET")
+            .uri(&self.user_url)
+            .header("host", host)
+            .header("accept", "application/nostr+json")
+            .body(())
+            .map_err(|e| Some(e.to_string()))?;
+        let started = Instant::now();
+        let mut response = self.agent.run(request).map_err(|_| None)?;
+        let status = response.status().as_u16();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(response.body_mut().as_reader(), 64 * 1024),
+            &mut bytes,
+        )
+        .map_err(|_| None)?;
+        let took = started.elapsed();
+        let document = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .filter(serde_json::Value::is_object);
+        match (status, document) {
+            (200, Some(_)) => Ok(took),
+            (200, None) => Err(Some("200 with a body that is not a JSON document".into())),
+            (status, _) => Err(Some(format!(
+                "{status}: {}",
+                quote::remote(&String::from_utf8_lossy(&bytes), 80)
+            ))),
         }
     }
 
@@ -685,11 +739,15 @@ mod tests {
         zooid.inject("hung", crate::fixture::Fault::Hang);
         let hung = client.request("PATCH", "/relay/hung", Some(b"{}"));
         assert!(hung.is_err_and(|e| e.timed_out()));
-        assert_eq!(client.pacer().state().2, None, "no answer, nothing learned");
+        assert_eq!(
+            client.pacer().state().write_latency,
+            None,
+            "no answer, nothing learned"
+        );
         let refused = client.request("PATCH", "/relay/nobody", Some(b"{}"));
         assert_eq!(refused.unwrap_err().status(), Some(404));
         assert!(
-            client.pacer().state().2.is_some(),
+            client.pacer().state().write_latency.is_some(),
             "an answer is learned from"
         );
     }

@@ -444,7 +444,7 @@ mod tests {
         let (mut l, t) = (Lanes::default(), Instant::now());
         let mut p = Pace::new(0.25, 4);
         p.read_took(MS, t);
-        p.write_took(101 * MS); // one at a time, 400 ms apart
+        p.write_took(101 * MS, t); // one at a time, 400 ms apart
         assert!(l.request("a", false));
         assert!(l.request("b", false));
         started(l.next(&mut p, t));

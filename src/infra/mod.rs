@@ -35,6 +35,7 @@ pub mod breaker;
 pub(crate) mod lanes;
 pub mod pool;
 mod queue;
+mod sampler;
 pub mod sync;
 pub mod timer;
 
@@ -278,8 +279,24 @@ impl Infra {
             metrics: metrics.clone(),
             lost: lost_tx,
         };
-        let pool = Pool::start(env.sync_workers, syncer, retries.clone(), env.retry.base)
-            .context("cannot start the worker threads")?;
+        let served = match query.served_subdomains(3) {
+            Ok(subdomains) => subdomains
+                .into_iter()
+                .map(|sub| format!("{sub}.{}", env.relay_domain))
+                .collect(),
+            Err(e) => {
+                log::warn!("{e:#}");
+                Vec::new()
+            }
+        };
+        let pool = Pool::start(
+            env.sync_workers,
+            syncer,
+            retries.clone(),
+            env.retry.base,
+            served,
+        )
+        .context("cannot start the worker threads")?;
         let dispatcher = Dispatcher {
             env: &env,
             query: &query,

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 pub use super::lanes::FRESH_AT_ONCE;
 use super::lanes::{Lane, Lanes, Next};
 use super::queue::{CloseOnDrop, Queue};
+use super::sampler::{self, Sampler};
 use super::sync::{Prepared, SyncOutcome, Syncer};
 use super::timer::Retries;
 use crate::metrics::Metrics;
@@ -46,6 +47,8 @@ pub const CATCH_UP_STATE: [&str; 3] = ["catch_up_since", "catch_up_relays", "cat
 pub struct Pool {
     shared: Arc<PoolShared>,
     threads: Vec<JoinHandle<()>>,
+    /// Asks zooid's relay users while a backlog is paced (when the pace asks them).
+    sampler: Option<Sampler>,
 }
 
 struct PoolShared {
@@ -113,7 +116,7 @@ impl PoolShared {
         // The database is written outside the lock: the writer's callbacks take it.
         if pace_learned {
             // The pace is known by now: what `status` estimates the rest by.
-            let spacing = self.pacer.state().1.as_millis().to_string();
+            let spacing = self.pacer.state().spacing.as_millis().to_string();
             self.record(&[(CATCH_UP_STATE[2], Some(spacing))]);
         }
         if idle {
@@ -144,7 +147,12 @@ impl PoolShared {
             }
             *catch_up = Some((std::time::Instant::now(), waiting, 0));
         }
-        let (limit, spacing, latency) = self.pacer.state();
+        let crate::pace::PaceState {
+            limit,
+            spacing,
+            write_latency: latency,
+            ..
+        } = self.pacer.state();
         let pace = match (spacing.is_zero(), latency) {
             (false, Some(latency)) => format!(
                 "writes paced to zooid's spare time: one every {}, {limit} at most in \
@@ -192,12 +200,13 @@ impl Pool {
     /// each outcome to the writer thread and takes its next prepared sync; once the outcome
     /// is recorded, a success cancels the relay's pending retry through `retries`, an outcome
     /// that could not be recorded is retried after `retry_later`, and the relay may be synced
-    /// again.
+    /// again. `served` are hosts of relays zooid serves now, for the sampler's first check.
     pub fn start(
         workers: usize,
         syncer: Syncer,
         retries: Arc<Retries>,
         retry_later: std::time::Duration,
+        served: Vec<String>,
     ) -> std::io::Result<Pool> {
         let workers = workers.max(1);
         let pacer = syncer.client().pacer().clone();
@@ -215,6 +224,15 @@ impl Pool {
             stopping: AtomicBool::new(false),
             idle_since: Mutex::new(None),
         });
+        let sampler = match shared.pacer.asks_users() {
+            true => Some(Sampler::start(
+                syncer.client().clone(),
+                syncer.breaker().clone(),
+                syncer.metrics().clone(),
+                served,
+            )?),
+            false => None,
+        };
         let syncer = Arc::new(syncer);
         let spawned = (0..workers)
             .map(|n| {
@@ -243,10 +261,17 @@ impl Pool {
                 // The threads that did start end once nothing can reach them.
                 shared.stop();
                 shared.ready.close();
+                if let Some(sampler) = sampler {
+                    sampler.stop();
+                }
                 return Err(e);
             }
         };
-        Ok(Pool { shared, threads })
+        Ok(Pool {
+            shared,
+            threads,
+            sampler,
+        })
     }
 
     /// Asks for a sync of relay `id` (see [`Lanes::request`]) as part of a backlog: paced.
@@ -302,6 +327,9 @@ impl Pool {
     /// handed to the writer are recorded when the writer stops.
     pub fn stop(mut self) {
         self.shared.stop();
+        if let Some(sampler) = self.sampler.take() {
+            sampler.stop();
+        }
         let stopped_during_catch_up = self
             .shared
             .catch_up
@@ -360,6 +388,17 @@ fn prepare(shared: &Arc<PoolShared>, syncer: &Syncer) {
                 let now = Instant::now();
                 let next = lanes.next(&mut shared.pacer.pace(), now);
                 shared.metrics.work_waiting(lanes.queued());
+                if matches!(
+                    next,
+                    Next::WaitUntil(_)
+                        | Next::WaitForWrite
+                        | Next::Start {
+                            lane: Lane::Backlog,
+                            ..
+                        }
+                ) {
+                    shared.pacer.backlog_asked(); // its users are asked from now on
+                }
                 lanes = match next {
                     Next::Start {
                         id,
@@ -392,6 +431,10 @@ fn prepare(shared: &Arc<PoolShared>, syncer: &Syncer) {
                 // The cheapest request zooid answers: what any request costs, network
                 // included, and so how much of a write's time is zooid's work.
                 let _ = syncer.client().probe();
+            }
+            if shared.pacer.wants_idle() && syncer.breaker().outage().is_none() {
+                // What a relay user waits while zooid-sync sends nothing, before it does.
+                sampler::measure_idle(syncer.client());
             }
         }
         if stopping() {
@@ -451,7 +494,7 @@ fn work(
             shared.finished(&relay);
         });
         drop(admission); // zooid has answered: the next write may go
-        syncer.metrics().set_pace(pacer.state());
+        syncer.metrics().set_pace(&pacer.state());
     }
 }
 

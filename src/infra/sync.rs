@@ -39,7 +39,7 @@ use crate::quote;
 use crate::relay_config::relay_body;
 use crate::rules::InvalidRelay;
 use crate::secret::Secret;
-use crate::store::{Command, Query, Relay, RelayForSync, ZOOID_UNAVAILABLE};
+use crate::store::{Command, Query, Relay, RelayForSync, RelayStatus, ZOOID_UNAVAILABLE};
 use crate::time::format_unix;
 use crate::zooid::{ProbeFailure, SignedRequest, ZooidClient, ZooidError};
 
@@ -544,9 +544,25 @@ impl Syncer {
             Target::Relay { relay, seen, .. } => Some((relay.revision, *seen)),
             Target::Deleted { .. } => None,
         };
+        // A relay zooid will serve to its users: one to ask as their user, if none is known.
+        let served = match &ready.target {
+            Target::Relay { relay, .. }
+                if relay.settings.status == RelayStatus::Active
+                    && !self.client.pacer().knows_served() =>
+            {
+                Some(format!(
+                    "{}.{}",
+                    relay.settings.subdomain, self.env.relay_domain
+                ))
+            }
+            _ => None,
+        };
         let error = match self.exchange(ready) {
             Ok(done) => {
                 self.breaker.answered();
+                if let Some(host) = served {
+                    self.client.pacer().served(&host);
+                }
                 return match read {
                     Some((revision, seen)) => Attempt::Accepted {
                         relay_id,

@@ -300,6 +300,20 @@ impl Query {
         .context("reading the next relay to audit")
     }
 
+    /// The subdomains of up to `n` relays zooid serves to their users now (synced and
+    /// active), for asking zooid as a relay user would.
+    pub fn served_subdomains(&self, n: usize) -> Result<Vec<String>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT subdomain FROM relay WHERE synced = 1 AND status = 'active'
+                   AND typeof(subdomain) = 'text' AND subdomain <> '' LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([n as i64], |row| row.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .context("reading relays zooid serves")
+    }
+
     /// Every relay, in id order, each read on its own: one bad row does not hide the others.
     pub fn list_relays(&self) -> Result<Vec<Result<Relay>>> {
         self.read(|conn| {

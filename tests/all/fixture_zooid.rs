@@ -501,3 +501,65 @@ fn with_a_cost_model_writes_share_one_core_with_relay_users() {
         "a write costs its 60 ms: {slowest:?}"
     );
 }
+
+/// zooid reloads a relay once it has answered its write: work the client never waits for, on
+/// the core its users need. The fixture's cost model has it: the write answers after its own
+/// cost, the reload follows on the same core, and a relay user who asks right after the
+/// answer waits behind it.
+#[test]
+fn a_write_leaves_work_on_the_core_after_its_answer_that_users_wait_behind() {
+    use zooid_sync::fixture::{CostModel, Work};
+    let fx = fixture();
+    let (status, _) = signed(&fx, "POST", "/relay/alpha", Some(&config("alpha")));
+    assert_eq!(status, 201);
+    let host = "alpha.relays.example.com";
+    fx.set_cost(Some(CostModel {
+        slice: Duration::from_millis(10),
+        ..CostModel::writes_of(Duration::from_millis(20)).with_after(Duration::from_millis(200))
+    }));
+    for _ in 0..5 {
+        fx.user_request(host).unwrap(); // the first connections of a process are slower
+    }
+    let idle = median((0..15).map(|_| fx.user_request(host).unwrap().0).collect());
+
+    let asked = std::time::Instant::now();
+    let (status, _) = signed(
+        &fx,
+        "PATCH",
+        "/relay/alpha",
+        Some(&json!({"inactive": true})),
+    );
+    let answered = asked.elapsed();
+    assert_eq!(status, 200);
+    let (waited, user_status) = fx.user_request(host).unwrap();
+    assert_eq!(user_status, 200);
+    println!(
+        "a write answered in {answered:?}; a user asking then waited {waited:?} (idle {idle:?})"
+    );
+    assert!(
+        answered < Duration::from_millis(200),
+        "the write answers before its reload: {answered:?}"
+    );
+    assert!(
+        waited >= idle + Duration::from_millis(5),
+        "the user waits behind the reload: {waited:?}, idle {idle:?}"
+    );
+    expect_within(Duration::from_secs(10), "the reload ran", || {
+        fx.core_busy_of(&[Work::AfterWrite]) == Duration::from_millis(200)
+    });
+    assert_eq!(fx.core_busy_of(&[Work::Write]), Duration::from_millis(20));
+    assert!(fx.core_busy_of(&[Work::User]) >= Duration::from_micros(300 * 21));
+
+    // A write zooid refuses changes no file: nothing is reloaded.
+    let (status, _) = signed(
+        &fx,
+        "PATCH",
+        "/relay/nobody",
+        Some(&json!({"inactive": true})),
+    );
+    assert_eq!(status, 404);
+    assert_eq!(
+        fx.core_busy_of(&[Work::AfterWrite]),
+        Duration::from_millis(200)
+    );
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use zooid_sync::fixture::{CostModel, Fault, FixtureZooid};
+use zooid_sync::fixture::{CostModel, Fault, FixtureZooid, Work};
 use zooid_sync::{Env, Infra, InfraHandle, Store};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -46,11 +46,12 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-/// Requests for relays among `ids`: (first started, last finished, count).
-fn span(fx: &FixtureZooid, ids: &[String]) -> (Instant, Instant, usize) {
+/// Requests for relays among `ids` since `since`: (first started, last finished, count).
+fn span(fx: &FixtureZooid, ids: &[String], since: Instant) -> (Instant, Instant, usize) {
     let requests: Vec<_> = fx
         .requests()
         .into_iter()
+        .filter(|r| r.started >= since)
         .filter(|r| r.relay_id().is_some_and(|id| ids.iter().any(|i| i == id)))
         .collect();
     let first = requests.iter().map(|r| r.started).min().unwrap();
@@ -58,66 +59,202 @@ fn span(fx: &FixtureZooid, ids: &[String]) -> (Instant, Instant, usize) {
     (first, last, requests.len())
 }
 
+/// `n` relays zooid has (created through an unpaced worker while zooid cost nothing), and the
+/// first `changed` of them renamed by the host since: a backlog for the next start.
+fn fleet(fx: &FixtureZooid, n: usize, changed: usize) -> (tempfile::TempDir, Store, Vec<String>) {
+    let (dir, store, env, ids) = catch_up(fx, n, |env| env.sync_zooid_share = 0.0);
+    let worker = start(&store, &env);
+    expect_within(WAIT, "the fleet created", || all_synced(&store, &ids));
+    worker.shutdown().unwrap();
+    for id in &ids[..changed] {
+        let mut renamed = settings(id);
+        renamed.info_name = format!("Renamed {id}");
+        store.command.update_relay(id, &renamed).unwrap();
+    }
+    (dir, store, ids[..changed].to_vec())
+}
+
+/// What a relay user waits, asked every 20 ms until `stop`: the waits.
+fn user_samples(fx: &FixtureZooid, host: &str, stop: &AtomicBool) -> Vec<Duration> {
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        samples.push(fx.user_request(host).unwrap().0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    samples
+}
+
+/// What a measured catch-up shows.
+struct Measured {
+    /// What a relay user waited during it.
+    during: Vec<Duration>,
+    /// The share of zooid's core its writes took (before and after their answers), from its
+    /// first request to its last answer and reload.
+    busy: f64,
+    /// Relays a second.
+    rate: f64,
+    /// The worker's `/metrics` at its end.
+    metrics: String,
+}
+
+/// A catch-up of `ids` with `env` while a relay user asks for `host`'s document every 20 ms;
+/// zooid's writes leave `after` of work once answered.
+fn measured_catch_up(
+    fx: &FixtureZooid,
+    store: &Store,
+    env: &Env,
+    ids: &[String],
+    host: &str,
+    after: Duration,
+) -> Measured {
+    let writes = [Work::Write, Work::AfterWrite];
+    let since = Instant::now();
+    let busy_before = fx.core_busy_of(&writes);
+    let reloads_before = fx.core_busy_of(&[Work::AfterWrite]);
+    let stop = AtomicBool::new(false);
+    let (during, metrics) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| user_samples(fx, host, &stop));
+        let infra = Infra::new(store.query.clone(), store.command.clone(), env);
+        let metrics = infra.metrics();
+        let worker = infra.spawn().unwrap();
+        expect_within(WAIT, "every relay synced", || all_synced(store, ids));
+        let text = metrics.render(&Default::default());
+        stop.store(true, Ordering::Release);
+        worker.shutdown().unwrap();
+        (sampler.join().unwrap(), text)
+    });
+    let (first, last, _) = span(fx, ids, since);
+    // Every accepted write's reload has run (they run one after another), or is about to.
+    let accepted = fx
+        .requests()
+        .iter()
+        .filter(|r| r.started >= since && r.status / 100 == 2)
+        .filter(|r| matches!(r.method.as_str(), "POST" | "PATCH"))
+        .count() as u32;
+    expect_within(WAIT, "the reloads", || {
+        fx.core_busy_of(&[Work::AfterWrite]) - reloads_before >= after * accepted
+    });
+    let busy = (fx.core_busy_of(&writes) - busy_before).as_secs_f64();
+    Measured {
+        during,
+        busy: busy / ((last - first) + after).as_secs_f64(),
+        rate: ids.len() as f64 / (last - first).as_secs_f64(),
+        metrics,
+    }
+}
+
+fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// The lines of `metrics` that start with `name`.
+fn series(metrics: &str, name: &str) -> String {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The costly zooid: writes cost 60 ms before their answer and 30 ms after it (zooid reloads
+/// the relay), 1 000 relays, 200 renamed. The pacer learns the part after the answer from
+/// relay users' answers: zooid's core spends at most 1.1 times `SYNC_ZOOID_SHARE` on the
+/// catch-up's writes, and a relay user's median wait stays within twice idle or a millisecond
+/// of it.
 #[test]
-fn a_catch_up_of_costly_writes_leaves_zooids_users_their_time() {
+fn a_catch_up_holds_the_share_of_zooids_core_its_writes_really_take() {
     let fx = fixture();
-    fx.set_cost(Some(CostModel::writes_of(Duration::from_millis(60))));
-    // A relay whose users keep asking for its NIP-11 document.
-    fx.put_relay(
-        "home",
-        serde_json::json!({"host": "home.relays.example.com", "schema": "home",
-                           "info": {"name": "Home", "pubkey": OWNER}}),
-    );
-    let user = || fx.user_request("home.relays.example.com").unwrap().0;
+    let (_dir, store, ids) = fleet(&fx, 1000, 200);
+    let after = Duration::from_millis(30);
+    fx.set_cost(Some(
+        CostModel::writes_of(Duration::from_millis(60)).with_after(after),
+    ));
+    let host = "c999.relays.example.com";
+    let user = || fx.user_request(host).unwrap().0;
     for _ in 0..5 {
         user();
     }
-    let idle = median((0..40).map(|_| user()).collect());
-
-    let (_dir, store, env, ids) = catch_up(&fx, 200, |_| {});
-    let stop = AtomicBool::new(false);
-    let (during, handle) = std::thread::scope(|scope| {
-        let sampler = scope.spawn(|| {
-            let mut samples = Vec::new();
-            while !stop.load(Ordering::Acquire) {
-                samples.push(user());
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            samples
-        });
-        let worker = start(&store, &env);
-        expect_within(WAIT, "every relay synced", || all_synced(&store, &ids));
-        stop.store(true, Ordering::Release);
-        (sampler.join().unwrap(), worker)
-    });
-    handle.shutdown().unwrap();
-    let (first, last, writes) = span(&fx, &ids);
-    let rate = ids.len() as f64 / (last - first).as_secs_f64();
-    let during_median = median(during.clone());
+    let idle: Vec<Duration> = (0..100)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            user()
+        })
+        .collect();
+    let mut env = env_for(&fx.url());
+    env.sync_zooid_share = zooid_sync::DEFAULT_ZOOID_SHARE;
+    let m = measured_catch_up(&fx, &store, &env, &ids, host, after);
+    let (idle50, during50) = (median(idle.clone()), median(m.during.clone()));
     println!(
-        "200 writes of 60 ms: {rate:.1} relays a second; a relay user's median {idle:?} idle, \
-         {during_median:?} during ({} samples), {writes} requests",
-        during.len()
+        "200 writes of 60 + 30 ms: {:.2} relays a second; zooid's core {:.3} busy with them \
+         (share {}); a relay user's p50 {idle50:?} idle, {during50:?} during, p99 {:?} -> {:?} \
+         ({} samples); {}; {}; {}",
+        m.rate,
+        m.busy,
+        zooid_sync::DEFAULT_ZOOID_SHARE,
+        percentile(&idle, 0.99),
+        percentile(&m.during, 0.99),
+        m.during.len(),
+        series(&m.metrics, "zooid_sync_zooid_write_cost_seconds"),
+        series(&m.metrics, "zooid_sync_zooid_busy_share"),
+        series(&m.metrics, "zooid_sync_user_wait_seconds"),
     );
-    assert!(rate >= 3.0, "{rate:.1} relays a second");
     assert!(
-        during_median <= (2 * idle).max(idle + Duration::from_millis(1)),
-        "a user waited {during_median:?} instead of {idle:?}"
+        m.busy <= 1.1 * zooid_sync::DEFAULT_ZOOID_SHARE,
+        "zooid's core spent {:.3} of its time on the catch-up's writes",
+        m.busy
+    );
+    assert!(
+        during50 <= (2 * idle50).max(idle50 + Duration::from_millis(1)),
+        "a user waited {during50:?} instead of {idle50:?}"
+    );
+    // Paced, not stopped: at least half the rate the share allows (0.25 / 90 ms a write).
+    assert!(
+        m.rate >= 0.5 * 0.25 / 0.090,
+        "{:.2} relays a second",
+        m.rate
+    );
+    assert!(
+        m.metrics.contains("zooid_sync_pacing_by_users 1"),
+        "{}",
+        m.metrics
     );
 }
 
+/// A zooid whose writes are cheap: relay users feel nothing, so a paced catch-up runs at the
+/// rate an unpaced one does (here the rate ceiling's), not held back by latency that is not
+/// zooid's work.
 #[test]
-fn a_fast_zooid_still_gets_the_rate_ceiling() {
-    let fx = fixture();
-    fx.set_cost(Some(CostModel::writes_of(Duration::from_millis(1))));
-    let (_dir, store, env, ids) = catch_up(&fx, 1000, |env| env.sync_max_rate = 100.0);
-    let worker = start(&store, &env);
-    expect_within(WAIT, "every relay synced", || all_synced(&store, &ids));
-    worker.shutdown().unwrap();
-    let (first, last, _) = span(&fx, &ids);
-    let rate = ids.len() as f64 / (last - first).as_secs_f64();
-    println!("1 000 writes of 1 ms with SYNC_MAX_RATE=100: {rate:.1} a second");
-    assert!(rate >= 80.0, "{rate:.1} a second");
+fn a_fast_zooid_gets_what_an_unpaced_catch_up_gets() {
+    let rates: Vec<f64> = [0.0, zooid_sync::DEFAULT_ZOOID_SHARE]
+        .into_iter()
+        .map(|share| {
+            let fx = fixture();
+            let (_dir, store, ids) = fleet(&fx, 1000, 1000);
+            fx.set_cost(Some(CostModel::writes_of(Duration::from_millis(1))));
+            let mut env = env_for(&fx.url());
+            env.sync_max_rate = 100.0;
+            env.sync_zooid_share = share;
+            let host = "c0.relays.example.com";
+            let m = measured_catch_up(&fx, &store, &env, &ids, host, Duration::ZERO);
+            println!(
+                "1 000 writes of 1 ms, SYNC_ZOOID_SHARE={share}: {:.1} a second, zooid's core \
+                 {:.3} busy with them; {}; {}",
+                m.rate,
+                m.busy,
+                series(&m.metrics, "zooid_sync_zooid_write_cost_seconds"),
+                series(&m.metrics, "zooid_sync_write_spacing_seconds"),
+            );
+            m.rate
+        })
+        .collect();
+    let (unpaced, paced) = (rates[0], rates[1]);
+    assert!(
+        paced >= 0.9 * unpaced,
+        "{paced:.1} against {unpaced:.1} a second"
+    );
+    assert!(paced >= 80.0, "{paced:.1} a second, SYNC_MAX_RATE=100");
 }
 
 #[test]
@@ -343,4 +480,107 @@ fn a_small_batch_of_changes_goes_out_at_once_before_the_pace_is_known() {
         .map(|r| r.path.clone())
         .collect();
     assert!(late.is_empty(), "started only after an answer: {late:?}");
+}
+
+/// At start the daemon asks zooid, as a user of a relay it serves, for the relay's NIP-11
+/// document, and says once in its log which way catch-ups are paced: by what relay users
+/// feel, or, where zooid does not answer relay users at its API's address (a proxy that
+/// routes relay hosts elsewhere), by zooid's answers alone. Then a catch-up still goes, paced,
+/// and relay users are not asked again.
+#[test]
+fn the_log_says_once_at_start_how_catch_ups_are_paced() {
+    let fx = fixture();
+    let (dir, store, _) = fleet(&fx, 30, 0);
+    let db = store.query.path().to_path_buf();
+    let by_users = "catch-ups are paced by what zooid's relay users feel";
+    let by_answers = "catch-ups are paced by zooid's answers alone";
+    for (round, elsewhere) in [false, true].into_iter().enumerate() {
+        fx.serve_users_elsewhere(elsewhere);
+        // A backlog of 25 renamed relays for this start.
+        let ids: Vec<String> = (0..25).map(|i| format!("c{i}")).collect();
+        for id in &ids {
+            let mut renamed = settings(id);
+            renamed.info_name = format!("Round {round} {id}");
+            store.command.update_relay(id, &renamed).unwrap();
+        }
+        let since = Instant::now();
+        let log = dir.path().join(format!("round-{round}.log"));
+        let mut cmd = zooid_sync(&fx, &db);
+        cmd.env_remove("SYNC_ZOOID_SHARE")
+            .env("RUST_LOG", "info")
+            .args(["run", "--feed-interval", "10ms"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().unwrap();
+        expect_within(WAIT, "the catch-up", || all_synced(&store, &ids));
+        terminate(&mut child);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let count = |line: &str| text.lines().filter(|l| l.contains(line)).count();
+        let asked = fx
+            .requests()
+            .iter()
+            .filter(|r| r.started >= since && r.path == "/")
+            .count();
+        println!("round {round}: {asked} questions as a relay user");
+        if elsewhere {
+            assert_eq!(count(by_answers), 1, "{text}");
+            assert_eq!(count(by_users), 0, "{text}");
+            assert!(
+                text.contains("A proxy in front of zooid may route relay hosts elsewhere"),
+                "{text}"
+            );
+            // Three refusals in a row (`pace::USER_REFUSALS`), each about another relay.
+            assert_eq!(
+                asked, 3,
+                "asked about three relays at start, then never again"
+            );
+        } else {
+            assert_eq!(count(by_users), 1, "{text}");
+            assert_eq!(count(by_answers), 0, "{text}");
+            assert!(asked > 3, "relay users asked during the catch-up: {asked}");
+        }
+    }
+}
+
+/// `zooid-sync check` says how catch-ups will be paced: by what relay users feel where zooid
+/// answers them at its API's address, else (a warning, which passes) by its answers alone.
+#[test]
+fn check_says_whether_relay_users_can_be_asked() {
+    let fx = fixture();
+    let (_dir, store, _) = fleet(&fx, 2, 0);
+    let db = store.query.path().to_path_buf();
+    let check = |share: Option<&str>| {
+        let out = output({
+            let mut c = zooid_sync(&fx, &db);
+            match share {
+                Some(share) => c.env("SYNC_ZOOID_SHARE", share),
+                None => c.env_remove("SYNC_ZOOID_SHARE"),
+            };
+            c.arg("check");
+            c
+        });
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), text)
+    };
+    let (code, text) = check(None);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("ok   relay users: zooid answers c0.relays.example.com's NIP-11 document")
+            && text.contains("catch-ups are paced by what its users feel"),
+        "{text}"
+    );
+    fx.serve_users_elsewhere(true);
+    let (code, text) = check(None);
+    assert_eq!(code, Some(0), "a warning passes: {text}");
+    assert!(
+        text.contains("WARN relay users: zooid does not answer a relay user's NIP-11 request")
+            && text.contains("c1.relays.example.com: 404: Not Found"),
+        "{text}"
+    );
+    let (_, text) = check(Some("0"));
+    assert!(
+        text.contains("ok   pacing: off (SYNC_ZOOID_SHARE=0)"),
+        "{text}"
+    );
+    assert!(!text.contains("relay users"), "{text}");
 }

@@ -1,6 +1,7 @@
 //! The property test: [`Lanes`] and the real [`Pace`] driven through random interleavings of
 //! what happens to a running pool, on a virtual clock, against a model of the rules written
-//! independently of the code.
+//! independently of the code. Half the cases pace by relay users' answers too (their samples
+//! arrive at random, moving a write's cost and the users' penalty), half by zooid's alone.
 
 use super::*;
 use crate::pace::DEBT_SPACINGS;
@@ -27,6 +28,8 @@ enum Event {
     Answer(usize, u64, Ending),
     /// A cheap read answers: the floor.
     Floor(u64),
+    /// A relay user's sample (when the pace asks them): the two waits, in microseconds.
+    User(u64, u64),
     /// Time passes.
     Advance(u64),
     /// The breaker opens (sends are parked) or closes (everything pending is handed back).
@@ -57,6 +60,7 @@ fn event() -> impl Strategy<Value = Event> {
             ])
             .prop_map(|(k, ms, end)| Event::Answer(k, ms, end)),
         1 => (1..50u64).prop_map(Event::Floor),
+        3 => (100..4_000u64, 100..4_000u64).prop_map(|(a, b)| Event::User(a, b)),
         3 => (1..400u64).prop_map(Event::Advance),
         1 => any::<bool>().prop_map(Event::Breaker),
         1 => Just(Event::Shutdown),
@@ -97,11 +101,16 @@ struct World {
 }
 
 impl World {
-    fn new() -> World {
+    /// A world whose pace asks relay users (`users`) or goes by zooid's answers alone.
+    fn new(users: bool) -> World {
         let t0 = Instant::now();
+        let pace = match users {
+            true => Pace::new(0.25, 4).with_users(Duration::from_millis(1)),
+            false => Pace::new(0.25, 4),
+        };
         World {
             lanes: Lanes::default(),
-            pace: Pace::new(0.25, 4),
+            pace,
             t0,
             now: t0,
             version: HashMap::new(),
@@ -262,7 +271,7 @@ impl World {
             _ => Duration::from_millis(ms).min(TIMEOUT),
         };
         self.now += took / 4; // answers overlap; time moves on a little
-        self.pace.write_took(took);
+        self.pace.write_took(took, self.now);
         self.pace.finished();
         self.answered.extend(request.answering);
         match ending {
@@ -289,6 +298,11 @@ impl World {
             Event::Step => self.step()?,
             Event::Answer(k, ms, ending) => self.answer(*k, *ms, *ending),
             Event::Floor(ms) => self.pace.read_took(Duration::from_millis(*ms), self.now),
+            Event::User(first, second) => self.pace.user_sample(
+                self.now,
+                Duration::from_micros(*first),
+                Duration::from_micros(*second),
+            ),
             Event::Advance(ms) => {
                 self.now += Duration::from_millis(*ms);
                 for id in std::mem::take(&mut self.retries) {
@@ -375,9 +389,10 @@ proptest! {
     /// zooid at its latest version and every manual sync is answered.
     #[test]
     fn any_interleaving_keeps_the_rules_and_ends_with_everything_synced(
-        events in proptest::collection::vec(event(), 1..400)
+        events in proptest::collection::vec(event(), 1..400),
+        users in any::<bool>(),
     ) {
-        let mut world = World::new();
+        let mut world = World::new(users);
         for event in &events {
             world.apply(event)?;
         }
