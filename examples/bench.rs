@@ -19,7 +19,7 @@
 //! need the release binary: build it first with `cargo build --release`), `--only-latency`
 //! (section 7 alone), `--only-scale` (section 8 alone), `--only-prune` (section 9 alone),
 //! `--only-catch-up` (section 10 alone), `--only-startup` (section 6 alone), `--only-idle` (section 4 alone),
-//! `--only-host-idle` (section 12 alone).
+//! `--only-host-idle` (section 12 alone), `--only-throughput` (sections 1 and 2 alone).
 //! `BENCH_SMAPS=<program>` runs the program with the daemon's pid once section 6's burst is
 //! over, to look at where its memory is (`/proc/<pid>/smaps`); `BENCH_THREADS=1` prints the
 //! CPU per sync of each kind of worker thread.
@@ -85,13 +85,8 @@ fn main() -> anyhow::Result<()> {
         return startup(&release_binary()?, 10_000);
     }
     if args.iter().any(|a| a == "--only-catch-up") {
-        println!("## 10. catch-ups against a zooid whose writes cost what the real one's do");
-        for (n, write_ms) in [(200, 60), (200, 20), (1000, 60), (1000, 20)] {
-            for paced in [false, true] {
-                catch_up(n, write_ms, paced)?;
-            }
-        }
-        return Ok(());
+        println!("## 10. catch-ups against a costly zooid and a fast one");
+        return catch_ups();
     }
     if args.iter().any(|a| a == "--only-audit") {
         println!("## 11. the existence audit's load on zooid");
@@ -125,10 +120,11 @@ fn main() -> anyhow::Result<()> {
     if only_latency {
         return latency_bound(workers);
     }
+    let only_throughput = args.iter().any(|a| a == "--only-throughput");
     println!("## 1-2. throughput and CPU per sync ({workers} workers)");
     for &n in &sizes {
-        let (raw, raw_cpu, raw_zooid) = raw_limit(n, workers, None)?;
-        let (worker, cpu, worker_zooid) = worker_run(n, workers, None)?;
+        let (raw, raw_cpu, raw_zooid) = raw_limit(n, workers, None, StandIn::Fixture)?;
+        let (worker, cpu, worker_zooid) = worker_run(n, workers, None, StandIn::Fixture)?;
         let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
         println!(
             "N={n:>6}: worker {:>7.0} syncs/s, raw ureq {:>7.0} req/s, ratio {:.2}",
@@ -145,6 +141,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     cost_breakdown(2000)?;
+    if only_throughput {
+        return Ok(());
+    }
 
     println!("\n## 5. timer wheel");
     for n in [1_000usize, 10_000, 100_000] {
@@ -171,20 +170,23 @@ fn main() -> anyhow::Result<()> {
     latency_bound(workers)
 }
 
-/// Section 7: zooid some distance away. Each request waits `delay` at the fixture, so `workers`
-/// senders can do at most `workers / delay` a second; how close each side comes is what the
-/// worker's own time per sync costs.
+/// Section 7: zooid some distance away. Each request waits `delay` at the stand-in, so
+/// `workers` senders can do at most `workers / delay` a second; how close each side comes is
+/// what the worker's own time per sync costs. Against the fixture (which checks signatures
+/// on the same cores) and against a delay server (which checks nothing).
 fn latency_bound(workers: usize) -> anyhow::Result<()> {
     println!("## 7. latency-bound throughput ({workers} workers vs {workers} bare ureq threads)");
-    for (delay, n) in [
-        (Duration::from_millis(1), 3000),
-        (Duration::from_millis(5), 1000),
+    for (delay, n, stand_in) in [
+        (Duration::from_millis(1), 3000, StandIn::Fixture),
+        (Duration::from_millis(5), 1000, StandIn::Fixture),
+        (Duration::from_millis(1), 3000, StandIn::DelayServer),
+        (Duration::from_millis(5), 1000, StandIn::DelayServer),
     ] {
         // Five rounds, alternating: the median ratio, and every round to show the spread.
         let mut rounds = Vec::new();
         for _ in 0..5 {
-            let (raw, raw_cpu, _) = raw_limit(n, workers, Some(delay))?;
-            let (worker, cpu, _) = worker_run(n, workers, Some(delay))?;
+            let (raw, raw_cpu, _) = raw_limit(n, workers, Some(delay), stand_in)?;
+            let (worker, cpu, _) = worker_run(n, workers, Some(delay), stand_in)?;
             rounds.push((worker / raw, worker, raw, cpu, raw_cpu));
         }
         rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -192,9 +194,13 @@ fn latency_bound(workers: usize) -> anyhow::Result<()> {
         let limit = workers as f64 / delay.as_secs_f64();
         let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
         println!(
-            "zooid {:>2} ms away: worker/bare {ratio:.2} (rounds {}); median round: worker \
+            "{:<12} {:>2} ms away: worker/bare {ratio:.2} (rounds {}); median round: worker \
              {worker:.0} syncs/s, bare {raw:.0} req/s (limit {limit:.0}/s); CPU per sync \
              {:.0} us, per bare request {:.0} us",
+            match stand_in {
+                StandIn::Fixture => "fixture",
+                StandIn::DelayServer => "delay server",
+            },
             delay.as_millis(),
             rounds
                 .iter()
@@ -230,6 +236,137 @@ struct Setup {
     db: PathBuf,
     env: Env,
     zooid: FixtureZooid,
+}
+
+/// What stands in for zooid in sections 1, 2 and 7.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum StandIn {
+    /// The fixture zooid: it checks every request's NIP-98 signature, as zooid does, on the
+    /// benchmark's cores.
+    Fixture,
+    /// A bare HTTP server that answers every request `201` after the delay, checking
+    /// nothing: what the client costs, with as little of the server's cost beside it as can be.
+    DelayServer,
+}
+
+impl Setup {
+    /// Makes `stand_in` answer after `delay`: the fixture (with a delay fault), or a delay
+    /// server started here, which `env` then points at.
+    fn stand_in(
+        &mut self,
+        delay: Option<Duration>,
+        stand_in: StandIn,
+    ) -> anyhow::Result<Option<DelayServer>> {
+        match stand_in {
+            StandIn::Fixture => {
+                if let Some(d) = delay {
+                    self.zooid.inject("*", Fault::Delay(d));
+                }
+                Ok(None)
+            }
+            StandIn::DelayServer => {
+                let server = DelayServer::start(delay.unwrap_or_default())?;
+                self.env.zooid_api_url = format!("http://{}", server.addr);
+                Ok(Some(server))
+            }
+        }
+    }
+}
+
+/// A bare HTTP/1.1 server on loopback, a thread per connection, that reads each request and
+/// answers `201 {"message": "relay created successfully"}` after `delay`, keeping the
+/// connection: zooid at a distance, costing nothing.
+struct DelayServer {
+    addr: std::net::SocketAddr,
+    state: std::sync::Arc<(
+        std::sync::Mutex<Option<Instant>>,
+        std::sync::atomic::AtomicUsize,
+    )>,
+}
+
+impl DelayServer {
+    fn start(delay: Duration) -> anyhow::Result<DelayServer> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let state = std::sync::Arc::new((
+            std::sync::Mutex::new(None::<Instant>),
+            std::sync::atomic::AtomicUsize::new(0),
+        ));
+        let shared = state.clone();
+        std::thread::Builder::new()
+            .name("delay-accept".into())
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let state = shared.clone();
+                    let _ =
+                        std::thread::Builder::new()
+                            .name("delay-conn".into())
+                            .spawn(move || {
+                                let _ = stream.set_nodelay(true);
+                                let mut writer = match stream.try_clone() {
+                                    Ok(w) => w,
+                                    Err(_) => return,
+                                };
+                                let mut reader = BufReader::new(stream);
+                                let body = br#"{"message":"relay created successfully"}"#;
+                                loop {
+                                    let mut length = 0usize;
+                                    let mut line = String::new();
+                                    let mut first = true;
+                                    loop {
+                                        line.clear();
+                                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                            return;
+                                        }
+                                        if first {
+                                            state
+                                                .0
+                                                .lock()
+                                                .unwrap()
+                                                .get_or_insert_with(Instant::now);
+                                            first = false;
+                                        }
+                                        if line == "\r\n" {
+                                            break;
+                                        }
+                                        let lower = line.to_ascii_lowercase();
+                                        if let Some(v) = lower.strip_prefix("content-length:") {
+                                            length = v.trim().parse().unwrap_or(0);
+                                        }
+                                    }
+                                    let mut request_body = vec![0u8; length];
+                                    if reader.read_exact(&mut request_body).is_err() {
+                                        return;
+                                    }
+                                    std::thread::sleep(delay);
+                                    let head = format!(
+                                    "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n\
+                                     content-length: {}\r\n\r\n",
+                                    body.len()
+                                );
+                                    if writer.write_all(head.as_bytes()).is_err()
+                                        || writer.write_all(body).is_err()
+                                    {
+                                        return;
+                                    }
+                                    state.1.fetch_add(1, Ordering::Relaxed);
+                                }
+                            });
+                }
+            })?;
+        Ok(DelayServer { addr, state })
+    }
+
+    /// When the first request arrived.
+    fn first(&self) -> Option<Instant> {
+        *self.state.0.lock().unwrap()
+    }
+
+    /// How many requests it answered.
+    fn answered(&self) -> usize {
+        self.state.1.load(Ordering::Relaxed)
+    }
 }
 
 /// A fixture zooid and a database of `n` relays (`synced` as given).
@@ -282,11 +419,10 @@ fn raw_limit(
     n: usize,
     workers: usize,
     delay: Option<Duration>,
+    stand_in: StandIn,
 ) -> anyhow::Result<(f64, Duration, Duration)> {
-    let s = setup(n, false, workers)?;
-    if let Some(d) = delay {
-        s.zooid.inject("*", Fault::Delay(d));
-    }
+    let mut s = setup(n, false, workers)?;
+    let _server = s.stand_in(delay, stand_in)?;
     let store = Store::open(&s.db)?;
     let mut requests = Vec::with_capacity(n);
     for i in 0..n {
@@ -310,9 +446,13 @@ fn raw_limit(
     };
     let started = Instant::now();
     let cpu = std::sync::Mutex::new(Duration::ZERO);
+    let (waits, preempted) = (
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    );
     std::thread::scope(|scope| {
         for chunk in &chunks {
-            let (agent, cpu) = (agent.clone(), &cpu);
+            let (agent, cpu, waits, preempted) = (agent.clone(), &cpu, &waits, &preempted);
             scope.spawn(move || {
                 for (url, auth, body) in chunk {
                     let mut r = agent
@@ -325,9 +465,30 @@ fn raw_limit(
                     let _ = r.body_mut().read_to_vec();
                 }
                 *cpu.lock().unwrap() += this_thread_cpu();
+                let status =
+                    std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+                for (key, total) in [
+                    ("voluntary_ctxt_switches:", &waits),
+                    ("nonvoluntary_ctxt_switches:", &preempted),
+                ] {
+                    let n: usize = status
+                        .lines()
+                        .find(|l| l.starts_with(key))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    total.fetch_add(n, Ordering::Relaxed);
+                }
             });
         }
     });
+    if std::env::var_os("BENCH_THREADS").is_some() {
+        println!(
+            "  bare senders: {:.2} waits and {:.2} preemptions a request",
+            waits.load(Ordering::Relaxed) as f64 / n as f64,
+            preempted.load(Ordering::Relaxed) as f64 / n as f64
+        );
+    }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     let zooid = thread_cpu("fixture-");
     Ok((rate, cpu.into_inner().unwrap(), zooid))
@@ -367,17 +528,47 @@ fn threads_cpu(process: &str, prefix: &str) -> Duration {
         .sum()
 }
 
+/// How many times the threads of this process whose name starts with `prefix` went off their
+/// core so far, of their own accord (to wait) and not (preempted): `schedstat`'s third field
+/// counts both; `status` tells the voluntary ones.
+fn threads_switches(prefix: &str) -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return (0, 0);
+    };
+    let field = |status: &str, key: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.starts_with(prefix))
+        })
+        .map(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            (
+                field(&status, "voluntary_ctxt_switches:"),
+                field(&status, "nonvoluntary_ctxt_switches:"),
+            )
+        })
+        .fold((0, 0), |(v, n), (a, b)| (v + a, n + b))
+}
+
 /// The real worker syncing `n` pending relays at startup. Answers syncs/s and the CPU time
 /// of the worker's own threads.
 fn worker_run(
     n: usize,
     workers: usize,
     delay: Option<Duration>,
+    stand_in: StandIn,
 ) -> anyhow::Result<(f64, Duration, Duration)> {
-    let s = setup(n, false, workers)?;
-    if let Some(d) = delay {
-        s.zooid.inject("*", Fault::Delay(d));
-    }
+    let mut s = setup(n, false, workers)?;
+    let server = s.stand_in(delay, stand_in)?;
     let store = Store::open_with(
         &s.db,
         StoreOptions {
@@ -402,7 +593,10 @@ fn worker_run(
     }
     // From the first request, as the bare client is timed: what the worker costs at startup
     // (opening, the reconcile) is section 6's figure, not a throughput.
-    let first = s.zooid.requests()[0].started;
+    let first = match &server {
+        Some(server) => server.first().expect("a request"),
+        None => s.zooid.requests()[0].started,
+    };
     let rate = n as f64 / first.elapsed().as_secs_f64();
     let startup = first.saturating_duration_since(started);
     if std::env::var_os("BENCH_THREADS").is_some() {
@@ -421,14 +615,20 @@ fn worker_run(
             "zooid-sync-disp",
             "zooid-sync-time",
         ] {
+            let (waits, preempted) = threads_switches(t);
             println!(
-                "  {t}: {:.0} us/sync",
-                thread_cpu(t).as_secs_f64() * 1e6 / n as f64
+                "  {t}: {:.0} us/sync, {:.2} waits and {:.2} preemptions a sync",
+                thread_cpu(t).as_secs_f64() * 1e6 / n as f64,
+                waits as f64 / n as f64,
+                preempted as f64 / n as f64
             );
         }
     }
     worker.shutdown()?;
-    assert_eq!(s.zooid.relay_ids().len(), n);
+    match &server {
+        Some(server) => assert_eq!(server.answered(), n),
+        None => assert_eq!(s.zooid.relay_ids().len(), n),
+    }
     Ok((rate, cpu, zooid))
 }
 
@@ -905,10 +1105,6 @@ fn prune_a_year(binary: &Path, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Section 10: a catch-up of `n` pending relays against a fixture zooid whose writes cost
-/// `write_ms` of its one core, which its relays' users share; with the old fixed settings (4
-/// workers, `SYNC_MAX_RATE` 100, no pacing) or with pacing at its default share. A relay user
-/// asks for a NIP-11 document every 20 ms, idle first and then during the catch-up.
 /// Makes the fixture hold the `n` relays [`setup`] writes, as if they were synced.
 fn hold_relays(zooid: &FixtureZooid, n: usize) {
     for i in 0..n {
@@ -972,26 +1168,115 @@ fn audit_load(n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn catch_up(n: usize, write_ms: u64, paced: bool) -> anyhow::Result<()> {
-    let mut s = setup(n, false, 4)?;
-    s.zooid
-        .set_cost(Some(zooid_sync::fixture::CostModel::writes_of(
-            Duration::from_millis(write_ms),
-        )));
-    s.zooid.put_relay(
-        "home",
-        serde_json::json!({"host": "home.relays.example.com", "schema": "home",
-                           "info": {"name": "Home", "pubkey": OWNER}}),
+/// Section 10's zooids: what a write costs its core before and after the answer, how many
+/// relays it holds and how many changed.
+struct CatchUpZooid {
+    name: &'static str,
+    write: Duration,
+    after: Duration,
+    relays: usize,
+    changed: usize,
+}
+
+/// Section 10's settings: the old fixed ones (4 workers, `SYNC_MAX_RATE` 100, no pacing),
+/// the last release's pacer (zooid's answers alone, `SYNC_PACING=answers`) and the pacer
+/// that asks relay users (the default), both at the default share.
+const CATCH_UP_SETTINGS: [(&str, f64, zooid_sync::PacingSignal); 3] = [
+    ("fixed", 0.0, zooid_sync::PacingSignal::Answers),
+    (
+        "answers",
+        zooid_sync::DEFAULT_ZOOID_SHARE,
+        zooid_sync::PacingSignal::Answers,
+    ),
+    (
+        "users",
+        zooid_sync::DEFAULT_ZOOID_SHARE,
+        zooid_sync::PacingSignal::Users,
+    ),
+];
+
+fn catch_ups() -> anyhow::Result<()> {
+    let zooids = [
+        CatchUpZooid {
+            name: "costly",
+            write: Duration::from_millis(60),
+            after: Duration::from_millis(30),
+            relays: 1000,
+            changed: 200,
+        },
+        CatchUpZooid {
+            name: "fast",
+            write: Duration::from_millis(1),
+            after: Duration::ZERO,
+            relays: 1000,
+            changed: 1000,
+        },
+    ];
+    println!(
+        "zooid   setting  relays  took     relays/s  zooid's core  user p50 idle -> during   \
+         user p99 idle -> during"
     );
+    for zooid in &zooids {
+        for setting in CATCH_UP_SETTINGS {
+            catch_up(zooid, setting)?;
+        }
+    }
+    println!(
+        "(The fixture's slices are 2 ms: a user whose request lands on a write waits up to one, \
+         so p99 during any write load is about idle + 2 ms. The real zooid's Go runtime has \
+         10 ms slices.)"
+    );
+    Ok(())
+}
+
+/// Section 10: a catch-up of `zooid.changed` of `zooid.relays` relays zooid holds, against a
+/// fixture whose writes cost `zooid.write` of its one core before they answer and
+/// `zooid.after` once they have (the reload), which its relays' users share; with `setting`.
+/// A relay user asks for a NIP-11 document every 20 ms, idle first and then during the
+/// catch-up. Prints the time it took, its rate, the share of zooid's core its writes took
+/// (from its first request to its last answer and reload), and the user's waits.
+fn catch_up(
+    zooid: &CatchUpZooid,
+    (setting, share, signal): (&str, f64, zooid_sync::PacingSignal),
+) -> anyhow::Result<()> {
+    use zooid_sync::fixture::{CostModel, Work};
+    let mut s = setup(zooid.relays, false, 4)?;
+    // zooid holds every relay: created while it cost nothing.
+    {
+        let store = Store::open(&s.db)?;
+        let worker = Infra::new(store.query.clone(), store.command.clone(), &s.env).spawn()?;
+        wait_for("the fleet", Duration::from_secs(300), || {
+            store.query.count_pending().unwrap_or(1) == 0
+        })?;
+        worker.shutdown()?;
+    }
+    // The host renames the changed ones, as another process would.
+    let mut host = Connection::open(&s.db)?;
+    let tx = host.transaction()?;
+    for i in 0..zooid.changed {
+        let id = format!("r{i:06}");
+        tx.execute(
+            "UPDATE relay SET info_name = 'renamed', synced = 0, revision = revision + 1
+             WHERE id = ?1",
+            [&id],
+        )?;
+        tx.execute(
+            "INSERT INTO activity (id, created_at, activity_type, resource_type, resource_id)
+             VALUES (?1, 0, 'update_relay', 'relay', ?2)",
+            params![format!("u-{id}"), id],
+        )?;
+    }
+    tx.commit()?;
+    s.zooid.set_cost(Some(
+        CostModel::writes_of(zooid.write).with_after(zooid.after),
+    ));
     s.env.sync_max_rate = 100.0;
-    s.env.sync_zooid_share = if paced {
-        zooid_sync::DEFAULT_ZOOID_SHARE
-    } else {
-        0.0
-    };
+    s.env.sync_zooid_share = share;
+    s.env.sync_pacing = signal;
+    let host_name = format!("r{:06}.relays.example.com", zooid.relays - 1);
     let user = || -> Duration {
         s.zooid
-            .user_request("home.relays.example.com")
+            .user_request(&host_name)
             .map(|(took, _)| took)
             .unwrap_or(Duration::from_secs(30))
     };
@@ -1016,6 +1301,9 @@ fn catch_up(n: usize, write_ms: u64, paced: bool) -> anyhow::Result<()> {
         sampler.join().expect("sampler")
     });
     let store = Store::open(&s.db)?;
+    let writes = [Work::Write, Work::AfterWrite];
+    let busy_before = s.zooid.core_busy_of(&writes);
+    let since = Instant::now();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (during, took) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let sampler = scope.spawn(|| sample(&stop));
@@ -1029,14 +1317,38 @@ fn catch_up(n: usize, write_ms: u64, paced: bool) -> anyhow::Result<()> {
         worker.shutdown()?;
         Ok((sampler.join().expect("sampler"), took))
     })?;
+    let relay_writes: Vec<_> = s
+        .zooid
+        .requests()
+        .into_iter()
+        .filter(|r| r.started >= since && r.relay_id().is_some() && r.method == "PATCH")
+        .collect();
+    let first = relay_writes
+        .iter()
+        .map(|r| r.started)
+        .min()
+        .expect("writes");
+    let last = relay_writes
+        .iter()
+        .map(|r| r.finished)
+        .max()
+        .expect("writes");
+    let reloads = zooid.after * relay_writes.len() as u32;
+    wait_for("the reloads", Duration::from_secs(60), || {
+        s.zooid.core_busy_of(&writes) - busy_before
+            >= zooid.write * relay_writes.len() as u32 + reloads
+    })?;
+    let busy = (s.zooid.core_busy_of(&writes) - busy_before).as_secs_f64()
+        / ((last - first) + zooid.after).as_secs_f64();
     let ((idle50, idle99), (busy50, busy99)) = (percentiles(idle), percentiles(during));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "n={n:>5} writes {write_ms:>2} ms {:<8}: {:>6.1} s, {:>5.1} relays/s; user p50 {:>5.2} -> \
-         {:>6.2} ms, p99 {:>5.2} -> {:>6.2} ms",
-        if paced { "paced" } else { "fixed" },
+        "{:<7} {setting:<8} {:>6}  {:>6.1} s  {:>8.1}  {busy:>12.3}  {:>5.2} -> {:>5.2} ms        \
+         {:>5.2} -> {:>5.2} ms",
+        zooid.name,
+        zooid.changed,
         took.as_secs_f64(),
-        n as f64 / took.as_secs_f64(),
+        zooid.changed as f64 / (last - first).as_secs_f64(),
         ms(idle50),
         ms(busy50),
         ms(idle99),

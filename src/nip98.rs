@@ -110,7 +110,7 @@ pub fn make_auth(robot: &RobotKey, method: &str, url: &str, body: Option<&[u8]>)
         serde_json::to_vec(&(0, &robot.pubkey_hex, created_at, HTTP_AUTH_KIND, &tags, ""))?;
     let id = sha256::Hash::hash(&canonical).to_byte_array();
     let mut aux = [0u8; 32];
-    getrandom::fill(&mut aux).map_err(|e| anyhow!("no randomness for signing: {e}"))?;
+    crate::secret::fill_random(&mut aux);
     let sig = robot.keys.sign_schnorr_with_aux_rand(&robot.secp, id, &aux);
     let id = hex(&id);
     let sig = sig.to_hex();

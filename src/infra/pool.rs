@@ -56,6 +56,9 @@ struct PoolShared {
     lanes: Mutex<Lanes>,
     /// Signalled whenever the preparer may proceed: a relay queued, a write over, a stop.
     changed: Condvar,
+    /// Whether the preparer sleeps on `changed` (set and cleared under the lanes' lock): a
+    /// wake-up is a system call, spent only when someone waits for it.
+    preparer_waits: AtomicBool,
     /// Where the pool says whether its work moves ([`Metrics::work_waiting`]).
     metrics: Arc<Metrics>,
     pacer: Arc<Pacer>,
@@ -79,6 +82,13 @@ impl PoolShared {
         self.changed.notify_all();
     }
 
+    /// Wakes the preparer if it sleeps; call with the lanes' lock held.
+    fn wake_preparer(&self) {
+        if self.preparer_waits.load(Ordering::Acquire) {
+            self.changed.notify_all();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Lanes> {
         self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -88,7 +98,7 @@ impl PoolShared {
     fn update(&self, change: impl FnOnce(&mut Lanes) -> bool) {
         let mut lanes = self.lock();
         if change(&mut lanes) {
-            self.changed.notify_all();
+            self.wake_preparer();
         }
         self.metrics.work_waiting(lanes.queued());
     }
@@ -98,7 +108,7 @@ impl PoolShared {
     fn finished(&self, id: &str) {
         let mut lanes = self.lock();
         if lanes.finish(id) {
-            self.changed.notify_all();
+            self.wake_preparer();
         }
         self.metrics.work_waiting(lanes.queued());
         self.metrics.work_moved();
@@ -213,6 +223,7 @@ impl Pool {
         let shared = Arc::new(PoolShared {
             lanes: Mutex::new(Lanes::default()),
             changed: Condvar::new(),
+            preparer_waits: AtomicBool::new(false),
             metrics: syncer.metrics().clone(),
             pacer,
             catch_up: Mutex::new(None),
@@ -365,9 +376,10 @@ struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.shared.pacer.end_write();
+        let pace = self.shared.pacer.end_write();
+        self.shared.metrics.set_pace(&pace);
         let _lanes = self.shared.lock();
-        self.shared.changed.notify_all();
+        self.shared.wake_preparer();
     }
 }
 
@@ -399,24 +411,30 @@ fn prepare(shared: &Arc<PoolShared>, syncer: &Syncer) {
                 ) {
                     shared.pacer.backlog_asked(); // its users are asked from now on
                 }
-                lanes = match next {
+                let wait = match next {
                     Next::Start {
                         id,
                         lane,
                         answering,
                     } => break (id, lane, answering, lanes.len()),
-                    Next::Idle | Next::WaitForWrite => shared
+                    Next::Idle | Next::WaitForWrite => None,
+                    Next::WaitUntil(at) => Some(at.saturating_duration_since(now)),
+                };
+                shared.preparer_waits.store(true, Ordering::Release);
+                lanes = match wait {
+                    None => shared
                         .changed
                         .wait(lanes)
                         .unwrap_or_else(PoisonError::into_inner),
-                    Next::WaitUntil(at) => {
+                    Some(timeout) => {
                         shared
                             .changed
-                            .wait_timeout(lanes, at.saturating_duration_since(now))
+                            .wait_timeout(lanes, timeout)
                             .unwrap_or_else(PoisonError::into_inner)
                             .0
                     }
                 };
+                shared.preparer_waits.store(false, Ordering::Release);
             }
         };
         let admission = Admission {
@@ -448,7 +466,12 @@ fn prepare(shared: &Arc<PoolShared>, syncer: &Syncer) {
             prepared,
             admission,
         };
-        if let Err(unsent) = shared.ready.push(job) {
+        // Fresh work goes ahead of the backlog's writes prepared before it.
+        let pushed = match lane {
+            Lane::Fresh => shared.ready.push_first(job),
+            Lane::Backlog => shared.ready.push(job),
+        };
+        if let Err(unsent) = pushed {
             // Nothing takes prepared syncs any more: forget the relay.
             shared.lock().abandon(&unsent.id);
             break;
@@ -475,7 +498,6 @@ fn work(
             prepared,
             admission,
         } = job;
-        let pacer = shared.pacer.clone();
         let (shared, me, retries) = (shared.clone(), syncer.clone(), retries.clone());
         syncer.send_then(prepared, move |outcome| {
             for request in answering {
@@ -494,7 +516,6 @@ fn work(
             shared.finished(&relay);
         });
         drop(admission); // zooid has answered: the next write may go
-        syncer.metrics().set_pace(&pacer.state());
     }
 }
 

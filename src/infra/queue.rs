@@ -61,6 +61,16 @@ impl<T> Queue<T> {
     /// Adds `item` at the back, once there is room (see [`bounded`](Self::bounded)). Answers
     /// the item back if the queue is closed (before or while waiting).
     pub(crate) fn push(&self, item: T) -> Result<(), T> {
+        self.add(item, false)
+    }
+
+    /// Adds `item` at the front, ahead of everything waiting, once there is room: for an item
+    /// someone waits for. Answers the item back if the queue is closed.
+    pub(crate) fn push_first(&self, item: T) -> Result<(), T> {
+        self.add(item, true)
+    }
+
+    fn add(&self, item: T, first: bool) -> Result<(), T> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         while state.items.len() >= self.capacity && !state.closed {
             state.givers += 1;
@@ -73,7 +83,10 @@ impl<T> Queue<T> {
         if state.closed {
             return Err(item);
         }
-        state.items.push_back(item);
+        match first {
+            true => state.items.push_front(item),
+            false => state.items.push_back(item),
+        }
         if state.takers > 0 {
             self.filled.notify_one();
         }
@@ -147,6 +160,19 @@ mod tests {
         }
         let taken: Vec<_> = (0..5).map(|_| q.pop().unwrap()).collect();
         assert_eq!(taken, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn an_item_pushed_first_goes_ahead_of_what_waits() {
+        let q = Queue::bounded(4);
+        for i in 0..3 {
+            q.push(i).unwrap();
+        }
+        q.push_first(9).unwrap();
+        let taken: Vec<_> = (0..4).map(|_| q.pop().unwrap()).collect();
+        assert_eq!(taken, vec![9, 0, 1, 2]);
+        q.close();
+        assert_eq!(q.push_first(7), Err(7));
     }
 
     #[test]

@@ -219,6 +219,18 @@ impl Pace {
         }
     }
 
+    /// How many writes may be admitted at once: the limit of writes in flight, or, when that
+    /// is the whole pool (zooid is fast, far away, or pacing is off), no count at all: the
+    /// pool's workers and the room for prepared writes bound them then. A write is admitted
+    /// when it is prepared, so a pool that admitted only as many as it has workers would make
+    /// every worker wait for the preparer, and wake it once a write.
+    pub fn admitted_at_most(&self) -> usize {
+        match self.limit() {
+            limit if limit >= self.max_in_flight => usize::MAX,
+            limit => limit,
+        }
+    }
+
     /// Admits a write at `now`, counting it in flight, or answers how to wait: until a write
     /// in flight ends (`None`) or until an instant. An urgent write is always admitted; its
     /// budget pushes back the writes that follow.
@@ -234,7 +246,7 @@ impl Pace {
         let most = now + spacing.saturating_mul(DEBT_SPACINGS);
         self.next_start = self.next_start.map(|next| next.min(most));
         if !urgent {
-            if self.in_flight >= self.limit() {
+            if self.in_flight >= self.admitted_at_most() {
                 return Err(None);
             }
             if let Some(next) = self.next_start.filter(|next| *next > now) {
@@ -355,6 +367,19 @@ impl Pace {
         }
     }
 
+    /// What the pace says now: what `/metrics` shows.
+    pub fn state(&self) -> PaceState {
+        PaceState {
+            limit: self.limit(),
+            spacing: self.spacing(),
+            write_latency: self.write_latency(),
+            write_cost: self
+                .write_cost()
+                .and_then(|c| Duration::try_from_secs_f64(c).ok()),
+            signal: self.signal(),
+        }
+    }
+
     /// What relay users' answers say now: idle, felt, zooid-sync's share of the core.
     pub fn users(&self, now: Instant) -> Option<UsersState> {
         let users = self.users.as_ref()?;
@@ -464,9 +489,11 @@ impl Pacer {
         self.pace.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A write admitted by the pace is over.
-    pub(crate) fn end_write(&self) {
-        self.pace().finished();
+    /// A write admitted by the pace is over; answers what the pace says now.
+    pub(crate) fn end_write(&self) -> PaceState {
+        let mut pace = self.pace();
+        pace.finished();
+        pace.state()
     }
 
     /// Whether a backlog should measure the floor before its next write.
@@ -485,30 +512,50 @@ impl Pacer {
         self.pace().write_sent();
     }
 
-    /// A write sent is over, answered or not.
-    pub fn write_ended(&self) {
-        self.pace().write_ended();
+    /// A request sent is over: a write if `write` (its [`write_sent`](Self::write_sent)
+    /// is over), answered after `answered` if zooid answered. Only an answer says what
+    /// zooid's work costs.
+    pub fn request_ended(&self, write: bool, answered: Option<Duration>) {
+        match answered {
+            Some(latency) => self.learn(write, latency, false, write),
+            None if write => self.pace().write_ended(),
+            None => {}
+        }
     }
 
     /// A request answered (or failed) after `latency`; `write` says whether it was a write,
     /// `timed_out` whether it ran into the timeout.
     pub fn observe(&self, write: bool, latency: Duration, timed_out: bool) {
+        self.learn(write, latency, timed_out, false);
+    }
+
+    /// What a request's end teaches, under one hold of the lock: its latency (`timed_out`:
+    /// at least the timeout), and, if `ended`, that a write sent is over.
+    fn learn(&self, write: bool, latency: Duration, timed_out: bool, ended: bool) {
         let latency = if timed_out {
             latency.max(self.timeout)
         } else {
             latency
         };
         let now = Instant::now();
+        // The 90th percentile can cross half the timeout upward only with a write slower than
+        // that; downward only while the WARN stands. Otherwise it is not worth sorting.
+        let judge = write
+            && (latency > self.timeout / 2
+                || *self.warned.lock().unwrap_or_else(PoisonError::into_inner));
         let p90 = {
             let mut pace = self.pace();
+            if ended {
+                pace.write_ended();
+            }
             match write {
                 true => pace.write_took(latency, now),
                 false if !timed_out => pace.read_took(latency, now),
                 false => {}
             }
-            pace.p90()
+            judge.then(|| pace.p90()).flatten()
         };
-        if write {
+        if judge {
             let _ = self.warn_when_slow(p90);
         }
     }
@@ -542,16 +589,7 @@ impl Pacer {
 
     /// What the pace says now: what `/metrics` shows.
     pub fn state(&self) -> PaceState {
-        let pace = self.pace();
-        PaceState {
-            limit: pace.limit(),
-            spacing: pace.spacing(),
-            write_latency: pace.write_latency(),
-            write_cost: pace
-                .write_cost()
-                .and_then(|c| Duration::try_from_secs_f64(c).ok()),
-            signal: pace.signal(),
-        }
+        self.pace().state()
     }
 
     /// What relay users' answers say now, when they are asked.
@@ -803,14 +841,31 @@ mod tests {
         assert_eq!(p.spacing(), Duration::ZERO);
         assert_eq!(p.limit(), 3);
         assert!(!p.wants_floor(t0));
-        for _ in 0..3 {
+        // Nothing but the pool (its workers, its room for prepared writes) holds writes back.
+        assert_eq!(p.admitted_at_most(), usize::MAX);
+        for _ in 0..10 {
             assert_eq!(p.try_start(t0, false), Ok(()));
         }
-        assert_eq!(
-            p.try_start(t0, false),
-            Err(None),
-            "the pool's size still holds"
-        );
+    }
+
+    #[test]
+    fn writes_are_prepared_ahead_only_when_the_pace_allows_the_whole_pool() {
+        let t0 = Instant::now();
+        // zooid far away, its work small: the pace allows every worker, and writes are
+        // prepared ahead of them.
+        let mut far = Pace::new(0.25, 4);
+        far.read_took(50 * MS, t0);
+        far.write_took(52 * MS, t0);
+        assert_eq!(far.limit(), 4);
+        assert_eq!(far.admitted_at_most(), usize::MAX);
+        // zooid slow: one at a time, none prepared ahead (it would be sent beside the other).
+        let mut slow = Pace::new(0.25, 4);
+        slow.read_took(MS, t0);
+        slow.write_took(61 * MS, t0);
+        assert_eq!(slow.limit(), 1);
+        assert_eq!(slow.admitted_at_most(), 1);
+        assert_eq!(slow.try_start(t0, false), Ok(()));
+        assert_eq!(slow.try_start(t0, false), Err(None));
     }
 
     #[test]

@@ -26,6 +26,8 @@ use crate::rate::RateLimit;
 use crate::relay_config::RelayBody;
 use crate::rules::is_safe_path_segment;
 
+mod transport;
+
 /// The relay id of [`ZooidClient::probe`]'s request; no relay is expected to have it.
 pub const PROBE_ID: &str = "zooid-sync-probe";
 
@@ -277,8 +279,8 @@ impl ZooidClient {
         }
         let agent = ureq::Agent::with_parts(
             config.build(),
-            ureq::unversioned::transport::DefaultConnector::default(),
-            CachingResolver::default(),
+            transport::connector(),
+            transport::CachingResolver::default(),
         );
         let pace = Pace::new(env.sync_zooid_share, env.sync_workers);
         let pace = match env.sync_pacing {
@@ -355,15 +357,18 @@ impl ZooidClient {
         }
         let started = std::time::Instant::now();
         let result = self.send_now(signed);
-        if write {
-            self.pacer.write_ended();
-        }
         // Only an answer says what zooid's work costs: a failure without one (zooid down, a
         // refused connection) would teach the pacer a cost zooid never had. A write that timed
-        // out while zooid answers others is charged by the sync that judges it slow.
-        if matches!(&result, Ok(_) | Err(ZooidError::Status { .. })) {
-            self.pacer.observe(write, started.elapsed(), false);
-        }
+        // out while zooid answers others is charged by the sync that judges it slow. A write
+        // zooid refused (400, 404, 409) cost it a check, not a write: only accepted writes
+        // say what a write costs; any answer to a read (the probe's 404) says what a read does.
+        let answered = match &result {
+            Ok(_) => true,
+            Err(ZooidError::Status { .. }) => !write,
+            Err(_) => false,
+        };
+        self.pacer
+            .request_ended(write, answered.then(|| started.elapsed()));
         result
     }
 
@@ -623,55 +628,6 @@ fn transport(method: &'static str, path: &str, message: String) -> ZooidError {
     }
 }
 
-/// How long a resolved address of zooid is reused.
-const RESOLVE_TTL: Duration = Duration::from_secs(30);
-
-/// Resolves zooid's host name once and reuses the answer for [`RESOLVE_TTL`].
-///
-/// ureq resolves the host before every request, even one that goes out on a kept-alive
-/// connection, and with a timeout configured it does so on a freshly spawned thread. For a
-/// worker that talks to one host thousands of times that thread was most of the cost of a
-/// request; caching keeps the timeout for real lookups and drops the rest.
-#[derive(Debug, Default)]
-struct CachingResolver {
-    inner: ureq::unversioned::resolver::DefaultResolver,
-    cache: std::sync::Mutex<Option<Resolved>>,
-}
-
-#[derive(Debug)]
-struct Resolved {
-    authority: String,
-    at: Instant,
-    addrs: ureq::unversioned::resolver::ResolvedSocketAddrs,
-}
-
-impl ureq::unversioned::resolver::Resolver for CachingResolver {
-    fn resolve(
-        &self,
-        uri: &ureq::http::Uri,
-        config: &ureq::config::Config,
-        timeout: ureq::unversioned::transport::NextTimeout,
-    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-        let authority = format!(
-            "{}://{}",
-            uri.scheme_str().unwrap_or(""),
-            uri.authority().map_or("", |a| a.as_str())
-        );
-        if let Some(hit) = self.cache.lock().unwrap().as_ref() {
-            if hit.authority == authority && hit.at.elapsed() < RESOLVE_TTL {
-                return Ok(hit.addrs.clone());
-            }
-        }
-        let addrs = self.inner.resolve(uri, config, timeout)?;
-        *self.cache.lock().unwrap() = Some(Resolved {
-            authority,
-            at: Instant::now(),
-            addrs: addrs.clone(),
-        });
-        Ok(addrs)
-    }
-}
-
 /// `/relay/{id}{rest}`, when `id` is one safe path segment (`a/b` would be two).
 fn relay_path(method: &'static str, id: &str, rest: &str) -> Result<String, ZooidError> {
     if !is_safe_path_segment(id) {
@@ -746,9 +702,22 @@ mod tests {
         );
         let refused = client.request("PATCH", "/relay/nobody", Some(b"{}"));
         assert_eq!(refused.unwrap_err().status(), Some(404));
+        assert_eq!(
+            client.pacer().state().write_latency,
+            None,
+            "a refused write cost zooid a check, not a write"
+        );
+        zooid.put_relay(
+            "alpha",
+            serde_json::json!({"host": "alpha.relays.example.com", "schema": "alpha",
+                               "secret": "1".repeat(64),
+                               "info": {"name": "Alpha", "pubkey": "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"}}),
+        );
+        let accepted = client.request("PATCH", "/relay/alpha", Some(br#"{"inactive":true}"#));
+        assert_eq!(accepted.unwrap().status, 200);
         assert!(
             client.pacer().state().write_latency.is_some(),
-            "an answer is learned from"
+            "an accepted write is learned from"
         );
     }
 
