@@ -151,25 +151,38 @@ impl<T> Drop for CloseOnDrop<'_, T> {
 mod tests {
     use super::Queue;
     use std::sync::Arc;
+    use std::time::Duration;
+
+    /// `q.pop()` on another thread, within a few seconds: a queue that lost an item fails the
+    /// test at once instead of hanging it.
+    fn pop_soon<T: Send + 'static>(q: &Arc<Queue<T>>) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q = q.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(q.pop());
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("pop waited for an item that was never there")
+    }
 
     #[test]
     fn first_in_first_out() {
-        let q = Queue::unbounded();
+        let q = Arc::new(Queue::unbounded());
         for i in 0..5 {
             q.push(i).unwrap();
         }
-        let taken: Vec<_> = (0..5).map(|_| q.pop().unwrap()).collect();
+        let taken: Vec<_> = (0..5).map(|_| pop_soon(&q).unwrap()).collect();
         assert_eq!(taken, vec![0, 1, 2, 3, 4]);
     }
 
     #[test]
     fn an_item_pushed_first_goes_ahead_of_what_waits() {
-        let q = Queue::bounded(4);
+        let q = Arc::new(Queue::bounded(4));
         for i in 0..3 {
             q.push(i).unwrap();
         }
         q.push_first(9).unwrap();
-        let taken: Vec<_> = (0..4).map(|_| q.pop().unwrap()).collect();
+        let taken: Vec<_> = (0..4).map(|_| pop_soon(&q).unwrap()).collect();
         assert_eq!(taken, vec![9, 0, 1, 2]);
         q.close();
         assert_eq!(q.push_first(7), Err(7));

@@ -164,8 +164,13 @@ pub(crate) fn measure_idle(client: &ZooidClient) {
 /// A random gap between samples: exponential, [`SAMPLES_PER_SECOND`] on average, at most
 /// ten times the mean.
 fn gap() -> Duration {
+    gap_at(random_unit())
+}
+
+/// The gap for a uniform draw `u` in [0, 1): the exponential distribution's quantile.
+fn gap_at(u: f64) -> Duration {
     let mean = 1.0 / SAMPLES_PER_SECOND;
-    let gap = -(1.0 - random_unit()).ln() * mean;
+    let gap = -(1.0 - u).ln() * mean;
     Duration::from_secs_f64(gap.min(10.0 * mean))
 }
 
@@ -186,5 +191,9 @@ mod tests {
         let short = gaps.iter().filter(|g| **g < expected).count();
         // An exponential gap is shorter than its mean 63 % of the time.
         assert!((2300..2750).contains(&short), "{short} of 4000");
+        assert_eq!(gap_at(0.0), Duration::ZERO);
+        assert_eq!(gap_at(1.0 - 1e-9), expected * 10, "the longest");
+        let median = gap_at(0.5).as_secs_f64();
+        assert!((median - 2f64.ln() * expected.as_secs_f64()).abs() < 1e-9);
     }
 }

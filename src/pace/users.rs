@@ -498,6 +498,97 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_is_busy_when_either_question_is_late_and_only_then() {
+        let t0 = Instant::now();
+        let mut s = UserSignal::new(MS);
+        for k in 0..10u32 {
+            s.sample(t0 + 50 * MS * k, 400 * US, 300 * US, true);
+        }
+        assert_eq!(s.thresholds(), Some((650 * US, 550 * US)));
+        assert!(
+            s.busy(651 * US, 300 * US),
+            "the first late: work shorter than a slice"
+        );
+        assert!(
+            s.busy(400 * US, 551 * US),
+            "the second late: a write's next slice"
+        );
+        assert!(!s.busy(650 * US, 550 * US), "at the thresholds: not late");
+        assert!(!s.busy(400 * US, 300 * US));
+    }
+
+    #[test]
+    fn the_idle_wait_is_the_median_and_the_threshold_above_the_upper_quartile() {
+        let t0 = Instant::now();
+        let mut s = UserSignal::new(MS);
+        for k in 1..=8u32 {
+            s.sample(t0 + 50 * MS * k, 100 * US * k, 100 * US * k, true);
+        }
+        assert_eq!(s.idle(), Some(500 * US), "the upper median of 100..800 us");
+        assert_eq!(
+            s.thresholds(),
+            Some((1050 * US, 1050 * US)),
+            "700 us, the upper quartile, and half of it"
+        );
+    }
+
+    #[test]
+    fn each_second_counts_on_its_own_and_the_window_ends_exactly() {
+        let t0 = Instant::now();
+        let mut s = UserSignal::new(MS);
+        quiet(&mut s, t0, 10, 400 * US);
+        // 20 samples in one second, 10 s later: they count in their own second.
+        let later = t0 + Duration::from_secs(10);
+        for k in 0..20u32 {
+            s.sample(later + 10 * MS * k, 400 * US, 400 * US, false);
+        }
+        // 15 s on, the window holds their second and not the quiet one.
+        let on = later + Duration::from_secs(15);
+        assert_eq!(s.busy_share(on).map(|b| b.samples), Some(20));
+        assert_eq!(s.cost_per_write(on), None, "samples but no writes: no cost");
+        // A second belongs to the window until the window has passed it, to the instant.
+        assert_eq!(
+            s.busy_share(later + WINDOW - MS).map(|b| b.samples),
+            Some(20)
+        );
+        assert_eq!(s.busy_share(later + WINDOW), None);
+    }
+
+    #[test]
+    fn the_penalty_moves_a_step_a_second_at_the_target_s_edges() {
+        let t0 = Instant::now();
+        let mut s = UserSignal::new(MS);
+        // Idle 400 us; the penalty last moved (stayed at 1) with the fifth quiet sample.
+        quiet(&mut s, t0, 10, 400 * US);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Users feel `wait`: forty samples (the recent ones all), then one more a second after
+        // the last move, when the penalty may move.
+        let feel = |s: &mut UserSignal, from: u64, wait: Duration| {
+            for _ in 0..40 {
+                s.sample(at(from), wait, wait, false);
+            }
+            s.sample(at(from + 700), wait, wait, false);
+            s.penalty()
+        };
+        assert_eq!(
+            feel(&mut s, 500, 2400 * US),
+            1.5,
+            "2 ms over: up, a second on the dot"
+        );
+        assert_eq!(
+            feel(&mut s, 1500, 1400 * US),
+            1.5,
+            "the target itself: held"
+        );
+        assert_eq!(feel(&mut s, 2500, 900 * US), 1.5, "half the target: held");
+        assert_eq!(
+            feel(&mut s, 3500, 400 * US),
+            1.5 / PENALTY_DOWN,
+            "less: one step down"
+        );
+    }
+
+    #[test]
     fn a_cost_needs_samples_and_writes() {
         let t0 = Instant::now();
         let mut s = UserSignal::new(MS);

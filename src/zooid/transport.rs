@@ -85,8 +85,7 @@ fn connect(addrs: &ResolvedSocketAddrs, timeout: NextTimeout) -> Result<TcpStrea
                 if left.is_zero() {
                     return Err(Error::Timeout(Timeout::Connect));
                 }
-                let share = left / (addrs.len() - k) as u32;
-                TcpStream::connect_timeout(addr, share.max(Duration::from_millis(10)))
+                TcpStream::connect_timeout(addr, share_of(left, addrs.len() - k))
             }
             None => TcpStream::connect(addr),
         };
@@ -102,6 +101,12 @@ fn connect(addrs: &ResolvedSocketAddrs, timeout: NextTimeout) -> Result<TcpStrea
             "no address to connect to",
         ))
     }))
+}
+
+/// What each of the `addresses` left to try gets of the time `left`: an equal part, at least
+/// 10 ms.
+fn share_of(left: Duration, addresses: usize) -> Duration {
+    (left / addresses.max(1) as u32).max(Duration::from_millis(10))
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
@@ -320,12 +325,92 @@ mod tests {
     }
 
     #[test]
+    fn each_address_left_gets_an_equal_part_of_the_time_left() {
+        let ms = Duration::from_millis;
+        assert_eq!(share_of(ms(900), 3), ms(300));
+        assert_eq!(share_of(ms(900), 1), ms(900));
+        assert_eq!(share_of(ms(15), 3), ms(10), "at least 10 ms");
+    }
+
+    #[test]
     fn no_time_left_is_a_timeout_with_its_reason() {
         assert!(matches!(
             time_left(left(0)),
             Err(Error::Timeout(Timeout::Global))
         ));
         assert!(time_left(left(1)).is_ok());
+    }
+
+    /// A connection to `listener`, as the connector makes it.
+    fn tcp_to(listener: &std::net::TcpListener) -> Tcp {
+        Tcp {
+            stream: Arc::new(TcpStream::connect(listener.local_addr().unwrap()).unwrap()),
+            buffers: LazyBuffers::new(1024, 1024),
+            read_timeout: None,
+            write_timeout: None,
+        }
+    }
+
+    /// A silent zooid: a read ends at its timeout, as a timeout, and soon (the test fails at
+    /// once instead of hanging when it does not).
+    #[test]
+    fn a_read_that_gets_no_answer_ends_at_its_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tcp = tcp_to(&listener);
+        let (_silent, _) = listener.accept().unwrap();
+        assert!(format!("{tcp:?}").starts_with("Tcp { peer: Some("));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let read = tcp.await_input(left(100));
+            let _ = tx.send((read, started.elapsed()));
+        });
+        let (read, took) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the read outlasted its timeout");
+        assert!(
+            matches!(read, Err(Error::Timeout(Timeout::Global))),
+            "{read:?}"
+        );
+        assert!(took >= Duration::from_millis(95), "{took:?}");
+    }
+
+    #[test]
+    fn a_read_says_whether_it_got_anything_and_the_connection_whether_it_is_open() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tcp = tcp_to(&listener);
+        let (mut zooid, _) = listener.accept().unwrap();
+        assert!(tcp.is_open(), "quiet");
+        zooid.write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tcp.is_open() && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert!(
+            !tcp.is_open(),
+            "a pooled connection with bytes nobody asked for"
+        );
+        assert_eq!(tcp.await_input(left(5000)).ok(), Some(true), "bytes came");
+        assert!(tcp.is_open(), "read: quiet again");
+        drop(zooid);
+        assert_eq!(
+            tcp.await_input(left(5000)).ok(),
+            Some(false),
+            "closed: nothing"
+        );
+    }
+
+    #[test]
+    fn a_refused_connection_is_an_error_not_a_timeout() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let mut addrs = ResolvedSocketAddrs::from_fn(|_| addr);
+        addrs.push(addr);
+        match connect(&addrs, left(1000)) {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
