@@ -124,7 +124,7 @@ fn measured_catch_up(
         (sampler.join().unwrap(), text)
     });
     let (first, last, _) = span(fx, ids, since);
-    // Every accepted write's reload has run (they run one after another), or is about to.
+    // Every accepted write's reload has run (they run one after another).
     let accepted = fx
         .requests()
         .iter()
@@ -135,9 +135,13 @@ fn measured_catch_up(
         fx.core_busy_of(&[Work::AfterWrite]) - reloads_before >= after * accepted
     });
     let busy = (fx.core_busy_of(&writes) - busy_before).as_secs_f64();
+    let reloaded = fx
+        .core_finished_last(&writes)
+        .expect("writes ran")
+        .max(last);
     Measured {
         during,
-        busy: busy / ((last - first) + after).as_secs_f64(),
+        busy: busy / (reloaded - first).as_secs_f64(),
         rate: ids.len() as f64 / (last - first).as_secs_f64(),
         metrics,
     }
