@@ -85,14 +85,45 @@ pub fn run(vars: impl Fn(&str) -> Option<String>) -> Vec<Finding> {
         .unwrap_or_else(|| "zooid-sync.db".into());
     findings.push(check_database(Path::new(&database)));
     if let Some(env) = env {
-        let zooid = check_zooid(&env);
-        let answers = zooid.ok;
-        findings.push(zooid);
-        if answers {
-            findings.extend(check_relay_users(&env, Path::new(&database)));
+        findings.extend(check_zooid_column(&env, Path::new(&database)));
+        // Every zooid, the default one first; relay users are asked at the default one.
+        for (n, zooid) in env.zooids().into_iter().enumerate() {
+            let Some(settings) = env.for_zooid(&zooid.name) else {
+                continue;
+            };
+            let found = check_zooid(&settings, &zooid.name);
+            let answers = found.ok;
+            findings.push(found);
+            if answers && n == 0 {
+                findings.extend(check_relay_users(&env, Path::new(&database)));
+            }
         }
     }
     findings
+}
+
+/// With `ZOOID_INSTANCES` set, the relay table needs its `zooid` column.
+fn check_zooid_column(env: &Env, database: &Path) -> Option<Finding> {
+    if env.zooid_instances.is_empty() {
+        return None;
+    }
+    let query = Query::open_read_only(database).ok()?;
+    Some(match query.has_zooid_column() {
+        true => ok(format!(
+            "zooids: {}; the relay table's zooid column assigns relays to them",
+            env.zooids()
+                .iter()
+                .map(|z| z.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        false => fail(
+            "zooids: ZOOID_INSTANCES names zooids, but the relay table has no zooid column \
+             to assign relays to them: add it (ALTER TABLE relay ADD COLUMN zooid TEXT NOT \
+             NULL DEFAULT '') or unset ZOOID_INSTANCES"
+                .into(),
+        ),
+    })
 }
 
 /// Whether zooid answers relay users at its API's address, which catch-ups are paced by
@@ -192,19 +223,25 @@ fn check_database(path: &Path) -> Finding {
     }
 }
 
-/// zooid answers the probe on this host name and accepts the robot.
-fn check_zooid(env: &Env) -> Finding {
+/// The zooid named `name` (at `env.zooid_api_url`) answers the probe on this host name and
+/// accepts the robot. Its line begins `zooid:` for the default zooid, `zooid <name>:` for
+/// another.
+fn check_zooid(env: &Env, name: &str) -> Finding {
+    let zooid = match name == crate::env::DEFAULT_ZOOID {
+        true => "zooid".to_string(),
+        false => format!("zooid {name}"),
+    };
     let client = match ZooidClient::new(env) {
         Ok(client) => client,
-        Err(e) => return fail(format!("zooid: {e:#}")),
+        Err(e) => return fail(format!("{zooid}: {e:#}")),
     };
     let url = &env.zooid_api_url;
     match client.probe() {
         Ok(()) => ok(format!(
-            "zooid: {url} answers as zooid's API and accepts the robot"
+            "{zooid}: {url} answers as zooid's API and accepts the robot"
         )),
-        Err(ProbeFailure::RobotRefused(why)) => fail(format!("zooid: {why}")),
-        Err(ProbeFailure::Unavailable(e)) => fail(format!("zooid: {}", unavailable(env, &e))),
+        Err(ProbeFailure::RobotRefused(why)) => fail(format!("{zooid}: {why}")),
+        Err(ProbeFailure::Unavailable(e)) => fail(format!("{zooid}: {}", unavailable(env, &e))),
     }
 }
 

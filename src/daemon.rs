@@ -74,6 +74,7 @@ pub fn run(env: &Env, options: &DaemonOptions, stop: Receiver<()>) -> Result<()>
         Some(addr) => {
             let server = endpoint::serve(
                 addr,
+                env.zooids().into_iter().map(|z| z.name).collect(),
                 metrics.clone(),
                 store.query.clone(),
                 alive.clone(),

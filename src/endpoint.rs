@@ -60,12 +60,42 @@ impl PendingCount {
     }
 }
 
+/// `/healthz`'s body while the worker runs: `ok`, then a line for each zooid: `zooid: up`
+/// (`zooid eu: up` for a zooid other than the default one), or since when it is unavailable
+/// or refuses zooid-sync, from `outages` (name, since, last error) as recorded.
+fn health_lines(zooids: &[String], outages: &[(String, i64, String)]) -> String {
+    let mut body = String::from("ok\n");
+    for zooid in zooids {
+        let named = match zooid == crate::env::DEFAULT_ZOOID {
+            true => "zooid".to_string(),
+            false => format!("zooid {zooid}"),
+        };
+        let line = match outages.iter().find(|(name, ..)| name == zooid) {
+            None => "up".to_string(),
+            Some((_, since, error)) if error.starts_with(ROBOT_REFUSED) => format!(
+                "refuses zooid-sync since {}{}; relay syncs wait for the fix",
+                crate::time::format_unix(*since),
+                error
+                    .trim_start_matches(ROBOT_REFUSED)
+                    .trim_end_matches('.')
+            ),
+            Some((_, since, error)) => format!(
+                "unavailable since {} ({error}); relay syncs wait for it",
+                crate::time::format_unix(*since)
+            ),
+        };
+        body.push_str(&format!("{named}: {line}\n"));
+    }
+    body
+}
+
 /// Serves `/healthz` and `/metrics` on `addr`, within `limits` ([`Limits::public`] for the
 /// daemon). `alive` is cleared when the worker stops. Only `GET` without a body is served.
 /// `/healthz` is 200 while the worker runs and the database answers, whether zooid is up or
-/// not (its state is in the body), and 503 otherwise.
+/// not (each zooid's state is in the body, a line for each of `zooids`), and 503 otherwise.
 pub fn serve(
     addr: &str,
+    zooids: Vec<String>,
     metrics: Arc<Metrics>,
     query: Query,
     alive: Arc<AtomicBool>,
@@ -102,28 +132,10 @@ pub fn serve(
                     ),
                 )
             }
-            ("GET", "/healthz") => match (alive.load(Ordering::Acquire), query.zooid_outage()) {
+            ("GET", "/healthz") => match (alive.load(Ordering::Acquire), query.zooid_outages()) {
                 // zooid being down is zooid's trouble, not the worker's: still 200, so that
                 // a supervisor does not restart a worker that is doing the right thing.
-                (true, Ok(None)) => text(200, "ok\nzooid: up\n".into()),
-                (true, Ok(Some((since, error)))) if error.starts_with(ROBOT_REFUSED) => text(
-                    200,
-                    format!(
-                        "ok\nzooid: refuses zooid-sync since {}{}; relay syncs wait for the \
-                         fix\n",
-                        crate::time::format_unix(since),
-                        error
-                            .trim_start_matches(ROBOT_REFUSED)
-                            .trim_end_matches('.')
-                    ),
-                ),
-                (true, Ok(Some((since, error)))) => text(
-                    200,
-                    format!(
-                        "ok\nzooid: unavailable since {} ({error}); relay syncs wait for it\n",
-                        crate::time::format_unix(since)
-                    ),
-                ),
+                (true, Ok(outages)) => text(200, health_lines(&zooids, &outages)),
                 (false, _) => text(503, "the worker has stopped\n".into()),
                 (true, Err(e)) => text(503, format!("the database does not answer: {e:#}\n")),
             },

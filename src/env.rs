@@ -47,11 +47,28 @@ pub struct Livekit {
     pub api_secret: Option<Secret>,
 }
 
+/// The name of the zooid at `ZOOID_API_URL`, for relays whose `zooid` column is empty.
+pub const DEFAULT_ZOOID: &str = "default";
+
+/// A zooid server zooid-sync syncs relays to: its name (a relay's `zooid` column names it)
+/// and the base URL of its API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZooidAddress {
+    /// `default` for `ZOOID_API_URL`, else a name from `ZOOID_INSTANCES`.
+    pub name: String,
+    /// The base URL of its API, without a trailing slash.
+    pub url: String,
+}
+
 /// Everything zooid-sync needs to know about its surroundings.
 #[derive(Debug, Clone)]
 pub struct Env {
-    /// Base URL of zooid's API, without a trailing slash (`http://…` or `https://…`).
+    /// Base URL of zooid's API, without a trailing slash (`http://…` or `https://…`): the
+    /// default zooid, for relays whose `zooid` column is empty (or absent).
     pub zooid_api_url: String,
+    /// The other zooids (`ZOOID_INSTANCES`), for relays whose `zooid` column names one. Every
+    /// other setting applies to each zooid on its own.
+    pub zooid_instances: Vec<ZooidAddress>,
     /// Relays are served at `<subdomain>.<relay_domain>`.
     pub relay_domain: String,
     /// Signs every request to zooid.
@@ -243,6 +260,10 @@ impl Env {
 
         let env = Env {
             zooid_api_url,
+            zooid_instances: match get("ZOOID_INSTANCES") {
+                Some(value) => parse_instances(&value)?,
+                None => Vec::new(),
+            },
             relay_domain,
             robot,
             blossom: BlossomS3 {
@@ -328,20 +349,31 @@ impl Env {
     /// [`ZooidClient::new`](crate::ZooidClient::new) checks this too, so hosts that build
     /// an `Env` in code are held to the same rule.
     pub fn check_transport(&self) -> Result<()> {
-        let url = Url::parse(&self.zooid_api_url)
-            .map_err(|e| anyhow!("ZOOID_API_URL is not a usable URL: {e}"))?;
+        for zooid in self.zooids() {
+            let setting = match zooid.name == DEFAULT_ZOOID {
+                true => "ZOOID_API_URL".to_string(),
+                false => format!("ZOOID_INSTANCES ({})", zooid.name),
+            };
+            self.check_url(&setting, &zooid.url)?;
+        }
+        Ok(())
+    }
+
+    /// [`check_transport`](Self::check_transport) for one zooid's URL, given by `setting`.
+    fn check_url(&self, setting: &str, url: &str) -> Result<()> {
+        let url = Url::parse(url).map_err(|e| anyhow!("{setting} is not a usable URL: {e}"))?;
         if url.scheme() != "http" {
             return Ok(());
         }
         if self.zooid_ca_file.is_some() {
             bail!(
-                "ZOOID_CA_FILE is set but ZOOID_API_URL is http://, where no certificate is \
+                "ZOOID_CA_FILE is set but {setting} is http://, where no certificate is \
                  checked; use https:// or unset ZOOID_CA_FILE"
             );
         }
         if !is_loopback(&url) && !self.allow_plain_http {
             bail!(
-                "ZOOID_API_URL is http:// to {}, which is not this machine: every request \
+                "{setting} is http:// to {}, which is not this machine: every request \
                  would carry relay, S3 and LiveKit secrets in cleartext. Use https://, or set \
                  ZOOID_ALLOW_PLAIN_HTTP=1 if the network to zooid is private",
                 url.host_str().unwrap_or("?")
@@ -350,11 +382,37 @@ impl Env {
         Ok(())
     }
 
+    /// Every zooid: the default one (`ZOOID_API_URL`, named `default`) first, then those of
+    /// `ZOOID_INSTANCES` in their order.
+    pub fn zooids(&self) -> Vec<ZooidAddress> {
+        std::iter::once(ZooidAddress {
+            name: DEFAULT_ZOOID.to_string(),
+            url: self.zooid_api_url.clone(),
+        })
+        .chain(self.zooid_instances.iter().cloned())
+        .collect()
+    }
+
+    /// These settings for the zooid named `name` (`""` or `default`: `ZOOID_API_URL`):
+    /// `zooid_api_url` is its URL. `None` for a name no setting gives.
+    pub fn for_zooid(&self, name: &str) -> Option<Env> {
+        let name = match name {
+            "" => DEFAULT_ZOOID,
+            name => name,
+        };
+        let zooid = self.zooids().into_iter().find(|z| z.name == name)?;
+        Some(Env {
+            zooid_api_url: zooid.url,
+            ..self.clone()
+        })
+    }
+
     /// A minimal configuration for the given zooid and robot; everything else at its default.
     /// Hosts that configure zooid-sync in code start here and set what they need.
     pub fn new(zooid_api_url: &str, relay_domain: &str, robot: RobotKey) -> Result<Env> {
         Ok(Env {
             zooid_api_url: parse_api_url(zooid_api_url)?,
+            zooid_instances: Vec::new(),
             relay_domain: parse_relay_domain(relay_domain)?,
             robot,
             blossom: BlossomS3::default(),
@@ -503,6 +561,54 @@ fn share(get: impl Fn(&str) -> Option<String>, name: &str, default: f64) -> Resu
 /// takes to answer idle (0.3 ms), and above the jitter of a request on loopback (~0.2 ms), so
 /// noise alone does not slow a catch-up.
 pub const DEFAULT_USER_DELAY: Duration = Duration::from_millis(1);
+
+/// Whether `name` can name a zooid: 1 to 32 of `a-z`, `0-9` and `-`.
+pub fn is_zooid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `ZOOID_INSTANCES`: `name=url` pairs separated by commas. Names are 1 to 32 of `a-z`,
+/// `0-9` and `-`, each once, and not `default` (the name of `ZOOID_API_URL`).
+fn parse_instances(value: &str) -> Result<Vec<ZooidAddress>> {
+    let malformed = |entry: usize, why: String| {
+        anyhow!(
+            "ZOOID_INSTANCES is malformed: entry {entry}: {why}; expected name=url pairs \
+             separated by commas, like eu=https://zooid-eu.example.com,us=https://zooid-us.example.com"
+        )
+    };
+    let mut zooids: Vec<ZooidAddress> = Vec::new();
+    for (k, entry) in value.split(',').map(str::trim).enumerate() {
+        let n = k + 1;
+        let Some((name, url)) = entry.split_once('=') else {
+            return Err(malformed(n, format!("{entry:?} has no '='")));
+        };
+        let name = name.trim();
+        if !is_zooid_name(name) {
+            return Err(malformed(
+                n,
+                format!("the name {name:?} must be 1 to 32 of a-z, 0-9 and -"),
+            ));
+        }
+        if name == DEFAULT_ZOOID {
+            return Err(malformed(
+                n,
+                format!("{DEFAULT_ZOOID:?} is ZOOID_API_URL's name; give this zooid another"),
+            ));
+        }
+        if zooids.iter().any(|z| z.name == name) {
+            return Err(malformed(n, format!("the name {name:?} is given twice")));
+        }
+        let url = parse_api_url(url.trim()).map_err(|e| malformed(n, format!("{name}: {e}")))?;
+        zooids.push(ZooidAddress {
+            name: name.to_string(),
+            url,
+        });
+    }
+    Ok(zooids)
+}
 
 /// `SYNC_PACING`: `users` (the default) or `answers`.
 fn pacing(get: impl Fn(&str) -> Option<String>) -> Result<PacingSignal> {
@@ -686,6 +792,66 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn zooid_instances_are_name_url_pairs_and_each_zooid_gets_every_other_setting() {
+        let with = |value: &str| {
+            let mut pairs = base();
+            pairs.push(("ZOOID_INSTANCES", value));
+            pairs.push(("ZOOID_ALLOW_PLAIN_HTTP", "1"));
+            Env::from_vars(vars(&pairs))
+        };
+        let env = with(" eu=http://10.0.0.2:3334/ , us-2=https://zooid-us.example.com").unwrap();
+        let names: Vec<_> = env.zooids().into_iter().map(|z| (z.name, z.url)).collect();
+        assert_eq!(
+            names,
+            [
+                ("default".to_string(), "http://127.0.0.1:3334".to_string()),
+                ("eu".to_string(), "http://10.0.0.2:3334".to_string()),
+                (
+                    "us-2".to_string(),
+                    "https://zooid-us.example.com".to_string()
+                ),
+            ]
+        );
+        let eu = env.for_zooid("eu").unwrap();
+        assert_eq!(eu.zooid_api_url, "http://10.0.0.2:3334");
+        assert_eq!(eu.zooid_timeout, env.zooid_timeout);
+        assert_eq!(env.for_zooid("").unwrap().zooid_api_url, env.zooid_api_url);
+        assert_eq!(
+            env.for_zooid("default").unwrap().zooid_api_url,
+            env.zooid_api_url
+        );
+        assert!(env.for_zooid("mars").is_none());
+        let long = format!("{}=https://a.example.com", "a".repeat(33));
+        for (bad, says) in [
+            ("eu", "has no '='"),
+            ("EU=https://a.example.com", "must be 1 to 32 of a-z"),
+            (&long, "must be 1 to 32 of a-z"),
+            ("=https://a.example.com", "must be 1 to 32 of a-z"),
+            ("default=https://a.example.com", "ZOOID_API_URL's name"),
+            (
+                "eu=https://a.example.com,eu=https://b.example.com",
+                "given twice",
+            ),
+            ("eu=ftp://a.example.com", "eu:"),
+            ("eu=https://a.example.com,", "entry 2"),
+        ] {
+            let err = format!("{:#}", with(bad).unwrap_err());
+            assert!(
+                err.starts_with("ZOOID_INSTANCES is malformed"),
+                "{bad}: {err}"
+            );
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(is_zooid_name(&"a".repeat(32)) && is_zooid_name("0-9"));
+        assert!(!is_zooid_name("") && !is_zooid_name("a_b") && !is_zooid_name("a.b"));
+        // Plain http to another machine is refused for every zooid, naming it.
+        let mut pairs = base();
+        pairs.push(("ZOOID_INSTANCES", "eu=http://10.0.0.2:3334"));
+        let err = format!("{:#}", Env::from_vars(vars(&pairs)).unwrap_err());
+        assert!(err.contains("ZOOID_INSTANCES (eu) is http://"), "{err}");
     }
 
     fn base() -> Vec<(&'static str, &'static str)> {

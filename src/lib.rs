@@ -156,8 +156,8 @@ pub mod status;
 /// The host's writes answer [`HostError`] and waits [`WaitError`] instead.
 pub use anyhow;
 pub use env::{
-    BlossomS3, Env, Livekit, PacingSignal, DEFAULT_AUDIT_INTERVAL, DEFAULT_MAX_RATE,
-    DEFAULT_USER_DELAY, DEFAULT_ZOOID_SHARE,
+    BlossomS3, Env, Livekit, PacingSignal, ZooidAddress, DEFAULT_AUDIT_INTERVAL, DEFAULT_MAX_RATE,
+    DEFAULT_USER_DELAY, DEFAULT_ZOOID, DEFAULT_ZOOID_SHARE,
 };
 pub use infra::{Infra, InfraHandle};
 pub use metrics::Metrics;

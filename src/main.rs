@@ -164,7 +164,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             let rows = status::report(&query, basis.relay_domain.as_deref(), &basis.retry)?;
             let catch_up = status::catch_up_line(&recorded, query.count_pending()?);
             let audit = status::audit_line(&recorded);
-            let zooid = status::zooid_line(&query)?
+            let zooid = status::zooid_lines(&query)?
                 .into_iter()
                 .chain(catch_up)
                 .chain(audit);

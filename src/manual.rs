@@ -256,7 +256,7 @@ fn in_foreground(
         // This process holds the lease, so no other process's prober watches zooid: when
         // zooid answered and this run found no outage, one recorded earlier is over.
         if syncer.breaker().outage().is_none() && answers.iter().any(|a| a.outcome == "synced") {
-            store.command.clear_zooid_outage()?;
+            store.command.clear_zooid_outage(syncer.zooid())?;
         }
         Ok(answers)
     })

@@ -13,6 +13,18 @@ use std::time::Duration;
 use crate::pace::{PaceState, Signal, UsersState};
 use crate::store::{BadRow, WriteHealth};
 
+/// One more (`up`) or one fewer in a count of things in a state.
+fn count(counter: &AtomicU64, up: bool) {
+    match up {
+        true => counter.fetch_add(1, Ordering::Relaxed),
+        false => counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            })
+            .unwrap_or(0),
+    };
+}
+
 /// A duration in whole microseconds, for a gauge.
 fn micros(d: Duration) -> u64 {
     d.as_micros().min(u64::MAX as u128) as u64
@@ -41,10 +53,10 @@ pub struct Metrics {
     breaker_opened: AtomicU64,
     /// Whether this process holds the database's lease and syncs (a standby does not).
     active: AtomicBool,
-    /// 1 while zooid answers, 0 while the breaker is open.
-    zooid_down: AtomicBool,
-    /// While the breaker is open because zooid refuses the robot (401, 403, not its API).
-    robot_refused: AtomicBool,
+    /// How many zooids' breakers are open (0: every zooid answers).
+    zooids_down: AtomicU64,
+    /// How many of them are open because that zooid refuses the robot (401, 403, not its API).
+    zooids_refusing: AtomicU64,
     bad_activity_rows: AtomicU64,
     /// Activity rows the store's feed skipped, as last read from the store.
     feed_bad_rows: AtomicU64,
@@ -186,6 +198,21 @@ impl crate::liveness::WriterWatch for Metrics {
     }
 }
 
+/// One pool's part of the relays waiting ([`Metrics::work_waiting_changed`]): what it
+/// reported last, so that each pool sets its own count and the metrics add them up.
+#[derive(Debug, Default)]
+pub(crate) struct Waiting(AtomicU64);
+
+impl Waiting {
+    /// `n` relays of this pool wait for their sync to start.
+    pub(crate) fn set(&self, metrics: &Metrics, n: usize) {
+        let before = self.0.swap(n as u64, Ordering::Relaxed);
+        if before != n as u64 {
+            metrics.work_waiting_changed(before, n as u64);
+        }
+    }
+}
+
 /// Held by a thread of the worker for its whole life (see [`Metrics::watch_thread`]): if the
 /// thread ends with a panic, the worker is unhealthy and says so.
 pub(crate) struct ThreadWatch {
@@ -255,11 +282,19 @@ impl Metrics {
         self.dispatcher_beat.store(0, Ordering::Relaxed);
     }
 
-    /// `n` relays wait in the pool for their sync to start. When work begins to wait, the
+    /// One pool's relays waiting for their sync to start went from `before` to `after` (each
+    /// zooid's pool reports its own through a [`Waiting`]). When work begins to wait, the
     /// clock of [`work_moved`](Self::work_moved) starts.
-    pub(crate) fn work_waiting(&self, n: usize) {
-        let before = self.work_waiting.swap(n as u64, Ordering::Relaxed);
-        if before == 0 && n > 0 {
+    fn work_waiting_changed(&self, before: u64, after: u64) {
+        let total = match after >= before {
+            true => self
+                .work_waiting
+                .fetch_add(after - before, Ordering::Relaxed),
+            false => self
+                .work_waiting
+                .fetch_sub(before - after, Ordering::Relaxed),
+        };
+        if total == 0 && after > before {
             self.work_moved();
         }
     }
@@ -410,22 +445,24 @@ impl Metrics {
         self.breaker_opened.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn set_zooid_up(&self, up: bool) {
-        self.zooid_down.store(!up, Ordering::Relaxed);
+    /// A zooid's breaker opened (`down`) or closed: one zooid more or fewer is down.
+    pub(crate) fn zooid_down(&self, down: bool) {
+        count(&self.zooids_down, down);
     }
 
-    pub(crate) fn set_robot_refused(&self, refused: bool) {
-        self.robot_refused.store(refused, Ordering::Relaxed);
+    /// A zooid began (`true`) or ceased to refuse the robot.
+    pub(crate) fn zooid_refuses_robot(&self, refuses: bool) {
+        count(&self.zooids_refusing, refuses);
     }
 
-    /// Whether zooid refuses this robot (relay syncs wait for the operator to fix it).
+    /// Whether a zooid refuses this robot (its relays' syncs wait for the operator to fix it).
     pub fn robot_refused(&self) -> bool {
-        self.robot_refused.load(Ordering::Relaxed)
+        self.zooids_refusing.load(Ordering::Relaxed) > 0
     }
 
-    /// Whether zooid answers, as far as the breaker knows.
+    /// Whether every zooid answers, as far as their breakers know.
     pub fn zooid_up(&self) -> bool {
-        !self.zooid_down.load(Ordering::Relaxed)
+        self.zooids_down.load(Ordering::Relaxed) == 0
     }
 
     /// The activity rows the store's feed skipped so far (`Query::bad_activity_rows`), for
@@ -915,37 +952,53 @@ mod tests {
         let m = Metrics::default();
         m.set_active(true);
         m.set_work_bound(Duration::from_secs(1), 0.0); // 7 s
-        m.work_waiting(2);
+        let (pool, other) = (Waiting::default(), Waiting::default());
+        pool.set(&m, 2);
         let moved = m.work_moved_at.load(Ordering::Relaxed);
         assert_ne!(moved, 0, "waiting starts the clock");
         assert_eq!(m.work_stall_at(moved + 7_000), None);
         let why = m.stall_at(moved + 7_001).expect("stalled");
         assert!(why.starts_with("2 relays wait"), "{why}");
-        m.set_zooid_up(false);
+        m.zooid_down(true);
         assert_eq!(m.stall_at(moved + 7_001), None, "the breaker is open");
-        m.set_zooid_up(true);
-        m.set_robot_refused(true);
+        m.zooid_down(false);
+        m.zooid_refuses_robot(true);
         assert_eq!(m.stall_at(moved + 7_001), None, "zooid refuses the robot");
-        m.set_robot_refused(false);
+        m.zooid_refuses_robot(false);
+        m.zooid_down(true);
+        m.zooid_down(true);
+        m.zooid_down(false);
+        assert!(!m.zooid_up(), "one of two zooids is still down");
+        m.zooid_down(false);
+        m.zooid_down(false);
+        assert!(m.zooid_up(), "never fewer than none down");
+        other.set(&m, 3);
+        pool.set(&m, 0);
+        assert!(
+            m.stall_at(moved + 7_001).is_some(),
+            "another zooid's pool still waits"
+        );
+        other.set(&m, 0);
+        pool.set(&m, 2);
         m.set_active(false);
         assert_eq!(m.stall_at(moved + 7_001), None, "standing by");
         m.set_active(true);
-        m.work_waiting(0);
+        pool.set(&m, 0);
         assert_eq!(m.stall_at(moved + 7_001), None, "nothing waits");
         // A mark no real clock reading equals.
         const LONG_AGO: u64 = 1 << 40;
         m.work_moved_at.store(LONG_AGO, Ordering::Relaxed);
-        m.work_waiting(0);
+        pool.set(&m, 0);
         assert_eq!(
             m.work_moved_at.load(Ordering::Relaxed),
             LONG_AGO,
             "nothing waits still"
         );
-        m.work_waiting(1);
+        pool.set(&m, 1);
         let again = m.work_moved_at.load(Ordering::Relaxed);
         assert!(again != LONG_AGO, "waiting again starts the clock again");
         m.work_moved_at.store(LONG_AGO, Ordering::Relaxed);
-        m.work_waiting(3);
+        pool.set(&m, 3);
         assert_eq!(
             m.work_moved_at.load(Ordering::Relaxed),
             LONG_AGO,
@@ -958,7 +1011,7 @@ mod tests {
         let m = Metrics::default();
         m.set_active(true);
         m.set_work_bound(Duration::from_secs(1), 0.0); // 7 s
-        m.work_waiting(2);
+        Waiting::default().set(&m, 2);
         m.work_moved_at.store(40_000, Ordering::Relaxed);
         assert_eq!(m.work_change(47_000, 1_000_000), None, "within the bound");
         let Some(WorkChange::Stuck(line)) = m.work_change(100_000, 1_000_000) else {

@@ -192,23 +192,34 @@ fn next_retry(
     }
 }
 
-/// While the breaker is open, the first line of `zooid-sync status`: `zooid unreachable
-/// since <time> (<last error>); N relays waiting`, or, when zooid refuses the robot,
-/// `zooid refuses zooid-sync since <time>: <what to do>; N relays waiting`.
-pub fn zooid_line(query: &Query) -> Result<Option<String>> {
-    let Some((since, error)) = query.zooid_outage()? else {
-        return Ok(None);
-    };
+/// One line for each zooid whose breaker is open, the first lines of `zooid-sync status`:
+/// `zooid unreachable since <time> (<last error>); N relays waiting`, or, when zooid refuses
+/// the robot, `zooid refuses zooid-sync since <time>: <what to do>; N relays waiting`. A
+/// zooid other than the default one is named: `zooid eu unreachable since ...`.
+pub fn zooid_lines(query: &Query) -> Result<Vec<String>> {
+    let outages = query.zooid_outages()?;
+    if outages.is_empty() {
+        return Ok(Vec::new());
+    }
     let waiting = plural(query.count_pending()?, "relay", "relays");
-    let error = quote::remote(&error, quote::REMOTE_MAX);
-    let since = format_unix(since);
-    Ok(Some(match error.strip_prefix(ROBOT_REFUSED) {
-        Some(why) => format!(
-            "{ROBOT_REFUSED} since {since}{why}; {waiting} waiting",
-            why = why.trim_end_matches('.')
-        ),
-        None => format!("zooid unreachable since {since} ({error}); {waiting} waiting"),
-    }))
+    Ok(outages
+        .into_iter()
+        .map(|(zooid, since, error)| {
+            let error = quote::remote(&error, quote::REMOTE_MAX);
+            let since = format_unix(since);
+            let named = match zooid == crate::env::DEFAULT_ZOOID {
+                true => "zooid".to_string(),
+                false => format!("zooid {zooid}"),
+            };
+            match error.strip_prefix(ROBOT_REFUSED) {
+                Some(why) => format!(
+                    "{named} refuses zooid-sync since {since}{why}; {waiting} waiting",
+                    why = why.trim_end_matches('.')
+                ),
+                None => format!("{named} unreachable since {since} ({error}); {waiting} waiting"),
+            }
+        })
+        .collect())
 }
 
 /// The existence audit's line: when its last pass ended and what it found, and how far the

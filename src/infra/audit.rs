@@ -15,7 +15,9 @@
 //! never writes to zooid for a relay zooid has, and never touches a relay that is not synced:
 //! pending relays and deletions are the sync's business.
 //!
-//! While the breaker is open (zooid down, or refusing the robot) the audit waits. Its place
+//! Each relay is asked about at the zooid it lives at, through that zooid's client and rate
+//! ceiling. While the only zooid's breaker is open (it is down, or refuses the robot) the
+//! audit waits; with several zooids, it passes over the relays of one whose breaker is open. Its place
 //! in the pass and what it found so far are recorded in `worker_settings` ([`AUDIT_STATE`]),
 //! at most once a minute and at the end of each pass, so a restarted daemon goes on where the
 //! last one stopped, and `zooid-sync status` shows the last pass.
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use crossbeam_channel::Sender;
 
-use super::breaker::Breaker;
+use super::sync::Zooid;
 use crate::metrics::{Metrics, ThreadWatch};
 use crate::pause::Pause;
 use crate::store::{Command, Query};
@@ -123,8 +125,8 @@ pub struct Audit {
 pub struct Parts {
     pub query: Query,
     pub command: Command,
-    pub client: ZooidClient,
-    pub breaker: Arc<Breaker>,
+    /// Every zooid, the default one first: each relay is asked about at its own.
+    pub zooids: Vec<Arc<Zooid>>,
     pub metrics: Arc<Metrics>,
     /// Relays found missing go here: the dispatcher syncs them.
     pub lost: Sender<String>,
@@ -201,10 +203,6 @@ impl Auditor {
                 self.record(&pass.record());
                 return;
             }
-            // zooid down or refusing the robot: it says nothing about relays; wait.
-            if self.parts.breaker.outage().is_some() {
-                continue;
-            }
             let next = match self.parts.query.next_synced_relay_after(&pass.cursor) {
                 Ok(next) => next,
                 Err(e) => {
@@ -220,7 +218,22 @@ impl Auditor {
                 recorded_at = Instant::now();
                 continue;
             };
-            match self.check(&id) {
+            let zooid = match self.zooid_of(&id) {
+                Ok(zooid) => zooid,
+                Err(e) => {
+                    log::warn!("audit: {e:#}");
+                    continue;
+                }
+            };
+            // Its zooid down or refusing the robot says nothing about the relay: wait for it
+            // (the only zooid), or pass this relay over (another's relays are asked about).
+            if zooid.breaker.outage().is_some() {
+                if self.parts.zooids.len() > 1 {
+                    pass.cursor = id;
+                }
+                continue;
+            }
+            match self.check(&zooid.client, &id) {
                 Found::Exists => {}
                 Found::Missing => {
                     pass.missing += 1;
@@ -248,9 +261,26 @@ impl Auditor {
         })
     }
 
-    fn check(&self, id: &str) -> Found {
+    /// The zooid relay `id` lives at (an unknown name: none to ask, an error).
+    fn zooid_of(&self, id: &str) -> Result<&Arc<Zooid>> {
+        let zooids = &self.parts.zooids;
+        if zooids.len() == 1 {
+            return Ok(&zooids[0]);
+        }
+        let name = self.parts.query.relay_zooid(id)?;
+        let name = if name.is_empty() {
+            crate::env::DEFAULT_ZOOID
+        } else {
+            &name
+        };
+        zooids
+            .iter()
+            .find(|z| z.name == name)
+            .ok_or_else(|| anyhow::anyhow!("relay {id}: no zooid is named {name:?}"))
+    }
+
+    fn check(&self, client: &ZooidClient, id: &str) -> Found {
         self.parts.metrics.audit_checked();
-        let client = &self.parts.client;
         match client.request("GET", &format!("/relay/{id}/members"), None) {
             Ok(_) => Found::Exists,
             Err(e) if e.status() == Some(404) && client.robot_refusal(&e).is_none() => {

@@ -26,9 +26,12 @@
 //! a flapping zooid is probed less and less often: over any window of length `W`, the breaker
 //! opens at most `log2(cap / base) + 1 + W / cap` times.
 //!
-//! The outage is written to the database (`zooid_outage`) so that `zooid-sync status` can tell
-//! the operator, and so that a restarted worker resumes probing instead of sending every
-//! pending relay into a dead zooid.
+//! The outage is written to the database (`zooid_outage`, one row per zooid) so that
+//! `zooid-sync status` can tell the operator, and so that a restarted worker resumes probing
+//! instead of sending every pending relay into a dead zooid.
+//!
+//! Each zooid has its own breaker and prober (see `Syncer::for_each_zooid`): one zooid down stops only
+//! the relays that live there.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +39,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use crate::metrics::Metrics;
 use crate::quote;
@@ -184,6 +187,11 @@ pub enum Verdict {
 
 /// The breaker shared by the worker threads, the prober thread and the dispatcher.
 pub struct Breaker {
+    /// The zooid it guards (`default`: `ZOOID_API_URL`'s).
+    name: String,
+    /// What this breaker last told the metrics: down, and refusing the robot.
+    told_down: AtomicBool,
+    told_refused: AtomicBool,
     circuit: Mutex<Circuit>,
     /// Wakes the prober when the circuit opens or the worker stops.
     changed: Condvar,
@@ -192,25 +200,33 @@ pub struct Breaker {
     stopping: AtomicBool,
     command: Command,
     metrics: Arc<Metrics>,
-    /// Told once each time zooid answers again.
-    back: Sender<()>,
-    back_rx: Receiver<()>,
+    /// Told the zooid's name once each time it answers again.
+    back: Sender<String>,
 }
 
 impl std::fmt::Debug for Breaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Breaker")
+            .field("name", &self.name)
             .field("circuit", &self.circuit)
             .finish()
     }
 }
 
 impl Breaker {
-    /// A closed breaker probing on `policy`'s backoff, recording outages through `command`.
-    pub fn new(policy: &RetryPolicy, command: Command, metrics: Arc<Metrics>) -> Breaker {
-        metrics.set_zooid_up(true);
-        let (back, back_rx) = crossbeam_channel::unbounded();
+    /// A closed breaker for the zooid named `name`, probing on `policy`'s backoff, recording
+    /// outages through `command`; `back` is told the name each time that zooid answers again.
+    pub fn new(
+        name: &str,
+        policy: &RetryPolicy,
+        command: Command,
+        metrics: Arc<Metrics>,
+        back: Sender<String>,
+    ) -> Breaker {
         Breaker {
+            name: name.to_string(),
+            told_down: AtomicBool::new(false),
+            told_refused: AtomicBool::new(false),
             circuit: Mutex::new(Circuit::new(policy)),
             changed: Condvar::new(),
             verdict: Mutex::new(()),
@@ -218,18 +234,38 @@ impl Breaker {
             command,
             metrics,
             back,
-            back_rx,
+        }
+    }
+
+    /// How the logs name this zooid: `zooid` for the default one (the only one, mostly),
+    /// `zooid <name>` for the others.
+    fn zooid(&self) -> String {
+        match self.name == crate::env::DEFAULT_ZOOID {
+            true => "zooid".to_string(),
+            false => format!("zooid {}", self.name),
+        }
+    }
+
+    /// Tells the metrics whether this zooid is down and whether it refuses the robot; they
+    /// count the zooids in each state.
+    fn tell_metrics(&self, down: bool, refused: bool) {
+        if self.told_down.swap(down, Ordering::AcqRel) != down {
+            self.metrics.zooid_down(down);
+        }
+        if self.told_refused.swap(refused, Ordering::AcqRel) != refused {
+            self.metrics.zooid_refuses_robot(refused);
         }
     }
 
     /// Opens the breaker if the database records an outage: a worker restarted during one
     /// probes zooid before it sends any relay. Only a worker with a prober calls this.
     pub fn resume_recorded_outage(&self, query: &Query) {
-        match query.zooid_outage() {
+        match query.zooid_outage(&self.name) {
             Ok(Some((since, last_error))) => {
                 log::warn!(
-                    "zooid has been unavailable since {} ({last_error}); probing it before \
+                    "{} has been unavailable since {} ({last_error}); probing it before \
                      any relay is sent",
+                    self.zooid(),
                     crate::time::format_unix(since)
                 );
                 let refused = last_error.starts_with(ROBOT_REFUSED);
@@ -239,18 +275,12 @@ impl Breaker {
                 if let Some(outage) = &mut circuit.outage {
                     outage.next_probe = now;
                 }
-                self.metrics.set_zooid_up(false);
-                self.metrics.set_robot_refused(refused);
+                self.tell_metrics(true, refused);
                 self.changed.notify_all();
             }
             Ok(None) => {}
-            Err(e) => log::error!("cannot read the recorded zooid outage: {e:#}"),
+            Err(e) => log::error!("{e:#}"),
         }
-    }
-
-    /// Receives once each time zooid answers again after an outage.
-    pub fn back(&self) -> &Receiver<()> {
-        &self.back_rx
     }
 
     /// zooid answered a request.
@@ -336,8 +366,8 @@ impl Breaker {
         }
         self.metrics.breaker_opened();
         self.say_state(&text);
-        if let Err(e) = self.command.record_zooid_outage(since, &text) {
-            log::error!("cannot record the zooid outage: {e:#}");
+        if let Err(e) = self.command.record_zooid_outage(&self.name, since, &text) {
+            log::error!("{e:#}");
         }
         self.changed.notify_all();
     }
@@ -346,18 +376,22 @@ impl Breaker {
     /// means and what to do about it.
     fn say_state(&self, text: &str) {
         let refused = text.starts_with(ROBOT_REFUSED);
-        self.metrics.set_zooid_up(false);
-        self.metrics.set_robot_refused(refused);
+        self.tell_metrics(true, refused);
+        let zooid = self.zooid();
+        let (its, relay_syncs) = match self.name == crate::env::DEFAULT_ZOOID {
+            true => ("", "Relay syncs"),
+            false => (" (this zooid's)", "Its relays' syncs"),
+        };
         if refused {
             log::error!(
-                "{text}. Relay syncs wait (none counts a try or gives up) and resume by \
-                 themselves once zooid accepts the robot; zooid is probed one request at a \
+                "{zooid}: {text}. {relay_syncs} wait (none counts a try or gives up) and resume \
+                 by themselves once {zooid} accepts the robot; it is probed one request at a \
                  time, on the backoff schedule"
             );
         } else {
             log::warn!(
-                "zooid is unavailable ({text}); relay syncs stop until it answers a probe (one \
-                 request at a time, on the backoff schedule)"
+                "{zooid} is unavailable ({text}); relay syncs{its} stop until it answers a \
+                 probe (one request at a time, on the backoff schedule)"
             );
         }
     }
@@ -374,27 +408,30 @@ impl Breaker {
                 else {
                     return;
                 };
-                self.metrics.set_zooid_up(true);
-                self.metrics.set_robot_refused(false);
+                self.tell_metrics(false, false);
                 let down_for = now_unix().saturating_sub(outage.since);
+                let zooid = self.zooid();
                 match outage.last_error.starts_with(ROBOT_REFUSED) {
                     true => log::info!(
-                        "zooid accepts zooid-sync again after {down_for} s; syncing every \
+                        "{zooid} accepts zooid-sync again after {down_for} s; syncing every \
                          waiting relay"
                     ),
                     false => log::info!(
-                        "zooid answers again after {down_for} s unavailable; syncing every \
+                        "{zooid} answers again after {down_for} s unavailable; syncing every \
                          waiting relay"
                     ),
                 }
-                if let Err(e) = self.command.clear_zooid_outage() {
-                    log::error!("cannot clear the recorded zooid outage: {e:#}");
+                if let Err(e) = self.command.clear_zooid_outage(&self.name) {
+                    log::error!("{e:#}");
                 }
-                let _ = self.back.send(());
+                let _ = self.back.send(self.name.clone());
             }
             Err(failure) => {
                 let text = quote::remote(&failure.to_string(), quote::REMOTE_MAX);
-                log::debug!("probe: zooid still unfit for relay syncs: {text}");
+                log::debug!(
+                    "probe: {} still unfit for relay syncs: {text}",
+                    self.zooid()
+                );
                 let (changed, kind_changed) = {
                     let mut circuit = self.circuit.lock().unwrap_or_else(PoisonError::into_inner);
                     let before = circuit.outage().map(|o| o.last_error.clone());
@@ -410,8 +447,8 @@ impl Breaker {
                     self.say_state(&text);
                 }
                 if let Some(since) = changed {
-                    if let Err(e) = self.command.record_zooid_outage(since, &text) {
-                        log::error!("cannot record the zooid outage: {e:#}");
+                    if let Err(e) = self.command.record_zooid_outage(&self.name, since, &text) {
+                        log::error!("{e:#}");
                     }
                 }
             }

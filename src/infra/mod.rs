@@ -161,9 +161,18 @@ impl Infra {
         self.metrics.clone()
     }
 
-    /// The members of relay `id`, from zooid (`GET /relay/{id}/members`).
+    /// The members of relay `id`, from the zooid it lives at (`GET /relay/{id}/members`).
     pub fn list_relay_members(&self, id: &str) -> Result<Vec<String>> {
-        crate::zooid::ZooidClient::new(&self.env)?.list_relay_members(id)
+        let name = match self.query.has_zooid_column() {
+            true => self.query.relay_zooid(id)?,
+            false => String::new(),
+        };
+        let env = self.env.for_zooid(&name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "relay {id} lives at zooid {name:?}, which ZOOID_INSTANCES does not name"
+            )
+        })?;
+        crate::zooid::ZooidClient::new(&env)?.list_relay_members(id)
     }
 
     /// Runs the worker on its own thread; see [`InfraHandle`]. Returns once the worker is
@@ -218,6 +227,7 @@ impl Infra {
             #[cfg(feature = "fixture")]
             injected,
         } = self;
+        check_zooid_column(&env, &query)?;
         let lease = match lease {
             Some(lease) => lease,
             None => {
@@ -247,20 +257,30 @@ impl Infra {
             weak
         };
         let command_for_writer = command.clone();
+        let (back_tx, back) = crossbeam_channel::unbounded();
         #[allow(unused_mut)]
-        let mut syncer = Syncer::with_metrics(query.clone(), command, &env, metrics.clone())?;
-        #[cfg(feature = "fixture")]
-        {
-            syncer.injected = injected;
+        let mut syncers =
+            Syncer::for_each_zooid(query.clone(), command, &env, metrics.clone(), back_tx)?;
+        let mut probers = Vec::new();
+        for syncer in &mut syncers {
+            #[cfg(feature = "fixture")]
+            {
+                syncer.injected = injected.clone();
+            }
+            let breaker = syncer.breaker().clone();
+            breaker.resume_recorded_outage(&query);
+            let name = match syncer.zooid() {
+                crate::env::DEFAULT_ZOOID => "zooid-sync-prober".to_string(),
+                zooid => format!("zooid-sync-prober-{zooid}"),
+            };
+            let prober = breaker::spawn_prober(
+                breaker.clone(),
+                syncer.client().clone(),
+                metrics.watch_thread(&name),
+            )
+            .context("cannot start the prober thread")?;
+            probers.push((breaker, prober));
         }
-        let breaker = syncer.breaker().clone();
-        breaker.resume_recorded_outage(&query);
-        let prober = breaker::spawn_prober(
-            breaker.clone(),
-            syncer.client().clone(),
-            metrics.watch_thread("zooid-sync-prober"),
-        )
-        .context("cannot start the prober thread")?;
 
         let (timer_tx, timer_rx) = crossbeam_channel::unbounded();
         let (due_tx, mut due_rx) = crossbeam_channel::unbounded();
@@ -274,8 +294,7 @@ impl Infra {
         let audit_parts = audit::Parts {
             query: query.clone(),
             command: command_for_writer.clone(),
-            client: syncer.client().clone(),
-            breaker: breaker.clone(),
+            zooids: syncers.iter().map(|s| s.own_zooid().clone()).collect(),
             metrics: metrics.clone(),
             lost: lost_tx,
         };
@@ -289,27 +308,61 @@ impl Infra {
                 Vec::new()
             }
         };
-        let pool = Pool::start(
-            env.sync_workers,
-            syncer,
-            retries.clone(),
-            env.retry.base,
-            served,
-        )
-        .context("cannot start the worker threads")?;
+        // One pool for each zooid: one zooid slow or down holds up only its own relays.
+        let (moved_tx, mut moved_rx) = crossbeam_channel::unbounded();
+        let mut pools = Vec::new();
+        for syncer in syncers {
+            // The hosts served are the default zooid's (the others' are learned from their
+            // first writes).
+            let served = match syncer.zooid() == crate::env::DEFAULT_ZOOID {
+                true => served.clone(),
+                false => Vec::new(),
+            };
+            let zooid = syncer.zooid().to_string();
+            let pool = Pool::start(
+                env.sync_workers,
+                syncer,
+                retries.clone(),
+                env.retry.base,
+                served,
+                moved_tx.clone(),
+            );
+            match pool {
+                Ok(pool) => pools.push((zooid, pool)),
+                Err(e) => {
+                    for (_, pool) in pools {
+                        pool.stop();
+                    }
+                    return Err(e).context("cannot start the worker threads");
+                }
+            }
+        }
+        drop(moved_tx);
         let dispatcher = Dispatcher {
             env: &env,
             query: &query,
-            pool: &pool,
+            pools: &pools,
             retries: &retries,
             metrics: &metrics,
         };
         let (hex, npub) = env.robot.public_key_names();
+        let zooids = match env.zooid_instances.is_empty() {
+            true => format!("zooid at {}", env.zooid_api_url),
+            false => env
+                .zooids()
+                .iter()
+                .map(|z| format!("zooid {} at {}", z.name, z.url))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
         log::info!(
-            "zooid-sync started: database {}, zooid at {}, robot {hex} ({npub}), {} workers",
+            "zooid-sync started: database {}, {zooids}, robot {hex} ({npub}), {} workers{}",
             query.path().display(),
-            env.zooid_api_url,
             env.sync_workers,
+            match pools.len() {
+                1 => String::new(),
+                n => format!(" for each of {n} zooids"),
+            }
         );
 
         record_settings(&env, &command_for_writer);
@@ -358,8 +411,10 @@ impl Infra {
                         Err(e) => log::error!("looking for manual sync requests: {e:#}"),
                     }
                     next_look = std::time::Instant::now() + look.next();
-                    if dispatcher.pool.settled(SETTLE) {
-                        dispatcher.pool.release_memory();
+                    if dispatcher.settled() {
+                        for (_, pool) in dispatcher.pools {
+                            pool.release_memory();
+                        }
                         query.release_memory();
                         crate::memory::return_free_heap();
                     }
@@ -381,15 +436,24 @@ impl Infra {
                     Ok(id) => {
                         log::debug!("relay {id}: retry due");
                         dispatcher.retries.fired(&id);
-                        dispatcher.pool.submit(&id);
+                        dispatcher.pool_for(&id).submit(&id);
                     }
                     // The timer thread ended (it is watched: a panic is reported): a
                     // disconnected channel is ready at once, so stop selecting it.
                     Err(_) => due_rx = crossbeam_channel::never(),
                 },
-                recv(breaker.back()) -> _ => dispatcher.reconcile("zooid answers again"),
+                recv(back) -> zooid => match zooid.as_deref() {
+                    Ok(crate::env::DEFAULT_ZOOID) => dispatcher.reconcile("zooid answers again"),
+                    Ok(zooid) => dispatcher.reconcile(&format!("zooid {zooid} answers again")),
+                    Err(_) => unreachable!("the syncers' breakers hold the sender"),
+                },
+                recv(moved_rx) -> id => match id {
+                    // Found to live at another zooid than the pool's that had it.
+                    Ok(id) => dispatcher.pool_for(&id).submit_fresh(&id),
+                    Err(_) => moved_rx = crossbeam_channel::never(),
+                },
                 recv(lost_rx) -> id => match id {
-                    Ok(id) => dispatcher.pool.submit(&id),
+                    Ok(id) => dispatcher.pool_for(&id).submit(&id),
                     // No audit (SYNC_AUDIT_INTERVAL=0), or it ended: a disconnected channel
                     // is ready at once and would spin this loop, so stop selecting it.
                     Err(_) => lost_rx = crossbeam_channel::never(),
@@ -404,9 +468,13 @@ impl Infra {
         if let Some(audit) = audit {
             audit.stop();
         }
-        breaker.stop();
-        let _ = prober.join();
-        pool.stop();
+        for (breaker, prober) in probers {
+            breaker.stop();
+            let _ = prober.join();
+        }
+        for (_, pool) in pools {
+            pool.stop();
+        }
         writer.stop(); // records the outcomes still queued, before the lease goes
         metrics.set_active(false);
         metrics.dispatcher_stopped();
@@ -423,7 +491,8 @@ impl Infra {
 struct Dispatcher<'a> {
     env: &'a Env,
     query: &'a Query,
-    pool: &'a Pool,
+    /// One pool for each zooid, the default one first.
+    pools: &'a [(String, Pool)],
     retries: &'a Retries,
     metrics: &'a Metrics,
 }
@@ -431,6 +500,19 @@ struct Dispatcher<'a> {
 /// The dispatcher's filter: activities about relays that change them or report a failed sync.
 /// Applied when the bus delivers, so that ignored activities (every `complete_relay_sync`,
 /// for one) never wake the dispatcher.
+/// Refuses to start when `ZOOID_INSTANCES` names zooids but the relay table has no `zooid`
+/// column to assign relays to them.
+fn check_zooid_column(env: &Env, query: &Query) -> Result<()> {
+    if env.zooid_instances.is_empty() || query.has_zooid_column() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "ZOOID_INSTANCES names zooids, but the relay table has no zooid column to assign \
+         relays to them: add it (ALTER TABLE relay ADD COLUMN zooid TEXT NOT NULL DEFAULT '') \
+         or unset ZOOID_INSTANCES"
+    )
+}
+
 fn is_dispatched(activity: &Activity) -> bool {
     activity.resource_type == RELAY_RESOURCE
         && matches!(
@@ -509,6 +591,35 @@ impl Looks {
 }
 
 impl Dispatcher<'_> {
+    /// The pool of the zooid relay `id` lives at, as the database says now (the default
+    /// zooid's when it names none, or one no setting names: its sync then fails, naming it).
+    fn pool_for(&self, id: &str) -> &Pool {
+        let default = &self.pools[0].1;
+        if self.pools.len() == 1 {
+            return default;
+        }
+        match self.query.relay_zooid(id) {
+            Ok(name) => self
+                .pools
+                .iter()
+                .find(|(zooid, _)| *zooid == name)
+                .map_or(default, |(_, pool)| pool),
+            Err(e) => {
+                log::warn!("{e:#}; its sync starts at the default zooid");
+                default
+            }
+        }
+    }
+
+    /// Whether every pool has been idle for a while since its last burst (see
+    /// [`Pool::settled`]): the moment to give memory back.
+    fn settled(&self) -> bool {
+        // Each pool is asked, so that each says so once.
+        self.pools
+            .iter()
+            .map(|(_, pool)| pool.settled(SETTLE))
+            .fold(false, |any, settled| any | settled)
+    }
     /// Hands manual sync requests after `last` to the pool, and moves `last` past them. A
     /// request is answered by the relay's next sync that starts after it, never by one that
     /// runs beside another.
@@ -520,7 +631,7 @@ impl Dispatcher<'_> {
                 for (request, relay) in requests {
                     log::info!("relay {relay}: manual sync requested ({request})");
                     *last = request;
-                    self.pool.submit_request(&relay, request, fresh);
+                    self.pool_for(&relay).submit_request(&relay, request, fresh);
                 }
             }
             Err(e) => log::error!("{e:#}"),
@@ -540,7 +651,7 @@ impl Dispatcher<'_> {
             }
         } else {
             // A change the host just made: someone may be waiting for it.
-            self.pool.submit_fresh(id);
+            self.pool_for(id).submit_fresh(id);
         }
     }
 
@@ -588,7 +699,7 @@ impl Dispatcher<'_> {
             };
             if relay.sync_error.is_empty() || relay.sync_error.starts_with(ZOOID_UNAVAILABLE) {
                 now += 1;
-                self.pool.submit(&relay.id);
+                self.pool_for(&relay.id).submit(&relay.id);
             } else {
                 self.schedule_relay_sync_retry(&relay.id, source);
             }

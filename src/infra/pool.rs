@@ -24,13 +24,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
+
 pub use super::lanes::FRESH_AT_ONCE;
 use super::lanes::{Lane, Lanes, Next};
 use super::queue::{CloseOnDrop, Queue};
 use super::sampler::{self, Sampler};
 use super::sync::{Prepared, SyncOutcome, Syncer};
 use super::timer::Retries;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Waiting};
 use crate::pace::Pacer;
 
 /// How many relays waiting make a catch-up worth a line in the log.
@@ -59,8 +61,12 @@ struct PoolShared {
     /// Whether the preparer sleeps on `changed` (set and cleared under the lanes' lock): a
     /// wake-up is a system call, spent only when someone waits for it.
     preparer_waits: AtomicBool,
-    /// Where the pool says whether its work moves ([`Metrics::work_waiting`]).
+    /// Where the pool says whether its work moves ([`Metrics::work_moved`]).
     metrics: Arc<Metrics>,
+    /// This pool's relays waiting, its part of the metrics' count.
+    waiting: Waiting,
+    /// Whether this pool records its catch-ups for `zooid-sync status` (the default zooid's).
+    records_catch_ups: bool,
     pacer: Arc<Pacer>,
     /// While a catch-up runs: when it started, how many relays it had, how many are done.
     catch_up: Mutex<Option<(std::time::Instant, usize, usize)>>,
@@ -100,7 +106,7 @@ impl PoolShared {
         if change(&mut lanes) {
             self.wake_preparer();
         }
-        self.metrics.work_waiting(lanes.queued());
+        self.waiting.set(&self.metrics, lanes.queued());
     }
 
     /// The outcome of `id`'s sync is recorded: only now may its next sync start. Queues it
@@ -110,7 +116,7 @@ impl PoolShared {
         if lanes.finish(id) {
             self.wake_preparer();
         }
-        self.metrics.work_waiting(lanes.queued());
+        self.waiting.set(&self.metrics, lanes.queued());
         self.metrics.work_moved();
         let idle = lanes.is_empty();
         drop(lanes);
@@ -199,6 +205,9 @@ impl PoolShared {
 
     /// Records the catch-up's state; a failure to is logged only.
     fn record(&self, state: &[(&str, Option<String>)]) {
+        if !self.records_catch_ups {
+            return;
+        }
         if let Err(e) = self.command.record_worker_state(state) {
             log::warn!("{e:#}");
         }
@@ -211,20 +220,31 @@ impl Pool {
     /// is recorded, a success cancels the relay's pending retry through `retries`, an outcome
     /// that could not be recorded is retried after `retry_later`, and the relay may be synced
     /// again. `served` are hosts of relays zooid serves now, for the sampler's first check.
+    /// The pool syncs relays to the syncer's zooid; a relay found to live at another is sent
+    /// on `moved`, for the dispatcher to hand to that zooid's pool.
     pub fn start(
         workers: usize,
         syncer: Syncer,
         retries: Arc<Retries>,
         retry_later: std::time::Duration,
         served: Vec<String>,
+        moved: Sender<String>,
     ) -> std::io::Result<Pool> {
         let workers = workers.max(1);
         let pacer = syncer.client().pacer().clone();
+        let zooid = syncer.zooid().to_string();
+        // The default zooid's threads keep their plain names; another's carry its name.
+        let named = |kind: &str| match zooid == crate::env::DEFAULT_ZOOID {
+            true => format!("zooid-sync-{kind}"),
+            false => format!("zooid-sync-{kind}-{zooid}"),
+        };
         let shared = Arc::new(PoolShared {
             lanes: Mutex::new(Lanes::default()),
             changed: Condvar::new(),
             preparer_waits: AtomicBool::new(false),
             metrics: syncer.metrics().clone(),
+            waiting: Waiting::default(),
+            records_catch_ups: zooid == crate::env::DEFAULT_ZOOID,
             pacer,
             catch_up: Mutex::new(None),
             command: syncer.command().clone(),
@@ -248,22 +268,22 @@ impl Pool {
         let spawned = (0..workers)
             .map(|n| {
                 let (shared, syncer, retries) = (shared.clone(), syncer.clone(), retries.clone());
-                let name = format!("zooid-sync-worker-{n}");
+                let moved = moved.clone();
+                let name = format!("{}-{n}", named("worker"));
                 let watch = syncer.metrics().watch_thread(&name);
                 std::thread::Builder::new().name(name).spawn(move || {
                     let _watch = watch;
-                    work(&shared, &syncer, &retries, retry_later)
+                    work(&shared, &syncer, &retries, retry_later, &moved)
                 })
             })
             .chain(std::iter::once_with(|| {
                 let (shared, syncer) = (shared.clone(), syncer.clone());
-                let watch = syncer.metrics().watch_thread("zooid-sync-preparer");
-                std::thread::Builder::new()
-                    .name("zooid-sync-preparer".into())
-                    .spawn(move || {
-                        let _watch = watch;
-                        prepare(&shared, &syncer)
-                    })
+                let name = named("preparer");
+                let watch = syncer.metrics().watch_thread(&name);
+                std::thread::Builder::new().name(name).spawn(move || {
+                    let _watch = watch;
+                    prepare(&shared, &syncer)
+                })
             }))
             .collect::<std::io::Result<Vec<_>>>();
         let threads = match spawned {
@@ -354,7 +374,7 @@ impl Pool {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        self.shared.metrics.work_waiting(0);
+        self.shared.waiting.set(&self.shared.metrics, 0);
     }
 }
 
@@ -399,7 +419,7 @@ fn prepare(shared: &Arc<PoolShared>, syncer: &Syncer) {
                 }
                 let now = Instant::now();
                 let next = lanes.next(&mut shared.pacer.pace(), now);
-                shared.metrics.work_waiting(lanes.queued());
+                shared.waiting.set(&shared.metrics, lanes.queued());
                 if matches!(
                     next,
                     Next::WaitUntil(_)
@@ -486,6 +506,7 @@ fn work(
     syncer: &Arc<Syncer>,
     retries: &Arc<Retries>,
     retry_later: std::time::Duration,
+    moved: &Sender<String>,
 ) {
     while let Some(job) = shared.ready.pop() {
         if shared.stopping.load(Ordering::Acquire) {
@@ -499,11 +520,12 @@ fn work(
             admission,
         } = job;
         let (shared, me, retries) = (shared.clone(), syncer.clone(), retries.clone());
+        let moved = moved.clone();
         syncer.send_then(prepared, move |outcome| {
             for request in answering {
                 me.answer(request, &outcome);
             }
-            match outcome {
+            match &outcome {
                 SyncOutcome::Synced { .. } => retries.cancel(&relay),
                 SyncOutcome::NotRecorded(_) | SyncOutcome::Slow => {
                     retries.schedule(&relay, retry_later)
@@ -512,8 +534,13 @@ fn work(
                 | SyncOutcome::Parked
                 | SyncOutcome::Gone
                 | SyncOutcome::Interrupted => {}
+                SyncOutcome::LivesElsewhere(_) => {}
             }
             shared.finished(&relay);
+            if let SyncOutcome::LivesElsewhere(_) = outcome {
+                // Only now: its next sync, at its own zooid, must not run beside this one.
+                let _ = moved.send(relay);
+            }
         });
         drop(admission); // zooid has answered: the next write may go
     }

@@ -21,6 +21,18 @@
 //! the fallback fails too, the original error is the one reported, so a schema or host conflict
 //! stays a failure.
 //!
+//! **Zooids.** A syncer belongs to one zooid (its client, breaker and pacer), and knows every
+//! other. A relay lives at the zooid its row names (`relay.zooid`, `''` for the default one);
+//! `relay_placement` says where it was last synced, when that was not the default zooid. A
+//! sync of a relay that lives at another zooid sends nothing ([`SyncOutcome::LivesElsewhere`]:
+//! the pool hands it on); one whose zooid no setting names fails with
+//! [`SyncError::UnknownZooid`], sends nothing and is not counted. A relay last synced to
+//! another zooid than its own *moves*: it is created at its own (`POST`, a fresh secret, as a
+//! new relay), then deleted at the other (`DELETE`, `404` as good), and only then recorded as
+//! synced, with its new placement. Each step can be repeated: a crash in between runs the move
+//! again (the `POST` answers `409` and heals to `PATCH`, the `DELETE` answers `404`). A
+//! deletion goes to where the relay was last synced.
+//!
 //! Errors stay typed ([`SyncError`]) until the outcome is recorded, because what comes next
 //! depends on the kind: a failure that says zooid is unavailable goes to the [`Breaker`] for a
 //! verdict, and is recorded as `zooid is unavailable` (never counted toward giving up) when
@@ -57,12 +69,18 @@ pub enum SyncError {
     ZooidUnavailable(String),
     /// The sync panicked: a bug in zooid-sync. It fails this relay only, and is retried.
     Bug(String),
+    /// The relay names a zooid (or was last synced to one) that no setting names: nothing
+    /// was sent. Never counts toward giving up; synced once a restart knows the zooid.
+    UnknownZooid(String),
 }
 
 impl SyncError {
     /// Whether this failure counts toward giving up on the relay.
     pub fn counts(&self) -> bool {
-        !matches!(self, SyncError::ZooidUnavailable(_))
+        !matches!(
+            self,
+            SyncError::ZooidUnavailable(_) | SyncError::UnknownZooid(_)
+        )
     }
 }
 
@@ -74,6 +92,12 @@ impl std::fmt::Display for SyncError {
             SyncError::Refused(e) => write!(f, "{e}"),
             SyncError::ZooidUnavailable(e) => write!(f, "{ZOOID_UNAVAILABLE}: {e}"),
             SyncError::Bug(e) => f.write_str(e),
+            // Recorded as unavailability: not counted, not retried, synced at the next start.
+            SyncError::UnknownZooid(name) => write!(
+                f,
+                "{ZOOID_UNAVAILABLE}: no zooid is named {name:?} (the relay's zooid): add \
+                 {name}=<its API URL> to ZOOID_INSTANCES and restart zooid-sync; nothing was sent"
+            ),
         }
     }
 }
@@ -103,6 +127,9 @@ pub enum SyncOutcome {
     Slow,
     /// The outcome could not be written to the database (it stays pending there).
     NotRecorded(String),
+    /// The relay lives at the zooid of this name, not this syncer's: nothing was sent or
+    /// recorded; its sync belongs to that zooid's pool.
+    LivesElsewhere(String),
 }
 
 impl SyncOutcome {
@@ -140,19 +167,37 @@ impl SyncOutcome {
             SyncOutcome::NotRecorded(e) => {
                 ("failed", format!("the outcome could not be recorded: {e}"))
             }
+            SyncOutcome::LivesElsewhere(zooid) => (
+                "failed",
+                format!("the relay lives at zooid {zooid}; its sync there follows"),
+            ),
         }
     }
 }
 
-/// Syncs relays to zooid and records the outcomes.
+/// One zooid as the worker knows it: its name, its client (and with it its rate ceiling and
+/// pacer) and its breaker.
+#[derive(Debug)]
+pub struct Zooid {
+    /// `default` for `ZOOID_API_URL`, else its name in `ZOOID_INSTANCES`.
+    pub name: String,
+    /// Every request to this zooid goes through it.
+    pub client: ZooidClient,
+    /// Whether this zooid is fit for relay syncs.
+    pub breaker: Arc<Breaker>,
+}
+
+/// Syncs relays to one zooid and records the outcomes.
 #[derive(Debug, Clone)]
 pub struct Syncer {
     query: Query,
     command: Command,
-    client: ZooidClient,
     env: Env,
     metrics: Arc<Metrics>,
-    breaker: Arc<Breaker>,
+    /// The zooid this syncer syncs to.
+    own: Arc<Zooid>,
+    /// Every zooid, the default one first: where moves and deletions may go.
+    zooids: Arc<[Arc<Zooid>]>,
     /// Panics injected by tests ([`crate::Infra::inject_panic`]).
     #[cfg(feature = "fixture")]
     pub(crate) injected: Arc<InjectedPanics>,
@@ -222,6 +267,8 @@ enum Attempt {
     /// zooid accepted the relay at `revision`.
     Accepted {
         relay_id: String,
+        /// Where it now lives, to record, when that changed.
+        placed: Option<String>,
         revision: i64,
         /// The relay's newest activity when the sync read it.
         seen: i64,
@@ -273,6 +320,10 @@ enum Stage {
 struct Ready {
     target: Target,
     first: SignedRequest,
+    /// A move: the zooid the relay is deleted at once it is created at its own.
+    leaving: Option<Arc<Zooid>>,
+    /// The zooid to record as the relay's placement once synced, when that changes.
+    placed: Option<String>,
 }
 
 /// What a sync brings zooid in line with. (The relay is the common, large case; a `Ready`
@@ -311,6 +362,16 @@ impl Target {
     }
 }
 
+/// Why a move's deletion at the zooid it leaves did not happen.
+enum Left {
+    /// It failed; the relay's sync fails with this.
+    Failed(SyncError),
+    /// The worker stops: the next start moves it again.
+    Stopping,
+    /// The zooid it leaves is slow: moved again later, uncounted.
+    Slow,
+}
+
 /// A successful exchange with zooid.
 struct Done {
     method: &'static str,
@@ -318,30 +379,85 @@ struct Done {
 }
 
 impl Syncer {
-    /// A syncer with counters of its own (for `zooid-sync sync`).
+    /// The default zooid's syncer, with counters of its own (for `zooid-sync sync`); it
+    /// knows every zooid (see [`for_zooid`](Self::for_zooid)).
     #[cfg(feature = "cli")]
     pub fn new(query: Query, command: Command, env: &Env) -> Result<Syncer> {
-        Syncer::with_metrics(query, command, env, Arc::default())
+        let (back, _) = crossbeam_channel::unbounded();
+        let mut syncers = Syncer::for_each_zooid(query, command, env, Arc::default(), back)?;
+        Ok(syncers.swap_remove(0))
     }
 
-    /// A syncer that counts outcomes, requests and outages in `metrics`.
-    pub fn with_metrics(
+    /// One syncer for each zooid `env` names, the default one first, sharing `metrics`;
+    /// each zooid's breaker tells `back` its name when that zooid answers again.
+    pub fn for_each_zooid(
         query: Query,
         command: Command,
         env: &Env,
         metrics: Arc<Metrics>,
-    ) -> Result<Syncer> {
-        let breaker = Breaker::new(&env.retry, command.clone(), metrics.clone());
-        Ok(Syncer {
-            client: ZooidClient::new(env)?,
-            query,
-            command,
-            env: env.clone(),
-            metrics,
-            breaker: Arc::new(breaker),
-            #[cfg(feature = "fixture")]
-            injected: Arc::default(),
+        back: crossbeam_channel::Sender<String>,
+    ) -> Result<Vec<Syncer>> {
+        let zooids: Arc<[Arc<Zooid>]> = env
+            .zooids()
+            .into_iter()
+            .map(|address| {
+                let settings = env.for_zooid(&address.name).expect("a zooid env names");
+                Ok(Arc::new(Zooid {
+                    client: ZooidClient::new(&settings)?,
+                    breaker: Arc::new(Breaker::new(
+                        &address.name,
+                        &env.retry,
+                        command.clone(),
+                        metrics.clone(),
+                        back.clone(),
+                    )),
+                    name: address.name,
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into();
+        Ok(zooids
+            .iter()
+            .map(|own| Syncer {
+                query: query.clone(),
+                command: command.clone(),
+                env: env.clone(),
+                metrics: metrics.clone(),
+                own: own.clone(),
+                zooids: zooids.clone(),
+                #[cfg(feature = "fixture")]
+                injected: Arc::default(),
+            })
+            .collect())
+    }
+
+    /// This syncer for the zooid named `name` instead (`''`: the default one), if a
+    /// setting names it.
+    #[cfg(feature = "cli")]
+    pub fn for_zooid(&self, name: &str) -> Option<Syncer> {
+        Some(Syncer {
+            own: self.zooid_named(name)?.clone(),
+            ..self.clone()
         })
+    }
+
+    /// The zooid of this name (`''`: the default one), if a setting names it.
+    fn zooid_named(&self, name: &str) -> Option<&Arc<Zooid>> {
+        let name = match name {
+            "" => crate::env::DEFAULT_ZOOID,
+            name => name,
+        };
+        self.zooids.iter().find(|z| z.name == name)
+    }
+
+    /// The name of the zooid this syncer syncs to.
+    pub fn zooid(&self) -> &str {
+        &self.own.name
+    }
+
+    /// The zooid this syncer syncs to.
+    pub fn own_zooid(&self) -> &Arc<Zooid> {
+        &self.own
     }
 
     /// The store's writing half.
@@ -354,20 +470,32 @@ impl Syncer {
         &self.metrics
     }
 
-    /// The circuit breaker this syncer reports to.
+    /// The circuit breaker of this syncer's zooid.
     pub fn breaker(&self) -> &Arc<Breaker> {
-        &self.breaker
+        &self.own.breaker
     }
 
-    /// The client every request of this syncer goes through (and its rate limit).
+    /// The client every request to this syncer's zooid goes through (and its rate limit).
     pub fn client(&self) -> &ZooidClient {
-        &self.client
+        &self.own.client
     }
 
     /// Reads relay `id` afresh, syncs it and records the outcome before it returns; a relay
     /// that is gone is skipped. (`zooid-sync sync` in the foreground.)
     #[cfg(feature = "cli")]
     pub fn sync_relay_by_id(&self, id: &str) -> SyncOutcome {
+        match self.sync_here(id) {
+            SyncOutcome::LivesElsewhere(zooid) => match self.for_zooid(&zooid) {
+                Some(there) => there.sync_here(id),
+                None => SyncOutcome::LivesElsewhere(zooid),
+            },
+            outcome => outcome,
+        }
+    }
+
+    /// [`sync_relay_by_id`](Self::sync_relay_by_id) at this syncer's zooid.
+    #[cfg(feature = "cli")]
+    fn sync_here(&self, id: &str) -> SyncOutcome {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send_then(self.prepare(id), move |outcome| {
             let _ = tx.send(outcome);
@@ -396,14 +524,47 @@ impl Syncer {
             relay,
             ever_completed,
             seen,
+            placed,
         } = match self.query.get_relay_for_sync(id) {
             Ok(Some(found)) => found,
             Ok(None) => return self.prepare_deletion(id),
             Err(e) => return failed(SyncError::Unreadable(format!("{e:#}"))),
         };
+        let lives_at = match self.zooid_named(&relay.settings.zooid) {
+            Some(zooid) if zooid.name == self.own.name => zooid,
+            Some(zooid) => {
+                let elsewhere = SyncOutcome::LivesElsewhere(zooid.name.clone());
+                return Prepared(Stage::Decided(Attempt::Quiet(elsewhere)));
+            }
+            None => return failed(SyncError::UnknownZooid(relay.settings.zooid.clone())),
+        };
         let is_new = !relay.synced && !ever_completed;
+        // Where zooid has it now: where it was last synced, or nowhere if never.
+        let was_at = match (&placed, is_new) {
+            (Some(name), _) => Some(name.as_str()),
+            (None, false) => Some(crate::env::DEFAULT_ZOOID),
+            (None, true) => None,
+        };
+        let leaving = match was_at {
+            Some(name) if name != lives_at.name => match self.zooid_named(name) {
+                Some(zooid) => Some(zooid.clone()),
+                None => return failed(SyncError::UnknownZooid(name.to_string())),
+            },
+            _ => None,
+        };
+        // Recorded only when it changes, and never for a fleet on the default zooid alone.
+        let placed = match placed {
+            None if lives_at.name == crate::env::DEFAULT_ZOOID => None,
+            Some(name) if name == lives_at.name => None,
+            _ => Some(lives_at.name.clone()),
+        };
+        // Moving is creating at the new zooid, with a secret of its own.
+        let method = match is_new || leaving.is_some() {
+            true => "POST",
+            false => "PATCH",
+        };
         let mut secret = None;
-        match self.sign(&relay, if is_new { "POST" } else { "PATCH" }, &mut secret) {
+        match self.sign(&relay, method, &mut secret) {
             Ok(first) => Prepared(Stage::Ready(Box::new(Ready {
                 target: Target::Relay {
                     relay,
@@ -411,6 +572,8 @@ impl Syncer {
                     seen,
                 },
                 first,
+                leaving,
+                placed,
             }))),
             Err(error) => failed(error),
         }
@@ -421,21 +584,42 @@ impl Syncer {
     fn prepare_deletion(&self, id: &str) -> Prepared {
         let failed = |error| Prepared::failed(id, error);
         match self.query.deletion_pending(id) {
-            Ok(Some(seen)) => match self.client.sign_delete(id) {
-                Ok(first) => Prepared(Stage::Ready(Box::new(Ready {
-                    target: Target::Deleted {
-                        id: id.to_string(),
-                        seen,
-                    },
-                    first,
-                }))),
-                Err(e) => failed(SyncError::Refused(e)),
-            },
+            Ok(Some(seen)) => {
+                // It is deleted where it was last synced.
+                match self.query.relay_placement(id) {
+                    Ok(Some(name)) if name != self.own.name => {
+                        let elsewhere = match self.zooid_named(&name) {
+                            Some(_) => SyncOutcome::LivesElsewhere(name),
+                            None => return failed(SyncError::UnknownZooid(name)),
+                        };
+                        return Prepared(Stage::Decided(Attempt::Quiet(elsewhere)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return failed(SyncError::Unreadable(format!("{e:#}"))),
+                }
+                self.sign_deletion(id, seen)
+            }
             Ok(None) => {
                 log::debug!("relay {id}: gone, nothing to sync");
                 Prepared(Stage::Decided(Attempt::Quiet(SyncOutcome::Gone)))
             }
             Err(e) => failed(SyncError::Unreadable(format!("{e:#}"))),
+        }
+    }
+
+    /// The `DELETE` of relay `id` (its pending deletion's `seq` is `seen`), signed.
+    fn sign_deletion(&self, id: &str, seen: i64) -> Prepared {
+        match self.own.client.sign_delete(id) {
+            Ok(first) => Prepared(Stage::Ready(Box::new(Ready {
+                target: Target::Deleted {
+                    id: id.to_string(),
+                    seen,
+                },
+                first,
+                leaving: None,
+                placed: None,
+            }))),
+            Err(e) => Prepared::failed(id, SyncError::Refused(e)),
         }
     }
 
@@ -471,6 +655,7 @@ impl Syncer {
         match attempt {
             Attempt::Accepted {
                 relay_id,
+                placed,
                 revision,
                 seen,
                 done,
@@ -479,6 +664,7 @@ impl Syncer {
                 &relay_id.clone(),
                 revision,
                 seen,
+                placed,
                 move |result| {
                     then(recorded_success(
                         &metrics, &relay_id, revision, done, started, result,
@@ -522,8 +708,8 @@ impl Syncer {
     fn attempt(&self, ready: Ready) -> Attempt {
         let relay_id = ready.target.id().to_string();
         let seen = Some(ready.target.seen());
-        if let Some((since, last_error)) = self.breaker.outage() {
-            return match self.breaker.tell(&relay_id) {
+        if let Some((since, last_error)) = self.own.breaker.outage() {
+            return match self.own.breaker.tell(&relay_id) {
                 true => Attempt::Failed {
                     error: SyncError::ZooidUnavailable(format!(
                         "since {} ({last_error}); the relay is synced when zooid answers again",
@@ -544,11 +730,12 @@ impl Syncer {
             Target::Relay { relay, seen, .. } => Some((relay.revision, *seen)),
             Target::Deleted { .. } => None,
         };
+        let (leaving, placed) = (ready.leaving.clone(), ready.placed.clone());
         // A relay zooid will serve to its users: one to ask as their user, if none is known.
         let served = match &ready.target {
             Target::Relay { relay, .. }
                 if relay.settings.status == RelayStatus::Active
-                    && !self.client.pacer().knows_served() =>
+                    && !self.own.client.pacer().knows_served() =>
             {
                 Some(format!(
                     "{}.{}",
@@ -559,13 +746,32 @@ impl Syncer {
         };
         let error = match self.exchange(ready) {
             Ok(done) => {
-                self.breaker.answered();
+                self.own.breaker.answered();
                 if let Some(host) = served {
-                    self.client.pacer().served(&host);
+                    self.own.client.pacer().served(&host);
+                }
+                // A move is done once the zooid it leaves no longer has it.
+                if let Some(old) = leaving {
+                    match self.leave(&old, &relay_id) {
+                        Ok(()) => {}
+                        Err(Left::Failed(error)) => {
+                            return Attempt::Failed {
+                                relay_id,
+                                error,
+                                started,
+                                seen,
+                            }
+                        }
+                        Err(Left::Stopping) => {
+                            return Attempt::Quiet(SyncOutcome::Interrupted);
+                        }
+                        Err(Left::Slow) => return Attempt::Quiet(SyncOutcome::Slow),
+                    }
                 }
                 return match read {
                     Some((revision, seen)) => Attempt::Accepted {
                         relay_id,
+                        placed,
                         revision,
                         seen,
                         done,
@@ -580,11 +786,16 @@ impl Syncer {
             }
             Err(SyncError::Refused(e)) if self.fleet_wide(&e).is_some() => {
                 let failure = self.fleet_wide(&e).expect("matched above");
-                match self.breaker.verdict(&self.client, started, &failure) {
+                match self
+                    .own
+                    .breaker
+                    .verdict(&self.own.client, started, &failure)
+                {
                     // zooid answers cheap requests but not this write in time: it is slow,
                     // not refusing. The timeout is this write's cost to the pacer.
                     Verdict::ZooidUp if e.timed_out() => {
-                        self.client
+                        self.own
+                            .client
                             .pacer()
                             .observe(true, self.env.zooid_timeout, true);
                         log::warn!(
@@ -596,9 +807,9 @@ impl Syncer {
                     }
                     Verdict::ZooidUp => SyncError::Refused(e),
                     Verdict::ZooidDown => {
-                        self.breaker.tell(&relay_id);
+                        self.own.breaker.tell(&relay_id);
                         // zooid's state as the breaker found it says more than this request.
-                        let state = self.breaker.outage().map(|(_, state)| state);
+                        let state = self.own.breaker.outage().map(|(_, state)| state);
                         SyncError::ZooidUnavailable(state.unwrap_or_else(|| e.to_string()))
                     }
                     Verdict::Stopping => {
@@ -614,7 +825,7 @@ impl Syncer {
             }
             Err(error) => {
                 if matches!(error, SyncError::Refused(_)) {
-                    self.breaker.answered();
+                    self.own.breaker.answered();
                 }
                 error
             }
@@ -627,13 +838,73 @@ impl Syncer {
         }
     }
 
+    /// The second half of a move: deletes relay `id` at the zooid it moves away from, `old`
+    /// (`404`: it was gone already). A failure that is `old`'s as a whole is judged by
+    /// `old`'s breaker: the relay then waits for `old` to answer, uncounted.
+    fn leave(&self, old: &Zooid, id: &str) -> Result<(), Left> {
+        let started = Instant::now();
+        let error = match old.client.sign_delete(id) {
+            Ok(signed) => {
+                let _request = self.metrics.request();
+                match old.client.send(signed) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.status() == Some(404) && old.client.robot_refusal(&e).is_none() => {
+                        return Ok(())
+                    }
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        let failure = match error.is_unavailable() {
+            true => Some(ProbeFailure::Unavailable(error.clone())),
+            false => old
+                .client
+                .robot_refusal(&error)
+                .map(ProbeFailure::RobotRefused),
+        };
+        let moving = format!(
+            "relay {id}: moving from zooid {} to zooid {}: created at the second, and the \
+             first's DELETE failed",
+            old.name, self.own.name
+        );
+        let verdict = match &failure {
+            None => {
+                old.breaker.answered();
+                Verdict::ZooidUp
+            }
+            Some(failure) => old.breaker.verdict(&old.client, started, failure),
+        };
+        match verdict {
+            Verdict::ZooidUp if error.timed_out() => {
+                log::warn!(
+                    "{moving}: zooid {} did not answer within ZOOID_TIMEOUT while it answers \
+                     other requests: it is slow. Moved again later, not counted as a failure",
+                    old.name
+                );
+                Err(Left::Slow)
+            }
+            Verdict::ZooidUp => {
+                log::warn!("{moving}: {error}");
+                Err(Left::Failed(SyncError::Refused(error)))
+            }
+            Verdict::ZooidDown => Err(Left::Failed(SyncError::ZooidUnavailable(format!(
+                "the relay moves from zooid {} to zooid {}, and zooid {} is unavailable \
+                 ({error}); it is moved when zooid {} answers again",
+                old.name, self.own.name, old.name, old.name
+            )))),
+            Verdict::Stopping => Err(Left::Stopping),
+        }
+    }
+
     /// What `error` says about zooid as a whole, if anything: it is unavailable, or it
     /// refuses this robot. Such a failure is the breaker's to judge, not the relay's.
     fn fleet_wide(&self, error: &ZooidError) -> Option<ProbeFailure> {
         if error.is_unavailable() {
             return Some(ProbeFailure::Unavailable(error.clone()));
         }
-        self.client
+        self.own
+            .client
             .robot_refusal(error)
             .map(ProbeFailure::RobotRefused)
     }
@@ -667,7 +938,8 @@ impl Syncer {
             _ => None,
         };
         let body = relay_body(relay, &self.env, secret).map_err(SyncError::Invalid)?;
-        self.client
+        self.own
+            .client
             .sign_relay(method, &relay.id, &body)
             .map_err(SyncError::Refused)
     }
@@ -682,13 +954,14 @@ impl Syncer {
             Target::Relay { relay, secret, .. } => (relay, secret),
             Target::Deleted { .. } => {
                 let _request = self.metrics.request();
-                return match self.client.send(ready.first) {
+                return match self.own.client.send(ready.first) {
                     Ok(response) => Ok(Done {
                         method: "DELETE",
                         status: response.status,
                     }),
                     Err(e)
-                        if e.status() == Some(404) && self.client.robot_refusal(&e).is_none() =>
+                        if e.status() == Some(404)
+                            && self.own.client.robot_refusal(&e).is_none() =>
                     {
                         Ok(Done {
                             method: "DELETE",
@@ -702,7 +975,7 @@ impl Syncer {
         let send = |signed: SignedRequest| -> Result<Done, ZooidError> {
             let method = signed.method();
             let _request = self.metrics.request();
-            let response = self.client.send(signed)?;
+            let response = self.own.client.send(signed)?;
             Ok(Done {
                 method,
                 status: response.status,
@@ -725,7 +998,8 @@ impl Syncer {
             // A plain 404 from a host name that is not zooid's API is no lost relay.
             Err(original)
                 if original.status() == Some(heal_on)
-                    && self.client.robot_refusal(&original).is_none() =>
+                    && self.own.client.robot_refusal(&original).is_none()
+                    && (heal_on == 409 || self.lives_here(&relay.id)) =>
             {
                 // When the fallback fails too, the original error is the one reported.
                 let healed = self
@@ -741,6 +1015,23 @@ impl Syncer {
                 }
             }
             other => other.map_err(SyncError::Refused),
+        }
+    }
+
+    /// Whether relay `id` still lives at this syncer's zooid, as its row says now: a relay
+    /// that moved meanwhile is not created again where it left (its move deleted it there).
+    fn lives_here(&self, id: &str) -> bool {
+        if self.zooids.len() == 1 || !self.query.has_zooid_column() {
+            return true;
+        }
+        match self.query.relay_zooid(id) {
+            Ok(name) => self
+                .zooid_named(&name)
+                .is_some_and(|z| z.name == self.own.name),
+            Err(e) => {
+                log::warn!("relay {id}: {e:#}; not created again");
+                false
+            }
         }
     }
 

@@ -38,11 +38,13 @@ impl Command {
         settings: &RelaySettings,
     ) -> std::result::Result<Activity, HostError> {
         settings.check(id)?;
+        self.check_zooid(id, settings)?;
         self.host_write(
             id,
             Write::Create {
                 id: id.to_string(),
                 settings: settings.clone(),
+                zooid_column: self.db.relay_zooid,
             },
         )
     }
@@ -56,13 +58,37 @@ impl Command {
         settings: &RelaySettings,
     ) -> std::result::Result<Activity, HostError> {
         settings.check(id)?;
+        self.check_zooid(id, settings)?;
         self.host_write(
             id,
             Write::Update {
                 id: id.to_string(),
                 settings: settings.clone(),
+                zooid_column: self.db.relay_zooid,
             },
         )
+    }
+
+    /// A relay's `zooid` names a zooid (`ZOOID_INSTANCES`' names), or is empty for
+    /// `ZOOID_API_URL`'s; naming one needs the relay table's `zooid` column. (Whether a zooid
+    /// of that name is configured is the worker's to say: it may be added later.)
+    fn check_zooid(&self, id: &str, settings: &RelaySettings) -> Result<(), HostError> {
+        let invalid = |problem: &str| HostError::InvalidField {
+            id: id.to_string(),
+            field: "zooid",
+            problem: problem.to_string(),
+        };
+        match settings.zooid.as_str() {
+            "" => Ok(()),
+            _ if !self.db.relay_zooid => Err(invalid(
+                "is set, but the relay table has no zooid column: add it (ALTER TABLE relay \
+                 ADD COLUMN zooid TEXT NOT NULL DEFAULT '') to sync relays to several zooids",
+            )),
+            name if crate::env::is_zooid_name(name) => Ok(()),
+            _ => Err(invalid(
+                "must be empty or a zooid's name: 1 to 32 of a-z, 0-9 and - (ZOOID_INSTANCES)",
+            )),
+        }
     }
 
     /// A host's write, its activity, or what went wrong in the host's terms.

@@ -41,7 +41,7 @@ pub use model::{
 };
 pub use outcomes::{Outcome, OutcomeKind, Outcomes, WaitError};
 
-use model::{relay_select_list, ACTIVITY_SELECT_LIST, SETTINGS_COLUMNS};
+use model::{relay_select_list, ACTIVITY_SELECT_LIST, RELAY_WIDTH, SETTINGS_COLUMNS};
 
 mod feed;
 mod host;
@@ -75,6 +75,9 @@ struct Db {
     path: PathBuf,
     /// Whether every connection is opened read-only ([`Query::open_read_only`]).
     read_only: bool,
+    /// Whether the host's `relay` table has the optional `zooid` column (looked at when the
+    /// store opens: a column added later is seen by the next start).
+    relay_zooid: bool,
     busy_timeout: Duration,
     readers: Mutex<Readers>,
     /// Signalled when a read connection goes back to the pool.

@@ -126,6 +126,10 @@ pub struct RelaySettings {
     pub livekit_enabled: bool,
     /// Push notifications.
     pub push_enabled: bool,
+    /// The zooid that serves the relay: a name from `ZOOID_INSTANCES`, or empty for
+    /// `ZOOID_API_URL`'s (the `relay.zooid` column, which a relay table may lack: then it is
+    /// always empty).
+    pub zooid: String,
 }
 
 /// The host-edited columns, in the order [`RelaySettings::from_row`] reads them.
@@ -157,8 +161,9 @@ impl RelaySettings {
         crate::rules::check_relay(id, &self.schema, &self.subdomain, &self.tenant_pubkey)
     }
 
-    /// The values of [`SETTINGS_COLUMNS`], in order, for an INSERT or UPDATE.
-    pub(crate) fn to_values(&self) -> Vec<rusqlite::types::Value> {
+    /// The values of [`SETTINGS_COLUMNS`], in order, and `zooid`'s after them if
+    /// `zooid_column`, for an INSERT or UPDATE.
+    pub(crate) fn to_values(&self, zooid_column: bool) -> Vec<rusqlite::types::Value> {
         use rusqlite::types::Value;
         let text = |s: &str| Value::Text(s.to_string());
         let flag = |b: bool| Value::Integer(b as i64);
@@ -182,6 +187,9 @@ impl RelaySettings {
             flag(self.livekit_enabled),
             flag(self.push_enabled),
         ]
+        .into_iter()
+        .chain(zooid_column.then(|| text(&self.zooid)))
+        .collect()
     }
 
     fn from_row(row: &Row, first: usize) -> Result<Self> {
@@ -205,6 +213,7 @@ impl RelaySettings {
             blossom_enabled: c.flag(15)?,
             livekit_enabled: c.flag(16)?,
             push_enabled: c.flag(17)?,
+            zooid: String::new(),
         })
     }
 }
@@ -228,13 +237,21 @@ pub struct Relay {
     pub updated_at: i64,
 }
 
-/// The SELECT list that [`Relay::from_row`] reads.
-pub(crate) fn relay_select_list() -> String {
+/// The SELECT list that [`Relay::from_row`] reads ([`RELAY_WIDTH`] columns), for a relay
+/// table with or without the `zooid` column.
+pub(crate) fn relay_select_list(zooid_column: bool) -> String {
     format!(
-        "id, sync_error, synced, revision, created_at, updated_at, {}",
-        SETTINGS_COLUMNS.join(", ")
+        "id, sync_error, synced, revision, created_at, updated_at, {}, {}",
+        SETTINGS_COLUMNS.join(", "),
+        match zooid_column {
+            true => "zooid",
+            false => "'' AS zooid",
+        }
     )
 }
+
+/// How many columns [`relay_select_list`] selects.
+pub(crate) const RELAY_WIDTH: usize = 7 + SETTINGS_COLUMNS.len();
 
 impl Relay {
     /// Reads a row selected with [`relay_select_list`]. Errors name the relay and the column.
@@ -252,7 +269,10 @@ impl Relay {
                 revision: c.int(3)?,
                 created_at: c.int(4)?,
                 updated_at: c.int(5)?,
-                settings: RelaySettings::from_row(row, 6)?,
+                settings: RelaySettings {
+                    zooid: c.text(RELAY_WIDTH - 1)?,
+                    ..RelaySettings::from_row(row, 6)?
+                },
             })
         };
         read().map_err(|e| anyhow!("relay {id} has a malformed row: {e}"))

@@ -58,7 +58,7 @@ impl Store {
         let mut writer = open_connection(&path, options.busy_timeout)?;
         schema::migrate(&mut writer)
             .with_context(|| format!("cannot prepare the database {}", path.display()))?;
-        let db = Arc::new(Db::new(path, false, writer, &options));
+        let db = Arc::new(Db::new(path, false, writer, &options)?);
         Ok(Store {
             query: Query { db: db.clone() },
             command: Command {
@@ -71,10 +71,17 @@ impl Store {
 }
 
 impl Db {
-    fn new(path: PathBuf, read_only: bool, writer: Connection, options: &StoreOptions) -> Db {
-        Db {
+    fn new(
+        path: PathBuf,
+        read_only: bool,
+        writer: Connection,
+        options: &StoreOptions,
+    ) -> Result<Db> {
+        let relay_zooid = schema::has_column(&writer, "relay", "zooid")?;
+        Ok(Db {
             path,
             read_only,
+            relay_zooid,
             busy_timeout: options.busy_timeout,
             readers: Mutex::new(Readers::default()),
             reader_returned: Condvar::new(),
@@ -88,7 +95,7 @@ impl Db {
             feed_interval: options.feed_interval.max(Duration::from_millis(1)),
             feed_running: AtomicBool::new(false),
             bad_activity_rows: Default::default(),
-        }
+        })
     }
 }
 
@@ -107,7 +114,7 @@ impl Query {
         schema::require_current(&conn)
             .with_context(|| format!("cannot read the database {}", path.display()))?;
         Ok(Query {
-            db: Arc::new(Db::new(path, true, conn, &options)),
+            db: Arc::new(Db::new(path, true, conn, &options)?),
         })
     }
 }

@@ -60,6 +60,8 @@ pub struct RelayForSync {
     /// The newest `seq` of its activity when it was read. A `delete_relay` after it means the
     /// relay this sync read was deleted, whatever row holds its id now.
     pub seen: i64,
+    /// The zooid it was last synced to, when that is not the default one (`relay_placement`).
+    pub placed: Option<String>,
 }
 
 /// A relay the host deleted that zooid has not confirmed deleting yet.
@@ -192,7 +194,7 @@ impl Query {
     /// sync needs to choose between create and update.
     #[doc(hidden)]
     pub fn get_relay_for_sync(&self, id: &str) -> Result<Option<RelayForSync>> {
-        static SQL: LazyLock<String> = LazyLock::new(|| {
+        fn sql(zooid_column: bool) -> String {
             format!(
                 "SELECT {}, COALESCE((SELECT MAX(seq) FROM activity
                      WHERE resource_type = 'relay' AND resource_id = relay.id), 0),
@@ -201,21 +203,30 @@ impl Query {
                        AND activity_type = 'complete_relay_sync'
                        AND seq > COALESCE((SELECT MAX(seq) FROM activity
                            WHERE resource_type = 'relay' AND resource_id = relay.id
-                             AND activity_type = 'create_relay'), 0))
+                             AND activity_type = 'create_relay'), 0)),
+                        (SELECT zooid FROM relay_placement WHERE relay_id = relay.id)
                  FROM relay WHERE id = ?1",
-                relay_select_list()
+                relay_select_list(zooid_column)
             )
-        });
+        }
+        static WITH: LazyLock<String> = LazyLock::new(|| sql(true));
+        static WITHOUT: LazyLock<String> = LazyLock::new(|| sql(false));
+        let sql = match self.db.relay_zooid {
+            true => &WITH,
+            false => &WITHOUT,
+        };
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&SQL)?;
+            let mut stmt = conn.prepare_cached(sql)?;
             let mut rows = stmt.query([id])?;
             match rows.next()? {
                 Some(row) => {
-                    let seen: i64 = row.get(6 + SETTINGS_COLUMNS.len())?;
-                    let ever_completed: bool = row.get(7 + SETTINGS_COLUMNS.len())?;
+                    let seen: i64 = row.get(RELAY_WIDTH)?;
+                    let ever_completed: bool = row.get(RELAY_WIDTH + 1)?;
+                    let placed: Option<String> = row.get(RELAY_WIDTH + 2)?;
                     Ok(Some(RelayForSync {
                         relay: Relay::from_row(row)?,
                         ever_completed,
+                        placed,
                         seen,
                     }))
                 }
@@ -317,7 +328,10 @@ impl Query {
     /// Every relay, in id order, each read on its own: one bad row does not hide the others.
     pub fn list_relays(&self) -> Result<Vec<Result<Relay>>> {
         self.read(|conn| {
-            let sql = format!("SELECT {} FROM relay ORDER BY id", relay_select_list());
+            let sql = format!(
+                "SELECT {} FROM relay ORDER BY id",
+                relay_select_list(self.db.relay_zooid)
+            );
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut rows = stmt.query([])?;
             let mut relays = Vec::new();
@@ -475,20 +489,72 @@ impl Query {
         })
     }
 
-    /// The zooid outage in progress, as the breaker recorded it: since when (unix seconds)
-    /// and the last error. `None` while zooid answers.
+    /// The outage of the zooid named `zooid` in progress, as its breaker recorded it: since
+    /// when (unix seconds) and the last error. `None` while that zooid answers.
     #[doc(hidden)]
-    pub fn zooid_outage(&self) -> Result<Option<(i64, String)>> {
+    pub fn zooid_outage(&self, zooid: &str) -> Result<Option<(i64, String)>> {
         self.read(|conn| {
             let mut stmt =
-                conn.prepare_cached("SELECT since, last_error FROM zooid_outage WHERE id = 1")?;
-            let mut rows = stmt.query([])?;
+                conn.prepare_cached("SELECT since, last_error FROM zooid_outage WHERE zooid = ?1")?;
+            let mut rows = stmt.query([zooid])?;
             match rows.next()? {
                 Some(row) => Ok(Some((row.get(0)?, row.get(1)?))),
                 None => Ok(None),
             }
         })
-        .context("reading the recorded zooid outage")
+        .with_context(|| format!("reading the recorded outage of zooid {zooid}"))
+    }
+
+    /// Every zooid outage in progress, by zooid name: (name, since, last error).
+    #[doc(hidden)]
+    pub fn zooid_outages(&self) -> Result<Vec<(String, i64, String)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT zooid, since, last_error FROM zooid_outage ORDER BY zooid",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .context("reading the recorded zooid outages")
+    }
+
+    /// The zooid that relay `id`'s next sync goes to, as the database says now: the one its
+    /// row names (`''`: the default one), or for a relay without a row the one it was last
+    /// synced to (`''` if it never lived elsewhere). Needs the relay table's `zooid` column.
+    #[doc(hidden)]
+    pub fn relay_zooid(&self, id: &str) -> Result<String> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT COALESCE((SELECT zooid FROM relay WHERE id = ?1),
+                                     (SELECT zooid FROM relay_placement WHERE relay_id = ?1),
+                                     '')",
+                )?
+                .query_row([id], |r| r.get::<_, String>(0))?)
+        })
+        .with_context(|| format!("reading which zooid relay {id:?} lives at"))
+    }
+
+    /// The zooid relay `id` was last synced to, when that is not the default one.
+    #[doc(hidden)]
+    pub fn relay_placement(&self, id: &str) -> Result<Option<String>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT zooid FROM relay_placement WHERE relay_id = ?1")?;
+            let mut rows = stmt.query([id])?;
+            match rows.next()? {
+                Some(row) => Ok(Some(row.get(0)?)),
+                None => Ok(None),
+            }
+        })
+        .with_context(|| format!("reading where relay {id:?} was synced to"))
+    }
+
+    /// Whether the relay table has the `zooid` column, which relays need to name a zooid
+    /// other than the default one.
+    #[doc(hidden)]
+    pub fn has_zooid_column(&self) -> bool {
+        self.db.relay_zooid
     }
 
     /// Manual sync requests after `after` that no worker answered yet: (request, relay id).

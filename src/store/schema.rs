@@ -34,7 +34,8 @@ const MIGRATIONS: &[&str] = &[
         push_enabled            INTEGER NOT NULL DEFAULT 0,
         revision                INTEGER NOT NULL DEFAULT 1,
         created_at              INTEGER NOT NULL,
-        updated_at              INTEGER NOT NULL
+        updated_at              INTEGER NOT NULL,
+        zooid                   TEXT NOT NULL DEFAULT ''
     );
     CREATE TABLE IF NOT EXISTS activity (
         seq           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,6 +76,22 @@ const MIGRATIONS: &[&str] = &[
     //    reconcile and `status` find deletions zooid has not confirmed yet.
     "CREATE INDEX IF NOT EXISTS activity_deletion ON activity (resource_id, seq)
         WHERE activity_type = 'delete_relay';",
+    // 7: several zooids. An outage is a zooid's: one row per zooid that is unavailable
+    //    (the single row kept so far becomes the default zooid's). And where each relay lives
+    //    at zooid, so that a deletion and a move reach the zooid the relay was synced to.
+    "ALTER TABLE zooid_outage RENAME TO zooid_outage_of_one;
+    CREATE TABLE zooid_outage (
+        zooid      TEXT PRIMARY KEY NOT NULL,
+        since      INTEGER NOT NULL,
+        last_error TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO zooid_outage (zooid, since, last_error)
+        SELECT 'default', since, last_error FROM zooid_outage_of_one;
+    DROP TABLE zooid_outage_of_one;
+    CREATE TABLE IF NOT EXISTS relay_placement (
+        relay_id TEXT PRIMARY KEY NOT NULL,
+        zooid    TEXT NOT NULL
+    );",
 ];
 
 /// The version a fully migrated database has.
@@ -183,6 +200,18 @@ pub const CONTRACT: [(&str, &[&str]); 2] = [
     ),
 ];
 
+/// Whether the host's table `table` has column `column`: how zooid-sync learns whether the
+/// `relay` table has the optional `zooid` column (which zooid serves the relay; `''` or no
+/// column: `ZOOID_API_URL`'s). A database zooid-sync creates has it; a host adds it to its own
+/// table to use several zooids.
+pub fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let present: Vec<String> = stmt
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(present.iter().any(|p| p.eq_ignore_ascii_case(column)))
+}
+
 /// Refuses host tables that lack a column of the contract, naming each one missing. A table
 /// that does not exist yet is fine: the migrations create it.
 pub fn check_contract(conn: &Connection) -> Result<()> {
@@ -232,8 +261,13 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
         for (table, contract) in CONTRACT {
-            assert_eq!(columns(&conn, table), contract, "{table}");
+            // A relay table zooid-sync creates has the optional `zooid` column too.
+            let optional = (table == "relay").then_some("zooid");
+            let expected: Vec<&str> = contract.iter().copied().chain(optional).collect();
+            assert_eq!(columns(&conn, table), expected, "{table}");
         }
+        assert!(has_column(&conn, "relay", "zooid").unwrap());
+        assert!(!has_column(&conn, "relay", "nothing").unwrap());
     }
 
     #[test]

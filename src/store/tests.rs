@@ -20,7 +20,7 @@ fn an_outcome_for_a_relay_deleted_since_it_was_read_marks_no_successor() {
     c.create_relay("alpha", &settings).unwrap();
     let complete = |seen| {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        c.complete_relay_sync_then("alpha", read.relay.revision, seen, move |r| {
+        c.complete_relay_sync_then("alpha", read.relay.revision, seen, None, move |r| {
             tx.send(r.unwrap()).unwrap()
         });
         c.flush();

@@ -16,6 +16,7 @@ impl Command {
             relay_id: relay_id.to_string(),
             revision,
             seen: None,
+            placed: None,
         })?;
         Ok(applied.changed)
     }
@@ -24,17 +25,21 @@ impl Command {
     /// at once, `then` learns whether the relay is now marked synced, or `None` when it was
     /// deleted while its sync was in flight (nothing is recorded then, even if the host
     /// created it again: `seen` is the relay's newest activity when the sync read it).
+    /// `placed` is the zooid the relay now lives at, when that is to be recorded (it moved, or
+    /// lives at a zooid other than the default one for the first time).
     pub(crate) fn complete_relay_sync_then(
         &self,
         relay_id: &str,
         revision: i64,
         seen: i64,
+        placed: Option<String>,
         then: impl FnOnce(Result<Option<bool>>) + Send + 'static,
     ) {
         let write = Write::Complete {
             relay_id: relay_id.to_string(),
             revision,
             seen: Some(seen),
+            placed,
         };
         self.write_then(write, move |result| {
             then(result.map(|a| a.activity.is_some().then_some(a.changed)))
@@ -111,23 +116,23 @@ impl Command {
         Ok(())
     }
 
-    /// Records that zooid has been unavailable since `since` (unix seconds), or updates the
-    /// last error of the outage already recorded (keeping its start).
+    /// Records that the zooid named `zooid` has been unavailable since `since` (unix
+    /// seconds), or updates the last error of its outage already recorded (keeping its start).
     #[doc(hidden)]
-    pub fn record_zooid_outage(&self, since: i64, last_error: &str) -> Result<()> {
+    pub fn record_zooid_outage(&self, zooid: &str, since: i64, last_error: &str) -> Result<()> {
         self.write_state(
-            "INSERT INTO zooid_outage (id, since, last_error) VALUES (1, ?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET last_error = excluded.last_error",
-            params![since, last_error],
+            "INSERT INTO zooid_outage (zooid, since, last_error) VALUES (?1, ?2, ?3)
+             ON CONFLICT (zooid) DO UPDATE SET last_error = excluded.last_error",
+            params![zooid, since, last_error],
         )
-        .context("recording the zooid outage")
+        .with_context(|| format!("recording the outage of zooid {zooid}"))
     }
 
-    /// Records that zooid answers again.
+    /// Records that the zooid named `zooid` answers again.
     #[doc(hidden)]
-    pub fn clear_zooid_outage(&self) -> Result<()> {
-        self.write_state("DELETE FROM zooid_outage", [])
-            .context("clearing the zooid outage")
+    pub fn clear_zooid_outage(&self, zooid: &str) -> Result<()> {
+        self.write_state("DELETE FROM zooid_outage WHERE zooid = ?1", [zooid])
+            .with_context(|| format!("clearing the outage of zooid {zooid}"))
     }
 
     /// Hands manual syncs of `relay_ids` to the worker holding the lease; answers the request

@@ -11,6 +11,8 @@ pub(super) enum Write {
         revision: i64,
         /// The relay's newest activity when the sync read it, if known.
         seen: Option<i64>,
+        /// The zooid the relay now lives at, to record in `relay_placement`, if it changed.
+        placed: Option<String>,
     },
     Fail {
         relay_id: String,
@@ -21,10 +23,13 @@ pub(super) enum Write {
     Create {
         id: String,
         settings: RelaySettings,
+        /// Whether the relay table has the `zooid` column (written only then).
+        zooid_column: bool,
     },
     Update {
         id: String,
         settings: RelaySettings,
+        zooid_column: bool,
     },
     SetStatus {
         id: String,
@@ -32,18 +37,11 @@ pub(super) enum Write {
         activity: &'static str,
     },
     /// The host deletes a relay.
-    Delete {
-        id: String,
-    },
+    Delete { id: String },
     /// zooid no longer has a synced relay: it is pending again.
-    Lost {
-        relay_id: String,
-    },
+    Lost { relay_id: String },
     /// zooid confirmed a relay's deletion (`detail` says how).
-    Deleted {
-        relay_id: String,
-        detail: String,
-    },
+    Deleted { relay_id: String, detail: String },
     /// The answer to a manual sync request.
     Answer {
         request: i64,
@@ -89,11 +87,19 @@ impl Write {
                 relay_id,
                 revision,
                 seen,
+                placed,
             } => {
                 // Deleted since the sync read it: a row under its id now is another relay
                 // (revisions start over), which this outcome says nothing about.
                 if !relay_exists(conn, relay_id)? || replaced_since(conn, relay_id, *seen)? {
                     return Ok(gone);
+                }
+                if let Some(zooid) = placed {
+                    conn.prepare_cached(
+                        "INSERT INTO relay_placement (relay_id, zooid) VALUES (?1, ?2)
+                         ON CONFLICT (relay_id) DO UPDATE SET zooid = excluded.zooid",
+                    )?
+                    .execute(params![relay_id, zooid])?;
                 }
                 let activity = insert_activity(
                     conn,
@@ -160,6 +166,9 @@ impl Write {
                 if !deletion_pending(conn, relay_id)? {
                     return Ok(gone);
                 }
+                // It lives at no zooid any more.
+                conn.prepare_cached("DELETE FROM relay_placement WHERE relay_id = ?1")?
+                    .execute([relay_id])?;
                 let activity =
                     insert_activity(conn, relay_id, activity_type::COMPLETE_RELAY_SYNC, detail)?;
                 Ok(appended(activity, true))
@@ -179,25 +188,34 @@ impl Write {
                     changed: changed > 0,
                 })
             }
-            Write::Create { id, settings } => {
+            Write::Create {
+                id,
+                settings,
+                zooid_column,
+            } => {
                 let now = now_unix();
+                let columns = settings_columns(*zooid_column);
                 let sql = format!(
                     "INSERT INTO relay (id, synced, sync_error, revision, created_at, updated_at, {})
                      VALUES (?1, 0, '', 1, ?2, ?2, {})",
-                    SETTINGS_COLUMNS.join(", "),
-                    (3..3 + SETTINGS_COLUMNS.len())
+                    columns.join(", "),
+                    (3..3 + columns.len())
                         .map(|i| format!("?{i}"))
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
                 let mut values: Vec<rusqlite::types::Value> = vec![id.clone().into(), now.into()];
-                values.extend(settings.to_values());
+                values.extend(settings.to_values(*zooid_column));
                 conn.execute(&sql, params_from_iter(values))?;
                 let activity = insert_activity(conn, id, activity_type::CREATE_RELAY, "")?;
                 Ok(appended(activity, true))
             }
-            Write::Update { id, settings } => {
-                let assignments = SETTINGS_COLUMNS
+            Write::Update {
+                id,
+                settings,
+                zooid_column,
+            } => {
+                let assignments = settings_columns(*zooid_column)
                     .iter()
                     .enumerate()
                     .map(|(i, c)| format!("{c} = ?{}", i + 3))
@@ -209,7 +227,7 @@ impl Write {
                 );
                 let mut values: Vec<rusqlite::types::Value> =
                     vec![id.clone().into(), now_unix().into()];
-                values.extend(settings.to_values());
+                values.extend(settings.to_values(*zooid_column));
                 if conn.execute(&sql, params_from_iter(values))? == 0 {
                     return Err(no_relay(id));
                 }
@@ -308,4 +326,13 @@ pub(super) fn insert_activity(
         resource_id: relay_id.to_string(),
         detail: detail.to_string(),
     })
+}
+
+/// The host-edited columns a write sets: the settings', and `zooid` when the table has it.
+fn settings_columns(zooid_column: bool) -> Vec<&'static str> {
+    let mut columns = SETTINGS_COLUMNS.to_vec();
+    if zooid_column {
+        columns.push("zooid");
+    }
+    columns
 }

@@ -79,6 +79,7 @@ pub fn settings(schema: &str) -> RelaySettings {
         blossom_enabled: false,
         livekit_enabled: false,
         push_enabled: false,
+        zooid: String::new(),
     }
 }
 

@@ -457,8 +457,15 @@ fn listen_deadline_closes_a_trickling_or_idle_client() {
         ..Limits::public()
     };
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let server =
-        endpoint::serve("127.0.0.1:0", Arc::default(), store.query, alive, limits).unwrap();
+    let server = endpoint::serve(
+        "127.0.0.1:0",
+        vec!["default".into()],
+        Arc::default(),
+        store.query,
+        alive,
+        limits,
+    )
+    .unwrap();
 
     // One byte every 20 ms keeps a per-read timeout from ever firing; a deadline does not
     // care.

@@ -29,3 +29,4 @@ mod store;
 mod stress;
 mod worker;
 mod zooid_client;
+mod zooids;

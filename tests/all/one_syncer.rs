@@ -286,11 +286,11 @@ fn a_foreground_sync_that_reaches_zooid_clears_an_outage_no_daemon_is_watching()
     // A daemon recorded an outage and was stopped before zooid came back.
     store
         .command
-        .record_zooid_outage(1, "zooid answered 503")
+        .record_zooid_outage("default", 1, "zooid answered 503")
         .unwrap();
     let out = run_cli(&fx, &db, &["sync", "alpha"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(store.query.zooid_outage().unwrap().is_none());
+    assert!(store.query.zooid_outage("default").unwrap().is_none());
 }
 
 #[test]

@@ -45,6 +45,7 @@ fn health_and_metrics_follow_the_worker() {
     let worker = infra.spawn().unwrap();
     let server = endpoint::serve(
         "127.0.0.1:0",
+        vec!["default".into()],
         m,
         query.clone(),
         worker.alive(),
@@ -105,6 +106,7 @@ fn health_is_503_when_the_worker_is_gone() {
     let alive = Arc::new(AtomicBool::new(false));
     let server = endpoint::serve(
         "127.0.0.1:0",
+        vec!["default".into()],
         Arc::default(),
         store.query,
         alive,
@@ -123,6 +125,7 @@ fn an_address_in_use_is_a_named_error() {
     let addr = taken.local_addr().unwrap().to_string();
     let err = endpoint::serve(
         &addr,
+        vec!["default".into()],
         Arc::default(),
         store.query,
         Arc::default(),

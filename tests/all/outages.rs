@@ -111,7 +111,7 @@ fn zooid_down_longer_than_the_retry_schedule_then_back_every_relay_converges() {
     expect_within(WAIT, "a probe to find the port closed", || {
         store
             .query
-            .zooid_outage()
+            .zooid_outage("default")
             .unwrap()
             .is_some_and(|(_, e)| !e.contains("503"))
     });
@@ -173,7 +173,7 @@ fn zooid_down_longer_than_the_retry_schedule_then_back_every_relay_converges() {
     let text = metrics.render(&Default::default());
     assert_eq!(metric(&text, "zooid_sync_breaker_opened_total"), 1.0);
     assert_eq!(metric(&text, "zooid_sync_zooid_up"), 1.0);
-    assert!(store.query.zooid_outage().unwrap().is_none());
+    assert!(store.query.zooid_outage("default").unwrap().is_none());
 }
 
 #[test]
@@ -284,7 +284,7 @@ fn sigkill_during_an_outage_loses_nothing_and_the_restart_resumes_probing() {
     let mut first = daemon(&fx, &db, None);
     let query = open_store(&db).query;
     expect_within(WAIT, "the outage recorded", || {
-        query.zooid_outage().unwrap().is_some()
+        query.zooid_outage("default").unwrap().is_some()
     });
     let status = Command::new(env!("CARGO_BIN_EXE_zooid-sync"))
         .env_clear()
@@ -321,7 +321,7 @@ fn sigkill_during_an_outage_loses_nothing_and_the_restart_resumes_probing() {
             .all(|id| query.get_relay(id).unwrap().is_some_and(|r| r.synced))
     });
     expect_within(WAIT, "the outage cleared", || {
-        query.zooid_outage().unwrap().is_none()
+        query.zooid_outage("default").unwrap().is_none()
     });
     terminate(&mut second);
     for id in &relays {
@@ -425,7 +425,10 @@ fn stopping_while_zooid_hangs_probes_nothing_and_records_no_outage() {
         .filter(|r| r.path.contains(zooid_sync::PROBE_ID))
         .count();
     assert_eq!(probes, 0, "probed while stopping: {stderr}");
-    assert!(store.query.zooid_outage().unwrap().is_none(), "{stderr}");
+    assert!(
+        store.query.zooid_outage("default").unwrap().is_none(),
+        "{stderr}"
+    );
     assert!(!stderr.contains("zooid is unavailable"), "{stderr}");
     assert!(stderr.contains("synced at the next start"), "{stderr}");
     let alpha = store.query.get_relay("alpha").unwrap().unwrap();

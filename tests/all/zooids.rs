@@ -1,0 +1,455 @@
+//! Several zooids: each relay synced to the zooid its row names, one pool, breaker and pacer
+//! for each zooid, moves from one zooid to another, and a relay naming a zooid no setting
+//! names. Two or three fixture zooids, the real worker and the binary as a process.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use zooid_sync::fixture::{Fault, FixtureZooid};
+use zooid_sync::{Env, Infra, Store, ZooidAddress};
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Settings for `id` served by the zooid named `zooid` (`""`: the default one).
+fn at(id: &str, zooid: &str) -> zooid_sync::RelaySettings {
+    zooid_sync::RelaySettings {
+        zooid: zooid.into(),
+        ..settings(id)
+    }
+}
+
+/// `env_for(default)` with `ZOOID_INSTANCES` naming `others`.
+fn env_with(default: &FixtureZooid, others: &[(&str, &FixtureZooid)]) -> Env {
+    let mut env = env_for(&default.url());
+    env.zooid_instances = others
+        .iter()
+        .map(|(name, fx)| ZooidAddress {
+            name: name.to_string(),
+            url: fx.url(),
+        })
+        .collect();
+    env
+}
+
+/// The relays a fixture zooid holds, sorted.
+fn held(fx: &FixtureZooid) -> Vec<String> {
+    let mut ids = fx.relay_ids();
+    ids.sort();
+    ids
+}
+
+fn synced(store: &Store, id: &str) -> bool {
+    store
+        .query
+        .get_relay(id)
+        .unwrap()
+        .is_some_and(|r| r.synced && r.sync_error.is_empty())
+}
+
+fn sync_error(store: &Store, id: &str) -> String {
+    store.query.get_relay(id).unwrap().unwrap().sync_error
+}
+
+/// The host moves relay `id` to the zooid named `zooid`, as a platform's code would.
+fn host_moves(store: &Store, id: &str, zooid: &str) {
+    let mut settings = store.query.get_relay(id).unwrap().unwrap().settings;
+    settings.zooid = zooid.into();
+    store.command.update_relay(id, &settings).unwrap();
+}
+
+#[test]
+fn relays_land_on_their_own_zooid_and_nowhere_else() {
+    let (home, eu, us) = (fixture(), fixture(), fixture());
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    for (id, zooid) in [
+        ("h1", ""),
+        ("h2", ""),
+        ("e1", "eu"),
+        ("e2", "eu"),
+        ("u1", "us"),
+    ] {
+        store.command.create_relay(id, &at(id, zooid)).unwrap();
+    }
+    let env = env_with(&home, &[("eu", &eu), ("us", &us)]);
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
+        .spawn()
+        .unwrap();
+    expect_within(WAIT, "every relay synced", || {
+        ["h1", "h2", "e1", "e2", "u1"]
+            .iter()
+            .all(|id| synced(&store, id))
+    });
+    // Changes after the start go to the relay's own zooid too.
+    let conn = host_connection(&db);
+    host_renames(&conn, "e1", "Renamed at eu");
+    expect_within(WAIT, "the rename at eu", || {
+        eu.relay("e1")
+            .is_some_and(|r| r["info"]["name"] == "Renamed at eu")
+    });
+    worker.shutdown().unwrap();
+    assert_eq!(held(&home), ["h1", "h2"]);
+    assert_eq!(held(&eu), ["e1", "e2"]);
+    assert_eq!(held(&us), ["u1"]);
+    for fx in [&home, &eu, &us] {
+        for r in fx.requests() {
+            if let Some(id) = r.relay_id() {
+                assert!(
+                    fx.relay(id).is_some(),
+                    "{id} asked at the wrong zooid: {r:?}"
+                );
+            }
+        }
+    }
+    // Where each relay lives is recorded, for deletions and moves; the default zooid's
+    // relays need no record.
+    assert_eq!(
+        store.query.relay_placement("e1").unwrap().as_deref(),
+        Some("eu")
+    );
+    assert_eq!(
+        store.query.relay_placement("u1").unwrap().as_deref(),
+        Some("us")
+    );
+    assert_eq!(store.query.relay_placement("h1").unwrap(), None);
+}
+
+#[test]
+fn a_deletion_goes_to_the_zooid_the_relay_was_synced_to() {
+    let (home, eu) = (fixture(), fixture());
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    store
+        .command
+        .create_relay("gone", &at("gone", "eu"))
+        .unwrap();
+    let env = env_with(&home, &[("eu", &eu)]);
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
+        .spawn()
+        .unwrap();
+    expect_within(WAIT, "synced at eu", || eu.relay("gone").is_some());
+    store.command.delete_relay("gone").unwrap();
+    expect_within(WAIT, "deleted at eu", || eu.relay("gone").is_none());
+    expect_within(WAIT, "the deletion recorded", || {
+        store.query.list_pending_deletions().unwrap().is_empty()
+    });
+    worker.shutdown().unwrap();
+    assert!(home.requests().iter().all(|r| r.relay_id() != Some("gone")));
+    assert_eq!(store.query.relay_placement("gone").unwrap(), None);
+}
+
+#[test]
+fn a_relay_naming_an_unknown_zooid_fails_naming_it_and_syncs_once_a_restart_knows_it() {
+    let (home, mars) = (fixture(), fixture());
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    store
+        .command
+        .create_relay("far", &at("far", "mars"))
+        .unwrap();
+    store.command.create_relay("near", &at("near", "")).unwrap();
+    let env = env_for(&home.url());
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
+        .spawn()
+        .unwrap();
+    expect_within(WAIT, "near synced", || synced(&store, "near"));
+    expect_within(WAIT, "far's failure recorded", || {
+        !sync_error(&store, "far").is_empty()
+    });
+    worker.shutdown().unwrap();
+    let error = sync_error(&store, "far");
+    assert!(
+        error.contains("\"mars\"") && error.contains("ZOOID_INSTANCES"),
+        "{error}"
+    );
+    assert!(home.requests().iter().all(|r| r.relay_id() != Some("far")));
+    assert!(mars.requests().is_empty(), "nothing was sent anywhere");
+    // Not given up: the next start that knows the zooid syncs it, at once.
+    let env = env_with(&home, &[("mars", &mars)]);
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
+        .spawn()
+        .unwrap();
+    expect_within(WAIT, "far synced at mars", || synced(&store, "far"));
+    worker.shutdown().unwrap();
+    assert_eq!(held(&mars), ["far"]);
+}
+
+/// One zooid down for longer than the retry schedule, or refusing the robot: the other's
+/// relays keep syncing within an answer or so of each change; the first's wait, give up
+/// nothing, and sync once it is back.
+fn one_zooid_unfit_holds_up_only_its_relays(
+    break_it: impl Fn(&FixtureZooid),
+    mend: impl Fn(&FixtureZooid),
+) {
+    let (home, eu) = (fixture(), fixture());
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    for (id, zooid) in [("h1", ""), ("h2", ""), ("e1", "eu"), ("e2", "eu")] {
+        store.command.create_relay(id, &at(id, zooid)).unwrap();
+    }
+    let env = env_with(&home, &[("eu", &eu)]);
+    let retries_end = env.retry.cap * env.retry.max_attempts;
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
+        .spawn()
+        .unwrap();
+    expect_within(WAIT, "every relay synced", || {
+        ["h1", "h2", "e1", "e2"].iter().all(|id| synced(&store, id))
+    });
+    break_it(&eu);
+    let conn = host_connection(&db);
+    host_renames(&conn, "e1", "while eu is down");
+    host_renames(&conn, "e2", "while eu is down");
+    // Past the whole retry schedule, the default zooid's relays keep syncing at once.
+    let until = Instant::now() + retries_end * 3;
+    let mut n = 0;
+    while Instant::now() < until || n < 5 {
+        n += 1;
+        let name = format!("home change {n}");
+        let changed = Instant::now();
+        host_renames(&conn, "h1", &name);
+        expect_within(
+            Duration::from_secs(3),
+            "the change at the default zooid",
+            || {
+                home.relay("h1")
+                    .is_some_and(|r| r["info"]["name"] == name.as_str())
+            },
+        );
+        assert!(
+            changed.elapsed() < Duration::from_secs(2),
+            "change {n} took {:?} while eu is unfit",
+            changed.elapsed()
+        );
+    }
+    assert!(!synced(&store, "e1") && !synced(&store, "e2"));
+    assert!(
+        sync_error(&store, "e1").starts_with(zooid_sync::ZOOID_UNAVAILABLE),
+        "{}",
+        sync_error(&store, "e1")
+    );
+    mend(&eu);
+    expect_within(WAIT, "eu's relays synced once it is back", || {
+        synced(&store, "e1") && synced(&store, "e2")
+    });
+    worker.shutdown().unwrap();
+    assert!(eu
+        .relay("e1")
+        .is_some_and(|r| r["info"]["name"] == "while eu is down"));
+    assert_eq!(held(&home), ["h1", "h2"]);
+}
+
+#[test]
+fn one_zooid_down_holds_up_only_its_relays() {
+    one_zooid_unfit_holds_up_only_its_relays(
+        |fx| fx.refuse_connections(),
+        |fx| fx.accept_connections().unwrap(),
+    );
+}
+
+#[test]
+fn one_zooid_refusing_the_robot_holds_up_only_its_relays() {
+    one_zooid_unfit_holds_up_only_its_relays(
+        |fx| fx.set_whitelist(&[]),
+        |fx| fx.set_whitelist(&[robot().public_key().to_hex()]),
+    );
+}
+
+#[test]
+fn a_moved_relay_is_created_at_its_new_zooid_then_deleted_at_the_old() {
+    let (home, eu) = (fixture(), fixture());
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    store
+        .command
+        .create_relay("mover", &at("mover", ""))
+        .unwrap();
+    let env = env_with(&home, &[("eu", &eu)]);
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
+        .spawn()
+        .unwrap();
+    expect_within(WAIT, "synced at home", || synced(&store, "mover"));
+    let first_secret = home.relay("mover").unwrap()["secret"].clone();
+    host_moves(&store, "mover", "eu");
+    expect_within(WAIT, "moved", || {
+        synced(&store, "mover") && home.relay("mover").is_none() && eu.relay("mover").is_some()
+    });
+    worker.shutdown().unwrap();
+    let at_eu: Vec<_> = eu
+        .requests_for("mover")
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(at_eu, ["POST"], "created at its new zooid as a new relay");
+    let at_home: Vec<_> = home
+        .requests_for("mover")
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(at_home, ["POST", "DELETE"]);
+    assert_ne!(
+        eu.relay("mover").unwrap()["secret"],
+        first_secret,
+        "a fresh secret"
+    );
+    assert_eq!(
+        store.query.relay_placement("mover").unwrap().as_deref(),
+        Some("eu")
+    );
+}
+
+/// `zooid-sync run` against `home`, with `ZOOID_INSTANCES` naming `eu`.
+fn daemon_with(
+    home: &FixtureZooid,
+    eu: &FixtureZooid,
+    db: &std::path::Path,
+) -> std::process::Child {
+    zooid_sync(home, db)
+        .env("ZOOID_INSTANCES", format!("eu={}", eu.url()))
+        .env("RUST_LOG", "info")
+        .args(["run", "--feed-interval", "10ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_move_killed_between_the_create_and_the_delete_ends_at_the_new_zooid_only() {
+    let (home, eu) = (fixture(), fixture());
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    store
+        .command
+        .create_relay("mover", &at("mover", ""))
+        .unwrap();
+    let mut daemon = daemon_with(&home, &eu, &db);
+    expect_within(WAIT, "synced at home", || synced(&store, "mover"));
+    // The old zooid does not answer the move's DELETE: the daemon dies while it waits.
+    home.inject("mover", Fault::Hang);
+    host_moves(&store, "mover", "eu");
+    // (The fixture has taken the DELETE and holds its answer back.)
+    expect_within(WAIT, "created at eu, the DELETE at home in flight", || {
+        eu.relay("mover").is_some()
+            && home
+                .requests_for("mover")
+                .iter()
+                .any(|r| r.method == "DELETE")
+    });
+    let _ = Command::new("kill")
+        .args(["-KILL", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+    home.clear_faults();
+    assert!(
+        !synced(&store, "mover"),
+        "not synced before both halves are done"
+    );
+    let mut daemon = daemon_with(&home, &eu, &db);
+    expect_within(WAIT, "the move finished", || {
+        synced(&store, "mover") && home.relay("mover").is_none()
+    });
+    terminate(&mut daemon);
+    assert!(eu.relay("mover").is_some());
+    assert_eq!(
+        store.query.relay_placement("mover").unwrap().as_deref(),
+        Some("eu")
+    );
+}
+
+#[test]
+fn zooid_instances_without_the_zooid_column_stop_the_start_naming_both() {
+    let eu = fixture();
+    let home = fixture();
+    let (_dir, db) = temp_db();
+    {
+        // A host's own relay table, made before the column existed.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let schema =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/schema.sql"))
+                .unwrap()
+                .replace(
+                    "updated_at              INTEGER NOT NULL,",
+                    "updated_at              INTEGER NOT NULL",
+                )
+                .replace("    zooid                   TEXT NOT NULL DEFAULT ''\n", "");
+        conn.execute_batch(&schema).unwrap();
+    }
+    let store = open_store(&db);
+    assert!(!store.query.has_zooid_column());
+    let out = output({
+        let mut c = zooid_sync(&home, &db);
+        c.env("ZOOID_INSTANCES", format!("eu={}", eu.url()))
+            .arg("run");
+        c
+    });
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ZOOID_INSTANCES") && stderr.contains("ADD COLUMN zooid"),
+        "{stderr}"
+    );
+    // And a host cannot name a zooid where the table has no column for it.
+    let err = store
+        .command
+        .create_relay("x", &at("x", "eu"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("zooid column"), "{err}");
+}
+
+#[test]
+fn check_and_healthz_name_each_zooid() {
+    let (home, eu) = (fixture(), fixture());
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    store.command.create_relay("e1", &at("e1", "eu")).unwrap();
+    let checked = output({
+        let mut c = zooid_sync(&home, &db);
+        c.env("ZOOID_INSTANCES", format!("eu={}", eu.url()))
+            .arg("check");
+        c
+    });
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{report}");
+    assert!(report.contains("ok   zooids: default, eu"), "{report}");
+    assert!(
+        report.contains(&format!("ok   zooid: {} answers", home.url())),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("ok   zooid eu: {} answers", eu.url())),
+        "{report}"
+    );
+    // A zooid that does not answer fails the check, named.
+    eu.refuse_connections();
+    let checked = output({
+        let mut c = zooid_sync(&home, &db);
+        c.env("ZOOID_INSTANCES", format!("eu={}", eu.url()))
+            .arg("check");
+        c
+    });
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(!checked.status.success(), "{report}");
+    assert!(report.contains("FAIL zooid eu: cannot reach"), "{report}");
+
+    // The daemon's /healthz has a line for each zooid, eu's saying it is unavailable.
+    let port = free_port();
+    let mut daemon = zooid_sync(&home, &db)
+        .env("ZOOID_INSTANCES", format!("eu={}", eu.url()))
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    expect_within(WAIT, "eu's outage in /healthz", || {
+        local_get(port, "/healthz").is_some_and(|(status, body)| {
+            status == 200 && body.starts_with("ok\nzooid: up\nzooid eu: unavailable since")
+        })
+    });
+    let status = run_cli(&home, &db, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.starts_with("zooid eu unreachable since"), "{text}");
+    terminate(&mut daemon);
+}
