@@ -1,8 +1,10 @@
 //! Counters an operator can scrape.
 //!
-//! [`Metrics`] is a handful of atomics shared by the dispatcher (retries, give-ups), the sync
-//! path (outcomes, requests in flight, request latency), the breaker and the feed; reading
-//! them never blocks a sync. [`Metrics::render`] is the Prometheus text format, which the
+//! [`Metrics`] is a handful of atomics shared by the dispatcher (retries, give-ups), the
+//! writer and the feed; [`ZooidMetrics`] holds each zooid's own (outcomes, requests in flight,
+//! request latency, its breaker, its pace, its pool's waiting work), handed to that zooid's
+//! syncer, breaker, pool and sampler. Reading them never blocks a sync. [`Metrics::render`] is
+//! the Prometheus text format, each zooid's series labelled `zooid="<name>"`, which the
 //! binary's `/metrics` endpoint (`src/endpoint.rs`) serves.
 
 use std::fmt::Write as _;
@@ -12,18 +14,6 @@ use std::time::Duration;
 
 use crate::pace::{PaceState, Signal, UsersState};
 use crate::store::{BadRow, WriteHealth};
-
-/// One more (`up`) or one fewer in a count of things in a state.
-fn count(counter: &AtomicU64, up: bool) {
-    match up {
-        true => counter.fetch_add(1, Ordering::Relaxed),
-        false => counter
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            })
-            .unwrap_or(0),
-    };
-}
 
 /// A duration in whole microseconds, for a gauge.
 fn micros(d: Duration) -> u64 {
@@ -45,25 +35,14 @@ const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 /// What the worker counts.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    synced: AtomicU64,
-    failed: AtomicU64,
     retries_scheduled: AtomicU64,
     given_up: AtomicU64,
     bad_relay_rows: AtomicU64,
-    breaker_opened: AtomicU64,
     /// Whether this process holds the database's lease and syncs (a standby does not).
     active: AtomicBool,
-    /// How many zooids' breakers are open (0: every zooid answers).
-    zooids_down: AtomicU64,
-    /// How many of them are open because that zooid refuses the robot (401, 403, not its API).
-    zooids_refusing: AtomicU64,
     bad_activity_rows: AtomicU64,
     /// Activity rows the store's feed skipped, as last read from the store.
     feed_bad_rows: AtomicU64,
-    in_flight: AtomicI64,
-    latency_buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_micros: AtomicU64,
     /// Threads of the worker that ended with a panic, by name (shared with their
     /// [`ThreadWatch`]es).
     died: Arc<Mutex<Vec<String>>>,
@@ -72,6 +51,29 @@ pub struct Metrics {
     /// Since when the writer thread has been committing, in [`clock`] milliseconds (0: not
     /// committing).
     writer_busy_since: AtomicU64,
+    /// The part of the bound on work not moving that does not depend on the pace
+    /// ([`Metrics::set_work_bound`]), in milliseconds; 0 until the worker sets it.
+    work_bound_base_ms: AtomicU64,
+    /// Each zooid's series, in the order the worker named them (the default zooid first).
+    zooids: Mutex<Vec<Arc<ZooidMetrics>>>,
+}
+
+/// What the worker counts of one zooid: every zooid-facing series, labelled
+/// `zooid="<name>"` in [`Metrics::render`] (`default` for `ZOOID_API_URL`'s).
+#[derive(Debug, Default)]
+pub struct ZooidMetrics {
+    name: String,
+    synced: AtomicU64,
+    failed: AtomicU64,
+    breaker_opened: AtomicU64,
+    /// While its breaker is open.
+    down: AtomicBool,
+    /// While its breaker is open because it refuses the robot (401, 403, not its API).
+    refused: AtomicBool,
+    in_flight: AtomicI64,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
     /// The pacer's limit of writes in flight (0: not known yet).
     write_limit: AtomicU64,
     /// The pacer's spacing of a backlog's writes, in microseconds.
@@ -90,18 +92,15 @@ pub struct Metrics {
     busy_share_ppm: AtomicU64,
     /// How much slower than their cost writes go because users feel them, in thousandths.
     user_penalty_milli: AtomicU64,
-    /// Relays the existence audit asked zooid about, and those zooid no longer had.
+    /// Relays the existence audit asked this zooid about, and those it no longer had.
     audit_checks: AtomicU64,
     audit_missing: AtomicU64,
-    /// Relays waiting in the pool for their sync to start.
+    /// Relays waiting in this zooid's pool for their sync to start.
     work_waiting: AtomicU64,
     /// When a relay's sync last started or ended, or work began to wait, in [`clock`]
     /// milliseconds (0: never).
     work_moved_at: AtomicU64,
-    /// The part of the bound on work not moving that does not depend on the pace
-    /// ([`Metrics::set_work_bound`]), in milliseconds; 0 until the worker sets it.
-    work_bound_base_ms: AtomicU64,
-    /// Whether the stall of work in progress was logged.
+    /// Whether the stall of this zooid's work was logged.
     work_stall_logged: AtomicBool,
 }
 
@@ -198,21 +197,6 @@ impl crate::liveness::WriterWatch for Metrics {
     }
 }
 
-/// One pool's part of the relays waiting ([`Metrics::work_waiting_changed`]): what it
-/// reported last, so that each pool sets its own count and the metrics add them up.
-#[derive(Debug, Default)]
-pub(crate) struct Waiting(AtomicU64);
-
-impl Waiting {
-    /// `n` relays of this pool wait for their sync to start.
-    pub(crate) fn set(&self, metrics: &Metrics, n: usize) {
-        let before = self.0.swap(n as u64, Ordering::Relaxed);
-        if before != n as u64 {
-            metrics.work_waiting_changed(before, n as u64);
-        }
-    }
-}
-
 /// Held by a thread of the worker for its whole life (see [`Metrics::watch_thread`]): if the
 /// thread ends with a panic, the worker is unhealthy and says so.
 pub(crate) struct ThreadWatch {
@@ -246,30 +230,27 @@ impl Metrics {
         }
     }
 
-    /// What the pacer says now: its limit of writes in flight, its spacing of a backlog's
-    /// writes, a write's smoothed latency and cost, and where it learns them.
-    pub(crate) fn set_pace(&self, pace: &PaceState) {
-        self.write_limit.store(pace.limit as u64, Ordering::Relaxed);
-        self.write_spacing_micros
-            .store(micros(pace.spacing), Ordering::Relaxed);
-        self.write_latency_micros
-            .store(pace.write_latency.map_or(0, micros), Ordering::Relaxed);
-        self.write_cost_micros
-            .store(pace.write_cost.map_or(0, micros), Ordering::Relaxed);
-        self.pacing_by_users
-            .store(pace.signal == Signal::Users, Ordering::Relaxed);
+    /// The series of the zooid named `name`, made the first time it is asked for: the worker
+    /// asks for each zooid at its start, the default one first.
+    pub(crate) fn zooid(&self, name: &str) -> Arc<ZooidMetrics> {
+        let mut zooids = self.zooids.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = zooids.iter().find(|z| z.name == name) {
+            return found.clone();
+        }
+        let made = Arc::new(ZooidMetrics {
+            name: name.to_string(),
+            ..ZooidMetrics::default()
+        });
+        zooids.push(made.clone());
+        made
     }
 
-    /// What relay users' answers say now (see [`crate::pace::users`]).
-    pub(crate) fn set_users(&self, users: &UsersState) {
-        self.user_idle_micros
-            .store(users.idle.map_or(0, micros), Ordering::Relaxed);
-        self.user_now_micros
-            .store(users.felt.map_or(0, micros), Ordering::Relaxed);
-        let ppm = users.busy_share.map_or(0.0, |s| s * 1e6);
-        self.busy_share_ppm.store(ppm as u64, Ordering::Relaxed);
-        self.user_penalty_milli
-            .store((users.penalty * 1e3) as u64, Ordering::Relaxed);
+    /// Every zooid's series, the default zooid's first.
+    fn zooids(&self) -> Vec<Arc<ZooidMetrics>> {
+        self.zooids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The dispatcher went round its loop.
@@ -282,28 +263,6 @@ impl Metrics {
         self.dispatcher_beat.store(0, Ordering::Relaxed);
     }
 
-    /// One pool's relays waiting for their sync to start went from `before` to `after` (each
-    /// zooid's pool reports its own through a [`Waiting`]). When work begins to wait, the
-    /// clock of [`work_moved`](Self::work_moved) starts.
-    fn work_waiting_changed(&self, before: u64, after: u64) {
-        let total = match after >= before {
-            true => self
-                .work_waiting
-                .fetch_add(after - before, Ordering::Relaxed),
-            false => self
-                .work_waiting
-                .fetch_sub(before - after, Ordering::Relaxed),
-        };
-        if total == 0 && after > before {
-            self.work_moved();
-        }
-    }
-
-    /// A relay's sync started or ended: the work moves.
-    pub(crate) fn work_moved(&self) {
-        self.work_moved_at.store(clock(), Ordering::Relaxed);
-    }
-
     /// Sets the part of the bound on work not moving that the settings fix (see
     /// [`work_bound`]): requests time out after `timeout`, at most `max_rate` a second.
     pub(crate) fn set_work_bound(&self, timeout: Duration, max_rate: f64) {
@@ -312,19 +271,17 @@ impl Metrics {
         self.work_bound_base_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// The bound on work not moving now, by the pace's spacing.
-    pub(crate) fn work_bound(&self) -> Duration {
-        let spacing = Duration::from_micros(self.write_spacing_micros.load(Ordering::Relaxed));
-        let base = match self.work_bound_base_ms.load(Ordering::Relaxed) {
+    /// The part of the bound on work not moving that the settings fix.
+    fn work_bound_base(&self) -> Duration {
+        match self.work_bound_base_ms.load(Ordering::Relaxed) {
             0 => work_bound(Duration::ZERO, Duration::from_secs(5), 0.0),
             ms => Duration::from_millis(ms),
-        };
-        base.saturating_add(spacing.saturating_mul(3))
+        }
     }
 
     /// Why the worker does not make progress, if it does not: a loop that stopped (see
-    /// [`stalled`]), or relays that wait while none has started for longer than the bound
-    /// `zooid_sync_work_stall_bound_seconds` shows, while zooid answers.
+    /// [`stalled`]), or relays of a zooid that wait while none has started for longer than
+    /// the bound `zooid_sync_work_stall_bound_seconds` shows, while that zooid answers.
     pub fn stall(&self) -> Option<String> {
         self.stall_at(clock())
     }
@@ -337,42 +294,51 @@ impl Metrics {
             self.writer_busy_since.load(Ordering::Relaxed),
             STALL_AFTER,
         )
-        .or_else(|| self.work_stall_at(now))
+        .or_else(|| {
+            self.zooids()
+                .iter()
+                .find_map(|z| self.work_stall_of(z, now))
+        })
     }
 
-    /// Why the pool's work does not move, if it does not and zooid answers.
-    fn work_stall_at(&self, now: u64) -> Option<String> {
-        if !self.active() || !self.zooid_up() || self.robot_refused() {
+    /// Why zooid `z`'s work does not move, if it does not and that zooid answers; a zooid
+    /// other than the default one is named.
+    fn work_stall_of(&self, z: &ZooidMetrics, now: u64) -> Option<String> {
+        if !self.active() || z.down.load(Ordering::Relaxed) || z.refused.load(Ordering::Relaxed) {
             return None;
         }
-        work_stalled(
+        let why = work_stalled(
             now,
-            self.work_waiting.load(Ordering::Relaxed),
-            self.work_moved_at.load(Ordering::Relaxed),
-            self.work_bound(),
-        )
+            z.work_waiting.load(Ordering::Relaxed),
+            z.work_moved_at.load(Ordering::Relaxed),
+            z.work_bound(self.work_bound_base()),
+        )?;
+        Some(match z.name == crate::env::DEFAULT_ZOOID {
+            true => why,
+            false => format!("at zooid {}: {why}", z.name),
+        })
     }
 
-    /// Logs, once, that work stopped moving (an ERROR naming how many relays wait and since
-    /// when) and, once, that it moves again. The dispatcher asks every round.
+    /// Logs, once, that a zooid's work stopped moving (an ERROR naming how many relays wait
+    /// and since when) and, once, that it moves again. The dispatcher asks every round.
     pub(crate) fn check_work_moves(&self) {
-        match self.work_change(clock(), crate::time::now_unix()) {
-            Some(WorkChange::Stuck(line)) => log::error!("{line}"),
-            Some(WorkChange::Moves) => log::info!("the worker's work moves again"),
-            None => {}
+        for z in self.zooids() {
+            match self.work_change(&z, clock(), crate::time::now_unix()) {
+                Some(WorkChange::Stuck(line)) => log::error!("{line}"),
+                Some(WorkChange::Moves) => log::info!("the worker's work moves again"),
+                None => {}
+            }
         }
     }
 
-    /// What changed about work moving since the last look, at `now` ([`clock`] milliseconds)
-    /// and `unix_now`: what [`check_work_moves`](Self::check_work_moves) logs.
-    fn work_change(&self, now: u64, unix_now: i64) -> Option<WorkChange> {
-        let stall = self.work_stall_at(now);
-        let logged = self
-            .work_stall_logged
-            .swap(stall.is_some(), Ordering::Relaxed);
+    /// What changed about zooid `z`'s work moving since the last look, at `now` ([`clock`]
+    /// milliseconds) and `unix_now`: what [`check_work_moves`](Self::check_work_moves) logs.
+    fn work_change(&self, z: &ZooidMetrics, now: u64, unix_now: i64) -> Option<WorkChange> {
+        let stall = self.work_stall_of(z, now);
+        let logged = z.work_stall_logged.swap(stall.is_some(), Ordering::Relaxed);
         match (stall, logged) {
             (Some(why), false) => {
-                let still = now.saturating_sub(self.work_moved_at.load(Ordering::Relaxed));
+                let still = now.saturating_sub(z.work_moved_at.load(Ordering::Relaxed));
                 let since = unix_now - (still / 1000) as i64;
                 Some(WorkChange::Stuck(format!(
                     "the worker is stuck: {why}, since {} (a bug in zooid-sync; please \
@@ -407,28 +373,12 @@ impl Metrics {
             .clone()
     }
 
-    pub(crate) fn synced(&self) {
-        self.synced.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn failed(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub(crate) fn retry_scheduled(&self) {
         self.retries_scheduled.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn gave_up(&self) {
         self.given_up.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn audit_checked(&self) {
-        self.audit_checks.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn audit_missing(&self) {
-        self.audit_missing.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn set_active(&self, active: bool) {
@@ -440,29 +390,16 @@ impl Metrics {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// The breaker opened: zooid is confirmed unavailable.
-    pub(crate) fn breaker_opened(&self) {
-        self.breaker_opened.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A zooid's breaker opened (`down`) or closed: one zooid more or fewer is down.
-    pub(crate) fn zooid_down(&self, down: bool) {
-        count(&self.zooids_down, down);
-    }
-
-    /// A zooid began (`true`) or ceased to refuse the robot.
-    pub(crate) fn zooid_refuses_robot(&self, refuses: bool) {
-        count(&self.zooids_refusing, refuses);
-    }
-
     /// Whether a zooid refuses this robot (its relays' syncs wait for the operator to fix it).
     pub fn robot_refused(&self) -> bool {
-        self.zooids_refusing.load(Ordering::Relaxed) > 0
+        self.zooids()
+            .iter()
+            .any(|z| z.refused.load(Ordering::Relaxed))
     }
 
     /// Whether every zooid answers, as far as their breakers know.
     pub fn zooid_up(&self) -> bool {
-        self.zooids_down.load(Ordering::Relaxed) == 0
+        !self.zooids().iter().any(|z| z.down.load(Ordering::Relaxed))
     }
 
     /// The activity rows the store's feed skipped so far (`Query::bad_activity_rows`), for
@@ -481,33 +418,13 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a request to zooid in flight until the guard is dropped, then records its
-    /// latency.
-    pub(crate) fn request(&self) -> RequestTimer<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        RequestTimer {
-            metrics: self,
-            started: std::time::Instant::now(),
-        }
-    }
-
-    fn observe(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        for (bucket, bound) in self.latency_buckets.iter().zip(BUCKETS) {
-            if secs <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
-    }
-
     /// The Prometheus text exposition of these counters and of `read`, what was read from
-    /// the database for it.
+    /// the database for it. Every zooid-facing series has a line for each zooid, labelled
+    /// `zooid="<name>"`.
     pub fn render(&self, read: &Read) -> String {
         let pending = read.pending;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let zooids = self.zooids();
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, String)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -515,6 +432,17 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
+        // One line for each zooid: `{zooid="eu"}`, or with more labels `{zooid="eu",k="v"}`.
+        let each = |more: &str, value: &dyn Fn(&ZooidMetrics) -> String| -> Vec<(String, String)> {
+            zooids
+                .iter()
+                .map(|z| {
+                    let comma = if more.is_empty() { "" } else { "," };
+                    (format!("{{zooid=\"{}\"{comma}{more}}}", z.name), value(z))
+                })
+                .collect()
+        };
+        let seconds = |a: &AtomicU64| format!("{}", a.load(Ordering::Relaxed) as f64 / 1e6);
         metric(
             "zooid_sync_build_info",
             "gauge",
@@ -527,11 +455,12 @@ impl Metrics {
         metric(
             "zooid_sync_syncs_total",
             "counter",
-            "Relay syncs by outcome.",
+            "Relay syncs by zooid and outcome.",
             &[
-                ("{outcome=\"synced\"}".into(), get(&self.synced).to_string()),
-                ("{outcome=\"failed\"}".into(), get(&self.failed).to_string()),
-            ],
+                each("outcome=\"synced\"", &|z| get(&z.synced).to_string()),
+                each("outcome=\"failed\"", &|z| get(&z.failed).to_string()),
+            ]
+            .concat(),
         );
         metric(
             "zooid_sync_retries_scheduled_total",
@@ -548,14 +477,14 @@ impl Metrics {
         metric(
             "zooid_sync_audit_checks_total",
             "counter",
-            "Relays the existence audit asked zooid about (SYNC_AUDIT_INTERVAL).",
-            &[(String::new(), get(&self.audit_checks).to_string())],
+            "Relays the existence audit asked their zooid about (SYNC_AUDIT_INTERVAL).",
+            &each("", &|z| get(&z.audit_checks).to_string()),
         );
         metric(
             "zooid_sync_audit_missing_total",
             "counter",
-            "Relays the audit found zooid no longer had; each is created again.",
-            &[(String::new(), get(&self.audit_missing).to_string())],
+            "Relays the audit found their zooid no longer had; each is created again.",
+            &each("", &|z| get(&z.audit_missing).to_string()),
         );
         metric(
             "zooid_sync_active",
@@ -566,21 +495,25 @@ impl Metrics {
         metric(
             "zooid_sync_zooid_up",
             "gauge",
-            "1 while zooid answers, 0 while the circuit breaker is open.",
-            &[(String::new(), (self.zooid_up() as u8).to_string())],
+            "1 while the zooid answers, 0 while its circuit breaker is open.",
+            &each("", &|z| {
+                u8::from(!z.down.load(Ordering::Relaxed)).to_string()
+            }),
         );
         metric(
             "zooid_sync_zooid_refuses_robot",
             "gauge",
-            "1 while zooid refuses this robot (401, 403, or a host name that is not its API): \
-             relay syncs wait until the operator fixes zooid's side.",
-            &[(String::new(), (self.robot_refused() as u8).to_string())],
+            "1 while the zooid refuses this robot (401, 403, or a host name that is not its \
+             API): its relays' syncs wait until the operator fixes its side.",
+            &each("", &|z| {
+                u8::from(z.refused.load(Ordering::Relaxed)).to_string()
+            }),
         );
         metric(
             "zooid_sync_breaker_opened_total",
             "counter",
-            "Times zooid was confirmed unavailable and relay syncs stopped.",
-            &[(String::new(), get(&self.breaker_opened).to_string())],
+            "Times the zooid was confirmed unavailable and its relays' syncs stopped.",
+            &each("", &|z| get(&z.breaker_opened).to_string()),
         );
         metric(
             "zooid_sync_bad_rows_total",
@@ -614,11 +547,8 @@ impl Metrics {
         metric(
             "zooid_sync_requests_in_flight",
             "gauge",
-            "Requests to zooid in flight.",
-            &[(
-                String::new(),
-                self.in_flight.load(Ordering::Relaxed).to_string(),
-            )],
+            "Requests to the zooid in flight.",
+            &each("", &|z| z.in_flight.load(Ordering::Relaxed).to_string()),
         );
         if let Some(writes) = &read.writes {
             metric(
@@ -647,121 +577,220 @@ impl Metrics {
         metric(
             "zooid_sync_relays_waiting",
             "gauge",
-            "Relays waiting in the worker for their sync to start (fresh work and backlog).",
-            &[(String::new(), get(&self.work_waiting).to_string())],
+            "Relays waiting in the worker for their sync to start at the zooid (fresh work \
+             and backlog).",
+            &each("", &|z| get(&z.work_waiting).to_string()),
         );
+        let now = clock();
         metric(
             "zooid_sync_work_stalled",
             "gauge",
-            "1 while relays wait and none has started for longer than \
-             zooid_sync_work_stall_bound_seconds while zooid answers: the worker is stuck \
+            "1 while the zooid's relays wait and none has started for longer than \
+             zooid_sync_work_stall_bound_seconds while it answers: the worker is stuck \
              (/healthz 503, the watchdog not fed).",
-            &[(
-                String::new(),
-                u8::from(self.work_stall_at(clock()).is_some()).to_string(),
-            )],
+            &each("", &|z| {
+                u8::from(self.work_stall_of(z, now).is_some()).to_string()
+            }),
         );
+        let base = self.work_bound_base();
         metric(
             "zooid_sync_work_stall_bound_seconds",
             "gauge",
-            "How long relays may wait with none started before the worker counts as stuck: \
-             three write spacings, two ZOOID_TIMEOUTs, two SYNC_MAX_RATE intervals and 5 s.",
-            &[(
-                String::new(),
-                format!("{}", self.work_bound().as_secs_f64()),
-            )],
+            "How long the zooid's relays may wait with none started before the worker counts \
+             as stuck: three write spacings, two ZOOID_TIMEOUTs, two SYNC_MAX_RATE intervals \
+             and 5 s.",
+            &each("", &|z| format!("{}", z.work_bound(base).as_secs_f64())),
         );
-        let seconds = |a: &AtomicU64| format!("{}", a.load(Ordering::Relaxed) as f64 / 1e6);
         metric(
             "zooid_sync_write_concurrency_limit",
             "gauge",
-            "The most writes to zooid in flight now, as the pacer learned from zooid's answers.",
-            &[(String::new(), get(&self.write_limit).to_string())],
+            "The most writes to the zooid in flight now, as the pacer learned from its answers.",
+            &each("", &|z| get(&z.write_limit).to_string()),
         );
         metric(
             "zooid_sync_write_spacing_seconds",
             "gauge",
-            "The time between two writes of a catch-up: zooid's work for one write divided by \
-             SYNC_ZOOID_SHARE.",
-            &[(String::new(), seconds(&self.write_spacing_micros))],
+            "The time between two writes of a catch-up: the zooid's work for one write divided \
+             by SYNC_ZOOID_SHARE.",
+            &each("", &|z| seconds(&z.write_spacing_micros)),
         );
         metric(
             "zooid_sync_zooid_write_seconds",
             "gauge",
-            "How long zooid takes to answer a write, smoothed over recent writes.",
-            &[(String::new(), seconds(&self.write_latency_micros))],
+            "How long the zooid takes to answer a write, smoothed over recent writes.",
+            &each("", &|z| seconds(&z.write_latency_micros)),
         );
         metric(
             "zooid_sync_zooid_write_cost_seconds",
             "gauge",
-            "What one write costs zooid's core in all, its work after the answer included, as \
-             the pacer learned it: the spacing is this over SYNC_ZOOID_SHARE.",
-            &[(String::new(), seconds(&self.write_cost_micros))],
+            "What one write costs the zooid's core in all, its work after the answer included, \
+             as the pacer learned it: the spacing is this over SYNC_ZOOID_SHARE.",
+            &each("", &|z| seconds(&z.write_cost_micros)),
         );
         metric(
             "zooid_sync_pacing_by_users",
             "gauge",
-            "1 while catch-ups are paced by what zooid's relay users feel (their NIP-11 \
-             requests), 0 while by zooid's answers alone (SYNC_PACING=answers, or zooid does \
-             not answer relay users at its API's address).",
-            &[(
-                String::new(),
-                u8::from(self.pacing_by_users.load(Ordering::Relaxed)).to_string(),
-            )],
+            "1 while catch-ups are paced by what the zooid's relay users feel (their NIP-11 \
+             requests), 0 while by its answers alone (SYNC_PACING=answers, or it does not \
+             answer relay users at its API's address).",
+            &each("", &|z| {
+                u8::from(z.pacing_by_users.load(Ordering::Relaxed)).to_string()
+            }),
         );
         metric(
             "zooid_sync_user_wait_seconds",
             "gauge",
-            "What a relay user waits for zooid's answer (median), while zooid-sync is quiet \
+            "What a relay user waits for the zooid's answer (median), while zooid-sync is quiet \
              (when=\"idle\") and over the last samples of a catch-up (when=\"now\"); 0 until \
              measured.",
             &[
-                (
-                    "{when=\"idle\"}".to_string(),
-                    seconds(&self.user_idle_micros),
-                ),
-                ("{when=\"now\"}".to_string(), seconds(&self.user_now_micros)),
-            ],
+                each("when=\"idle\"", &|z| seconds(&z.user_idle_micros)),
+                each("when=\"now\"", &|z| seconds(&z.user_now_micros)),
+            ]
+            .concat(),
         );
         metric(
             "zooid_sync_zooid_busy_share",
             "gauge",
-            "The share of zooid's core zooid-sync's writes took over the last 10 s of a \
+            "The share of the zooid's core zooid-sync's writes took over the last 10 s of a \
              catch-up, as relay users' answers show it; held at most at SYNC_ZOOID_SHARE.",
-            &[(
-                String::new(),
-                format!("{}", get(&self.busy_share_ppm) as f64 / 1e6),
-            )],
+            &each("", &|z| format!("{}", get(&z.busy_share_ppm) as f64 / 1e6)),
         );
         metric(
             "zooid_sync_user_penalty",
             "gauge",
             "How much slower than their cost a catch-up's writes go because relay users wait \
              more than SYNC_USER_DELAY above idle (1: not at all).",
-            &[(
-                String::new(),
-                format!("{}", get(&self.user_penalty_milli).max(1000) as f64 / 1e3),
-            )],
+            &each("", &|z| {
+                format!("{}", get(&z.user_penalty_milli).max(1000) as f64 / 1e3)
+            }),
         );
-        let mut histogram: Vec<(String, String)> = BUCKETS
-            .iter()
-            .zip(&self.latency_buckets)
-            .map(|(bound, n)| (format!("_bucket{{le=\"{bound}\"}}"), get(n).to_string()))
-            .collect();
-        let count = get(&self.latency_count);
-        histogram.push(("_bucket{le=\"+Inf\"}".into(), count.to_string()));
-        histogram.push((
-            "_sum".into(),
-            format!("{}", get(&self.latency_sum_micros) as f64 / 1e6),
-        ));
-        histogram.push(("_count".into(), count.to_string()));
+        let mut histogram = Vec::new();
+        for z in &zooids {
+            let label = format!("zooid=\"{}\"", z.name);
+            for (bound, n) in BUCKETS.iter().zip(&z.latency_buckets) {
+                histogram.push((
+                    format!("_bucket{{{label},le=\"{bound}\"}}"),
+                    get(n).to_string(),
+                ));
+            }
+            let count = get(&z.latency_count);
+            histogram.push((format!("_bucket{{{label},le=\"+Inf\"}}"), count.to_string()));
+            histogram.push((
+                format!("_sum{{{label}}}"),
+                format!("{}", get(&z.latency_sum_micros) as f64 / 1e6),
+            ));
+            histogram.push((format!("_count{{{label}}}"), count.to_string()));
+        }
         metric(
             "zooid_sync_request_duration_seconds",
             "histogram",
-            "Latency of requests to zooid.",
+            "Latency of requests to the zooid.",
             &histogram,
         );
         out
+    }
+}
+
+impl ZooidMetrics {
+    /// The zooid's name (`default` for `ZOOID_API_URL`'s).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the pacer says now: its limit of writes in flight, its spacing of a backlog's
+    /// writes, a write's smoothed latency and cost, and where it learns them.
+    pub(crate) fn set_pace(&self, pace: &PaceState) {
+        self.write_limit.store(pace.limit as u64, Ordering::Relaxed);
+        self.write_spacing_micros
+            .store(micros(pace.spacing), Ordering::Relaxed);
+        self.write_latency_micros
+            .store(pace.write_latency.map_or(0, micros), Ordering::Relaxed);
+        self.write_cost_micros
+            .store(pace.write_cost.map_or(0, micros), Ordering::Relaxed);
+        self.pacing_by_users
+            .store(pace.signal == Signal::Users, Ordering::Relaxed);
+    }
+
+    /// What relay users' answers say now (see [`crate::pace::users`]).
+    pub(crate) fn set_users(&self, users: &UsersState) {
+        self.user_idle_micros
+            .store(users.idle.map_or(0, micros), Ordering::Relaxed);
+        self.user_now_micros
+            .store(users.felt.map_or(0, micros), Ordering::Relaxed);
+        let ppm = users.busy_share.map_or(0.0, |s| s * 1e6);
+        self.busy_share_ppm.store(ppm as u64, Ordering::Relaxed);
+        self.user_penalty_milli
+            .store((users.penalty * 1e3) as u64, Ordering::Relaxed);
+    }
+
+    /// `n` relays wait in this zooid's pool for their sync to start. When work begins to
+    /// wait, the clock of [`work_moved`](Self::work_moved) starts.
+    pub(crate) fn work_waiting(&self, n: usize) {
+        let before = self.work_waiting.swap(n as u64, Ordering::Relaxed);
+        if before == 0 && n > 0 {
+            self.work_moved();
+        }
+    }
+
+    /// A relay's sync started or ended: the work moves.
+    pub(crate) fn work_moved(&self) {
+        self.work_moved_at.store(clock(), Ordering::Relaxed);
+    }
+
+    /// The bound on this zooid's work not moving now: `base` and its pace's spacing.
+    fn work_bound(&self, base: Duration) -> Duration {
+        let spacing = Duration::from_micros(self.write_spacing_micros.load(Ordering::Relaxed));
+        base.saturating_add(spacing.saturating_mul(3))
+    }
+
+    pub(crate) fn synced(&self) {
+        self.synced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn audit_checked(&self) {
+        self.audit_checks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn audit_missing(&self) {
+        self.audit_missing.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The breaker opened: the zooid is confirmed unavailable.
+    pub(crate) fn breaker_opened(&self) {
+        self.breaker_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the zooid's breaker is open (`down`), and whether because it refuses the robot.
+    pub(crate) fn set_state(&self, down: bool, refused: bool) {
+        self.down.store(down, Ordering::Relaxed);
+        self.refused.store(refused, Ordering::Relaxed);
+    }
+
+    /// Counts a request to the zooid in flight until the guard is dropped, then records its
+    /// latency.
+    pub(crate) fn request(&self) -> RequestTimer<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestTimer {
+            metrics: self,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn observe(&self, latency: Duration) {
+        let secs = latency.as_secs_f64();
+        for (bucket, bound) in self.latency_buckets.iter().zip(BUCKETS) {
+            if secs <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -774,9 +803,9 @@ enum WorkChange {
     Moves,
 }
 
-/// See [`Metrics::request`].
+/// See [`ZooidMetrics::request`].
 pub(crate) struct RequestTimer<'a> {
-    metrics: &'a Metrics,
+    metrics: &'a ZooidMetrics,
     started: std::time::Instant,
 }
 
@@ -795,12 +824,20 @@ mod tests {
     #[test]
     fn renders_counters_gauges_and_a_cumulative_histogram() {
         let m = Metrics::default();
-        m.synced();
-        m.synced();
-        m.failed();
+        let (home, eu) = (m.zooid("default"), m.zooid("eu"));
+        assert!(
+            Arc::ptr_eq(&home, &m.zooid("default")),
+            "one series a zooid"
+        );
+        home.synced();
+        home.synced();
+        home.failed();
+        eu.synced();
         m.retry_scheduled();
-        m.observe(Duration::from_millis(20));
-        m.observe(Duration::from_secs(3));
+        home.observe(Duration::from_millis(20));
+        home.observe(Duration::from_secs(3));
+        eu.breaker_opened();
+        eu.set_state(true, true);
         m.feed_bad_rows.store(4, Ordering::Relaxed);
         let text = m.render(&Read {
             pending: Some(7),
@@ -810,30 +847,40 @@ mod tests {
                 failing: Some((1, "disk full".into())),
             }),
         });
-        assert!(
-            text.contains("zooid_sync_syncs_total{outcome=\"synced\"} 2"),
-            "{text}"
-        );
-        assert!(text.contains("zooid_sync_syncs_total{outcome=\"failed\"} 1"));
+        let has = |line: &str| assert!(text.contains(&format!("\n{line}\n")), "{line}\n{text}");
+        has("zooid_sync_syncs_total{zooid=\"default\",outcome=\"synced\"} 2");
+        has("zooid_sync_syncs_total{zooid=\"eu\",outcome=\"synced\"} 1");
+        has("zooid_sync_syncs_total{zooid=\"default\",outcome=\"failed\"} 1");
+        has("zooid_sync_syncs_total{zooid=\"eu\",outcome=\"failed\"} 0");
+        has("zooid_sync_zooid_up{zooid=\"default\"} 1");
+        has("zooid_sync_zooid_up{zooid=\"eu\"} 0");
+        has("zooid_sync_zooid_refuses_robot{zooid=\"eu\"} 1");
+        has("zooid_sync_breaker_opened_total{zooid=\"eu\"} 1");
+        has("zooid_sync_breaker_opened_total{zooid=\"default\"} 0");
+        has("zooid_sync_user_wait_seconds{zooid=\"eu\",when=\"idle\"} 0");
+        assert!(!m.zooid_up() && m.robot_refused(), "one of two zooids down");
         assert!(text.contains("zooid_sync_retries_scheduled_total 1"));
         assert!(text.contains("zooid_sync_bad_rows_total{table=\"activity\"} 4"));
         assert!(text.contains("zooid_sync_relays_pending 7"));
         assert!(text.contains("zooid_sync_outcome_write_failures_total 3"));
         assert!(text.contains("zooid_sync_outcomes_unrecorded 2"));
         assert!(text.contains("zooid_sync_database_writable 0"));
-        assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"0.01\"} 0"));
-        assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"0.025\"} 1"));
-        assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"5\"} 2"));
-        assert!(text.contains("zooid_sync_request_duration_seconds_bucket{le=\"+Inf\"} 2"));
-        assert!(text.contains("zooid_sync_request_duration_seconds_count 2"));
-        let timer = m.request();
+        has("zooid_sync_request_duration_seconds_bucket{zooid=\"default\",le=\"0.01\"} 0");
+        has("zooid_sync_request_duration_seconds_bucket{zooid=\"default\",le=\"0.025\"} 1");
+        has("zooid_sync_request_duration_seconds_bucket{zooid=\"default\",le=\"5\"} 2");
+        has("zooid_sync_request_duration_seconds_bucket{zooid=\"default\",le=\"+Inf\"} 2");
+        has("zooid_sync_request_duration_seconds_count{zooid=\"default\"} 2");
+        has("zooid_sync_request_duration_seconds_count{zooid=\"eu\"} 0");
+        // Each family's lines together, under one HELP and TYPE.
+        assert_eq!(text.matches("# TYPE zooid_sync_zooid_up gauge").count(), 1);
+        let timer = eu.request();
         assert!(m
             .render(&Read::default())
-            .contains("zooid_sync_requests_in_flight 1"));
+            .contains("zooid_sync_requests_in_flight{zooid=\"eu\"} 1\n"));
         drop(timer);
         assert!(m
             .render(&Read::default())
-            .contains("zooid_sync_requests_in_flight 0"));
+            .contains("zooid_sync_requests_in_flight{zooid=\"eu\"} 0\n"));
     }
 
     #[test]
@@ -937,70 +984,74 @@ mod tests {
         );
         let m = Metrics::default();
         m.set_work_bound(s(2), 0.0);
-        m.set_pace(&PaceState {
+        let z = m.zooid("default");
+        z.set_pace(&PaceState {
             limit: 1,
             spacing: Duration::from_millis(500),
             write_latency: None,
             write_cost: None,
             signal: Signal::Answers,
         });
-        assert_eq!(m.work_bound(), Duration::from_millis(5_500) + WORK_SLACK);
+        assert_eq!(
+            z.work_bound(m.work_bound_base()),
+            Duration::from_millis(5_500) + WORK_SLACK
+        );
     }
 
     #[test]
-    fn work_that_waits_without_moving_is_trouble_while_zooid_answers() {
+    fn work_that_waits_without_moving_is_trouble_while_its_zooid_answers() {
         let m = Metrics::default();
         m.set_active(true);
         m.set_work_bound(Duration::from_secs(1), 0.0); // 7 s
-        let (pool, other) = (Waiting::default(), Waiting::default());
-        pool.set(&m, 2);
-        let moved = m.work_moved_at.load(Ordering::Relaxed);
+        let (home, eu) = (m.zooid("default"), m.zooid("eu"));
+        home.work_waiting(2);
+        let moved = home.work_moved_at.load(Ordering::Relaxed);
         assert_ne!(moved, 0, "waiting starts the clock");
-        assert_eq!(m.work_stall_at(moved + 7_000), None);
+        assert_eq!(m.stall_at(moved + 7_000), None);
         let why = m.stall_at(moved + 7_001).expect("stalled");
         assert!(why.starts_with("2 relays wait"), "{why}");
-        m.zooid_down(true);
+        home.set_state(true, false);
         assert_eq!(m.stall_at(moved + 7_001), None, "the breaker is open");
-        m.zooid_down(false);
-        m.zooid_refuses_robot(true);
+        home.set_state(true, true);
         assert_eq!(m.stall_at(moved + 7_001), None, "zooid refuses the robot");
-        m.zooid_refuses_robot(false);
-        m.zooid_down(true);
-        m.zooid_down(true);
-        m.zooid_down(false);
-        assert!(!m.zooid_up(), "one of two zooids is still down");
-        m.zooid_down(false);
-        m.zooid_down(false);
-        assert!(m.zooid_up(), "never fewer than none down");
-        other.set(&m, 3);
-        pool.set(&m, 0);
+        home.set_state(false, false);
+        // Another zooid's work stalls on its own, named; its being down stops only that.
+        home.work_waiting(0);
+        eu.work_waiting(3);
+        let eu_moved = eu.work_moved_at.load(Ordering::Relaxed);
+        let why = m.stall_at(eu_moved + 7_001).expect("eu's work stalls");
+        assert!(why.starts_with("at zooid eu: 3 relays wait"), "{why}");
+        eu.set_state(true, false);
+        assert_eq!(m.stall_at(eu_moved + 7_001), None, "eu is down");
+        home.work_waiting(2);
+        let home_moved = home.work_moved_at.load(Ordering::Relaxed);
         assert!(
-            m.stall_at(moved + 7_001).is_some(),
-            "another zooid's pool still waits"
+            m.stall_at(home_moved + 7_001).is_some(),
+            "eu down says nothing about the default zooid's work"
         );
-        other.set(&m, 0);
-        pool.set(&m, 2);
+        eu.set_state(false, false);
+        eu.work_waiting(0);
         m.set_active(false);
-        assert_eq!(m.stall_at(moved + 7_001), None, "standing by");
+        assert_eq!(m.stall_at(home_moved + 7_001), None, "standing by");
         m.set_active(true);
-        pool.set(&m, 0);
-        assert_eq!(m.stall_at(moved + 7_001), None, "nothing waits");
+        home.work_waiting(0);
+        assert_eq!(m.stall_at(home_moved + 7_001), None, "nothing waits");
         // A mark no real clock reading equals.
         const LONG_AGO: u64 = 1 << 40;
-        m.work_moved_at.store(LONG_AGO, Ordering::Relaxed);
-        pool.set(&m, 0);
+        home.work_moved_at.store(LONG_AGO, Ordering::Relaxed);
+        home.work_waiting(0);
         assert_eq!(
-            m.work_moved_at.load(Ordering::Relaxed),
+            home.work_moved_at.load(Ordering::Relaxed),
             LONG_AGO,
             "nothing waits still"
         );
-        pool.set(&m, 1);
-        let again = m.work_moved_at.load(Ordering::Relaxed);
+        home.work_waiting(1);
+        let again = home.work_moved_at.load(Ordering::Relaxed);
         assert!(again != LONG_AGO, "waiting again starts the clock again");
-        m.work_moved_at.store(LONG_AGO, Ordering::Relaxed);
-        pool.set(&m, 3);
+        home.work_moved_at.store(LONG_AGO, Ordering::Relaxed);
+        home.work_waiting(3);
         assert_eq!(
-            m.work_moved_at.load(Ordering::Relaxed),
+            home.work_moved_at.load(Ordering::Relaxed),
             LONG_AGO,
             "more waiting does not"
         );
@@ -1011,10 +1062,15 @@ mod tests {
         let m = Metrics::default();
         m.set_active(true);
         m.set_work_bound(Duration::from_secs(1), 0.0); // 7 s
-        Waiting::default().set(&m, 2);
-        m.work_moved_at.store(40_000, Ordering::Relaxed);
-        assert_eq!(m.work_change(47_000, 1_000_000), None, "within the bound");
-        let Some(WorkChange::Stuck(line)) = m.work_change(100_000, 1_000_000) else {
+        let z = m.zooid("default");
+        z.work_waiting(2);
+        z.work_moved_at.store(40_000, Ordering::Relaxed);
+        assert_eq!(
+            m.work_change(&z, 47_000, 1_000_000),
+            None,
+            "within the bound"
+        );
+        let Some(WorkChange::Stuck(line)) = m.work_change(&z, 100_000, 1_000_000) else {
             panic!("stuck");
         };
         assert!(
@@ -1024,10 +1080,13 @@ mod tests {
         assert!(line.contains("for 60 s"), "{line}");
         // 60 s before 1 000 000.
         assert!(line.contains("since 1970-01-12 13:45:40 UTC"), "{line}");
-        assert_eq!(m.work_change(101_000, 1_000_001), None, "said once");
-        m.work_moved();
-        assert_eq!(m.work_change(clock(), 1_000_002), Some(WorkChange::Moves));
-        assert_eq!(m.work_change(clock(), 1_000_003), None, "said once");
+        assert_eq!(m.work_change(&z, 101_000, 1_000_001), None, "said once");
+        z.work_moved();
+        assert_eq!(
+            m.work_change(&z, clock(), 1_000_002),
+            Some(WorkChange::Moves)
+        );
+        assert_eq!(m.work_change(&z, clock(), 1_000_003), None, "said once");
     }
 
     #[test]

@@ -20,6 +20,9 @@ use crate::zooid::ROBOT_REFUSED;
 pub struct RelayReport {
     pub id: String,
     pub host: String,
+    /// The zooid it lives at (`default` for `ZOOID_API_URL`'s); for a deletion, the one it
+    /// was last synced to.
+    pub zooid: String,
     pub status: String,
     pub synced: bool,
     /// Consecutive failed syncs since the last other activity.
@@ -100,6 +103,7 @@ pub fn report(
                 out.push(RelayReport {
                     id: "?".into(),
                     host: "?".into(),
+                    zooid: "?".into(),
                     status: "malformed".into(),
                     synced: false,
                     attempts: 0,
@@ -125,6 +129,7 @@ pub fn report(
                 Some(domain) => format!("{}.{domain}", s.subdomain),
                 None => s.subdomain.clone(),
             },
+            zooid: zooid_name(&s.zooid),
             status: s.status.to_string(),
             synced: relay.synced,
             attempts,
@@ -143,8 +148,10 @@ pub fn report(
             false => query.count_trailing_sync_failures(&deletion.id)?,
         };
         let (next_retry, next_retry_at) = next_retry(query, &deletion.id, false, attempts, retry);
+        let zooid = query.relay_placement(&deletion.id)?.unwrap_or_default();
         out.push(RelayReport {
             host: String::new(),
+            zooid: zooid_name(&zooid),
             status: format!("deleted at {}", format_unix(deletion.requested_at)),
             synced: false,
             attempts,
@@ -156,6 +163,14 @@ pub fn report(
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// How `status` names a zooid: `default` for the empty name.
+fn zooid_name(name: &str) -> String {
+    match name {
+        "" => crate::env::DEFAULT_ZOOID.to_string(),
+        name => name.to_string(),
+    }
 }
 
 /// When relay `id` is synced next: `""` when it is synced, `"pending"` before any failure,
@@ -294,18 +309,20 @@ pub fn render_table(rows: &[RelayReport]) -> String {
     let header = [
         "ID",
         "HOST",
+        "ZOOID",
         "STATUS",
         "SYNCED",
         "ATTEMPTS",
         "NEXT RETRY",
         "LAST ERROR",
     ];
-    let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
+    let mut table: Vec<[String; 8]> = vec![header.map(String::from)];
     for r in rows {
         let error: String = r.last_error.chars().take(80).collect();
         table.push([
             r.id.clone(),
             r.host.clone(),
+            r.zooid.clone(),
             r.status.clone(),
             if r.synced { "yes" } else { "no" }.to_string(),
             r.attempts.to_string(),
@@ -317,7 +334,7 @@ pub fn render_table(rows: &[RelayReport]) -> String {
             if error.is_empty() { "-".into() } else { error },
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|c| {
             table
                 .iter()

@@ -30,11 +30,10 @@ use anyhow::{Context, Result};
 use crossbeam_channel::Sender;
 
 use super::sync::Zooid;
-use crate::metrics::{Metrics, ThreadWatch};
+use crate::metrics::ThreadWatch;
 use crate::pause::Pause;
 use crate::store::{Command, Query};
 use crate::time::now_unix;
-use crate::zooid::ZooidClient;
 
 /// The audit's state in `worker_settings`: the pass in progress (when it started, the last id
 /// checked, how many were checked and found missing) and the last pass that ended (when, how
@@ -127,7 +126,6 @@ pub struct Parts {
     pub command: Command,
     /// Every zooid, the default one first: each relay is asked about at its own.
     pub zooids: Vec<Arc<Zooid>>,
-    pub metrics: Arc<Metrics>,
     /// Relays found missing go here: the dispatcher syncs them.
     pub lost: Sender<String>,
 }
@@ -233,14 +231,14 @@ impl Auditor {
                 }
                 continue;
             }
-            match self.check(&zooid.client, &id) {
+            match self.check(zooid, &id) {
                 Found::Exists => {}
                 Found::Missing => {
                     pass.missing += 1;
                     if missing_ids.len() < NAMED {
                         missing_ids.push(id.clone());
                     }
-                    self.lost(&id);
+                    self.lost(zooid, &id);
                 }
                 Found::Unknown(why) => log::debug!("audit: relay {id}: {why}"),
             }
@@ -279,8 +277,9 @@ impl Auditor {
             .ok_or_else(|| anyhow::anyhow!("relay {id}: no zooid is named {name:?}"))
     }
 
-    fn check(&self, client: &ZooidClient, id: &str) -> Found {
-        self.parts.metrics.audit_checked();
+    fn check(&self, zooid: &Zooid, id: &str) -> Found {
+        zooid.metrics.audit_checked();
+        let client = &zooid.client;
         match client.request("GET", &format!("/relay/{id}/members"), None) {
             Ok(_) => Found::Exists,
             Err(e) if e.status() == Some(404) && client.robot_refusal(&e).is_none() => {
@@ -291,8 +290,8 @@ impl Auditor {
     }
 
     /// A relay zooid no longer has: pending again, and handed to the dispatcher.
-    fn lost(&self, id: &str) {
-        self.parts.metrics.audit_missing();
+    fn lost(&self, zooid: &Zooid, id: &str) {
+        zooid.metrics.audit_missing();
         log::info!("audit: zooid no longer has relay {id}; it is synced again");
         match self.parts.command.mark_lost(id) {
             Ok(_) => {

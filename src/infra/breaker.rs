@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::metrics::Metrics;
+use crate::metrics::ZooidMetrics;
 use crate::quote;
 use crate::retry::RetryPolicy;
 use crate::store::{Command, Query};
@@ -189,9 +189,6 @@ pub enum Verdict {
 pub struct Breaker {
     /// The zooid it guards (`default`: `ZOOID_API_URL`'s).
     name: String,
-    /// What this breaker last told the metrics: down, and refusing the robot.
-    told_down: AtomicBool,
-    told_refused: AtomicBool,
     circuit: Mutex<Circuit>,
     /// Wakes the prober when the circuit opens or the worker stops.
     changed: Condvar,
@@ -199,7 +196,7 @@ pub struct Breaker {
     verdict: Mutex<()>,
     stopping: AtomicBool,
     command: Command,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ZooidMetrics>,
     /// Told the zooid's name once each time it answers again.
     back: Sender<String>,
 }
@@ -220,13 +217,11 @@ impl Breaker {
         name: &str,
         policy: &RetryPolicy,
         command: Command,
-        metrics: Arc<Metrics>,
+        metrics: Arc<ZooidMetrics>,
         back: Sender<String>,
     ) -> Breaker {
         Breaker {
             name: name.to_string(),
-            told_down: AtomicBool::new(false),
-            told_refused: AtomicBool::new(false),
             circuit: Mutex::new(Circuit::new(policy)),
             changed: Condvar::new(),
             verdict: Mutex::new(()),
@@ -246,15 +241,9 @@ impl Breaker {
         }
     }
 
-    /// Tells the metrics whether this zooid is down and whether it refuses the robot; they
-    /// count the zooids in each state.
+    /// Tells the metrics whether this zooid is down and whether it refuses the robot.
     fn tell_metrics(&self, down: bool, refused: bool) {
-        if self.told_down.swap(down, Ordering::AcqRel) != down {
-            self.metrics.zooid_down(down);
-        }
-        if self.told_refused.swap(refused, Ordering::AcqRel) != refused {
-            self.metrics.zooid_refuses_robot(refused);
-        }
+        self.metrics.set_state(down, refused);
     }
 
     /// Opens the breaker if the database records an outage: a worker restarted during one

@@ -121,11 +121,16 @@ impl InfraHandle {
 impl Infra {
     /// A worker over this store, configured by `env`.
     pub fn new(query: Query, command: Command, env: &Env) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        // Each zooid's series from the start, a standby's included, the default zooid first.
+        for zooid in env.zooids() {
+            metrics.zooid(&zooid.name);
+        }
         Infra {
             env: env.clone(),
             query,
             command,
-            metrics: Arc::default(),
+            metrics,
             lease: None,
             #[cfg(feature = "fixture")]
             injected: Arc::default(),
@@ -295,7 +300,6 @@ impl Infra {
             query: query.clone(),
             command: command_for_writer.clone(),
             zooids: syncers.iter().map(|s| s.own_zooid().clone()).collect(),
-            metrics: metrics.clone(),
             lost: lost_tx,
         };
         let served = match query.served_subdomains(3) {

@@ -16,7 +16,7 @@
 //! at an instant (a timed wait, at most [`crate::pace::DEBT_SPACINGS`] spacings away).
 //! Whatever may let it proceed wakes it: a relay queued, a write ending (dropping its
 //! [`Admission`]), a stop. The pool reports how many relays wait and when a sync last started
-//! or ended ([`Metrics::work_waiting`], [`Metrics::work_moved`]), so that work that does not
+//! or ended ([`ZooidMetrics::work_waiting`], [`ZooidMetrics::work_moved`]), so that work that does not
 //! move turns `/healthz` to 503 instead of hiding behind live threads.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +32,7 @@ use super::queue::{CloseOnDrop, Queue};
 use super::sampler::{self, Sampler};
 use super::sync::{Prepared, SyncOutcome, Syncer};
 use super::timer::Retries;
-use crate::metrics::{Metrics, Waiting};
+use crate::metrics::ZooidMetrics;
 use crate::pace::Pacer;
 
 /// How many relays waiting make a catch-up worth a line in the log.
@@ -61,10 +61,8 @@ struct PoolShared {
     /// Whether the preparer sleeps on `changed` (set and cleared under the lanes' lock): a
     /// wake-up is a system call, spent only when someone waits for it.
     preparer_waits: AtomicBool,
-    /// Where the pool says whether its work moves ([`Metrics::work_moved`]).
-    metrics: Arc<Metrics>,
-    /// This pool's relays waiting, its part of the metrics' count.
-    waiting: Waiting,
+    /// This pool's zooid's series: its relays waiting, when its work last moved, its pace.
+    zooid_metrics: Arc<ZooidMetrics>,
     /// Whether this pool records its catch-ups for `zooid-sync status` (the default zooid's).
     records_catch_ups: bool,
     pacer: Arc<Pacer>,
@@ -106,7 +104,7 @@ impl PoolShared {
         if change(&mut lanes) {
             self.wake_preparer();
         }
-        self.waiting.set(&self.metrics, lanes.queued());
+        self.zooid_metrics.work_waiting(lanes.queued());
     }
 
     /// The outcome of `id`'s sync is recorded: only now may its next sync start. Queues it
@@ -116,8 +114,8 @@ impl PoolShared {
         if lanes.finish(id) {
             self.wake_preparer();
         }
-        self.waiting.set(&self.metrics, lanes.queued());
-        self.metrics.work_moved();
+        self.zooid_metrics.work_waiting(lanes.queued());
+        self.zooid_metrics.work_moved();
         let idle = lanes.is_empty();
         drop(lanes);
         let (pace_learned, ended) = {
@@ -242,8 +240,7 @@ impl Pool {
             lanes: Mutex::new(Lanes::default()),
             changed: Condvar::new(),
             preparer_waits: AtomicBool::new(false),
-            metrics: syncer.metrics().clone(),
-            waiting: Waiting::default(),
+            zooid_metrics: syncer.own_zooid().metrics.clone(),
             records_catch_ups: zooid == crate::env::DEFAULT_ZOOID,
             pacer,
             catch_up: Mutex::new(None),
@@ -260,6 +257,7 @@ impl Pool {
                 syncer.client().clone(),
                 syncer.breaker().clone(),
                 syncer.metrics().clone(),
+                syncer.own_zooid().metrics.clone(),
                 served,
             )?),
             false => None,
@@ -374,7 +372,7 @@ impl Pool {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        self.shared.waiting.set(&self.shared.metrics, 0);
+        self.shared.zooid_metrics.work_waiting(0);
     }
 }
 
@@ -397,7 +395,7 @@ struct Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         let pace = self.shared.pacer.end_write();
-        self.shared.metrics.set_pace(&pace);
+        self.shared.zooid_metrics.set_pace(&pace);
         let _lanes = self.shared.lock();
         self.shared.wake_preparer();
     }
@@ -419,7 +417,7 @@ fn prepare(shared: &Arc<PoolShared>, syncer: &Syncer) {
                 }
                 let now = Instant::now();
                 let next = lanes.next(&mut shared.pacer.pace(), now);
-                shared.waiting.set(&shared.metrics, lanes.queued());
+                shared.zooid_metrics.work_waiting(lanes.queued());
                 if matches!(
                     next,
                     Next::WaitUntil(_)
@@ -460,7 +458,7 @@ fn prepare(shared: &Arc<PoolShared>, syncer: &Syncer) {
         let admission = Admission {
             shared: shared.clone(),
         };
-        shared.metrics.work_moved();
+        shared.zooid_metrics.work_moved();
         #[cfg(feature = "fixture")]
         syncer.injected.maybe_stall(&id, &stopping);
         if lane == Lane::Backlog {

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::breaker::Breaker;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ZooidMetrics};
 use crate::pace::users::SAMPLES_PER_SECOND;
 use crate::pace::Pacer;
 use crate::retry::random_unit;
@@ -44,6 +44,7 @@ impl Sampler {
         client: ZooidClient,
         breaker: Arc<Breaker>,
         metrics: Arc<Metrics>,
+        zooid_metrics: Arc<ZooidMetrics>,
         hosts: Vec<String>,
     ) -> std::io::Result<Sampler> {
         let pacer = client.pacer().clone();
@@ -52,7 +53,7 @@ impl Sampler {
             .name("zooid-sync-sampler".into())
             .spawn(move || {
                 let _watch = watch;
-                run(&client, &breaker, &metrics, &hosts)
+                run(&client, &breaker, &zooid_metrics, &hosts)
             })?;
         Ok(Sampler { pacer, thread })
     }
@@ -64,7 +65,7 @@ impl Sampler {
     }
 }
 
-fn run(client: &ZooidClient, breaker: &Breaker, metrics: &Metrics, hosts: &[String]) {
+fn run(client: &ZooidClient, breaker: &Breaker, metrics: &ZooidMetrics, hosts: &[String]) {
     let pacer = client.pacer();
     if first_check(client, hosts) {
         return; // relay users cannot be asked

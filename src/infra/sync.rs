@@ -46,7 +46,7 @@ use anyhow::Result;
 
 use super::breaker::{Breaker, Verdict};
 use crate::env::Env;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ZooidMetrics};
 use crate::quote;
 use crate::relay_config::relay_body;
 use crate::rules::InvalidRelay;
@@ -185,6 +185,8 @@ pub struct Zooid {
     pub client: ZooidClient,
     /// Whether this zooid is fit for relay syncs.
     pub breaker: Arc<Breaker>,
+    /// Its series in `/metrics`.
+    pub metrics: Arc<ZooidMetrics>,
 }
 
 /// Syncs relays to one zooid and records the outcomes.
@@ -402,15 +404,17 @@ impl Syncer {
             .into_iter()
             .map(|address| {
                 let settings = env.for_zooid(&address.name).expect("a zooid env names");
+                let zooid_metrics = metrics.zooid(&address.name);
                 Ok(Arc::new(Zooid {
                     client: ZooidClient::new(&settings)?,
                     breaker: Arc::new(Breaker::new(
                         &address.name,
                         &env.retry,
                         command.clone(),
-                        metrics.clone(),
+                        zooid_metrics.clone(),
                         back.clone(),
                     )),
+                    metrics: zooid_metrics,
                     name: address.name,
                 }))
             })
@@ -651,7 +655,7 @@ impl Syncer {
     /// Hands an attempt's outcome to the writer; `then` learns the outcome once it is
     /// recorded.
     fn record_then(&self, attempt: Attempt, then: impl FnOnce(SyncOutcome) + Send + 'static) {
-        let metrics = self.metrics.clone();
+        let metrics = self.own.metrics.clone();
         match attempt {
             Attempt::Accepted {
                 relay_id,
@@ -845,7 +849,7 @@ impl Syncer {
         let started = Instant::now();
         let error = match old.client.sign_delete(id) {
             Ok(signed) => {
-                let _request = self.metrics.request();
+                let _request = old.metrics.request();
                 match old.client.send(signed) {
                     Ok(_) => return Ok(()),
                     Err(e) if e.status() == Some(404) && old.client.robot_refusal(&e).is_none() => {
@@ -914,7 +918,7 @@ impl Syncer {
         // The error may quote zooid and the host; both were cleaned where quoted, and this
         // bounds what is logged and stored whatever composed it.
         let text = quote::remote(&error.to_string(), 2 * quote::REMOTE_MAX);
-        self.metrics.failed();
+        self.own.metrics.failed();
         let ms = started.elapsed().as_millis();
         if error.counts() {
             log::warn!("relay {id}: sync failed after {ms} ms: {text}");
@@ -953,7 +957,7 @@ impl Syncer {
         let (relay, mut secret) = match ready.target {
             Target::Relay { relay, secret, .. } => (relay, secret),
             Target::Deleted { .. } => {
-                let _request = self.metrics.request();
+                let _request = self.own.metrics.request();
                 return match self.own.client.send(ready.first) {
                     Ok(response) => Ok(Done {
                         method: "DELETE",
@@ -974,7 +978,7 @@ impl Syncer {
         };
         let send = |signed: SignedRequest| -> Result<Done, ZooidError> {
             let method = signed.method();
-            let _request = self.metrics.request();
+            let _request = self.own.metrics.request();
             let response = self.own.client.send(signed)?;
             Ok(Done {
                 method,
@@ -1065,7 +1069,7 @@ fn contain_panic(id: &str, doing: &str, half: impl FnOnce() -> Prepared) -> Prep
 
 /// Counts and logs a success once its recording is done.
 fn recorded_success(
-    metrics: &Metrics,
+    metrics: &ZooidMetrics,
     relay_id: &str,
     revision: i64,
     done: Done,
@@ -1113,7 +1117,7 @@ fn recorded_success(
 
 /// Counts and logs a deletion once its recording is done.
 fn recorded_deletion(
-    metrics: &Metrics,
+    metrics: &ZooidMetrics,
     relay_id: &str,
     done: Done,
     started: Instant,

@@ -29,10 +29,14 @@ fn synced_count(host: &Connection) -> i64 {
     .unwrap()
 }
 
+/// The value of series `name` (the default zooid's, when it is a zooid's).
 fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, body) = local_get(port, "/metrics")?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    body.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let rest = rest.strip_prefix("{zooid=\"default\"}").unwrap_or(rest);
+        rest.strip_prefix(' ')?.parse().ok()
+    })
 }
 
 fn writes_for(fx: &FixtureZooid, id: &str) -> usize {

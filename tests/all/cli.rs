@@ -93,7 +93,9 @@ fn run_syncs_rows_written_by_another_process_and_exits_0_on_sigterm() {
     // "ready" may have synced twice if it landed during startup; the others once each.
     let synced: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("zooid_sync_syncs_total{outcome=\"synced\"} "))
+        .find_map(|l| {
+            l.strip_prefix("zooid_sync_syncs_total{zooid=\"default\",outcome=\"synced\"} ")
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{metrics}"));
     assert!(synced >= 5, "{metrics}");

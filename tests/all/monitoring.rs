@@ -59,7 +59,8 @@ fn every_metric_the_alerts_and_the_dashboard_use_is_served() {
     let mut daemon = daemon(&fx, &db, Some(port));
     expect_within(Duration::from_secs(20), "the endpoint", || {
         local_get(port, "/metrics").is_some_and(|(s, body)| {
-            s == 200 && body.contains("zooid_sync_syncs_total{outcome=\"synced\"} 1")
+            s == 200
+                && body.contains("zooid_sync_syncs_total{zooid=\"default\",outcome=\"synced\"} 1")
         })
     });
     let (_, metrics) = local_get(port, "/metrics").unwrap();

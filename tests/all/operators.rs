@@ -61,7 +61,7 @@ fn health_and_metrics_follow_the_worker() {
         "three synced, bad given up",
         || {
             let (_, text) = get(server.addr(), "/metrics");
-            value(&text, "zooid_sync_syncs_total{outcome=\"synced\"}") == 3.0
+            value(&text, "zooid_sync_syncs_total{zooid=\"default\",outcome=\"synced\"}") == 3.0
                 && value(&text, "zooid_sync_relays_given_up_total") == 1.0
                 // The pending count is reused for up to a second.
                 && value(&text, "zooid_sync_relays_pending") == 1.0
@@ -71,7 +71,10 @@ fn health_and_metrics_follow_the_worker() {
     assert_eq!(status, 200);
     // max_attempts is 3 in tests: 4 failures, 3 retries, then the give-up.
     assert_eq!(
-        value(&text, "zooid_sync_syncs_total{outcome=\"failed\"}"),
+        value(
+            &text,
+            "zooid_sync_syncs_total{zooid=\"default\",outcome=\"failed\"}"
+        ),
         4.0
     );
     assert_eq!(value(&text, "zooid_sync_retries_scheduled_total"), 3.0);
@@ -84,7 +87,7 @@ fn health_and_metrics_follow_the_worker() {
     assert_eq!(
         value(
             &text,
-            "zooid_sync_request_duration_seconds_bucket{le=\"+Inf\"}"
+            "zooid_sync_request_duration_seconds_bucket{zooid=\"default\",le=\"+Inf\"}"
         ),
         7.0
     );

@@ -220,7 +220,8 @@ fn a_catch_up_holds_the_share_of_zooids_core_its_writes_really_take() {
         m.rate
     );
     assert!(
-        m.metrics.contains("zooid_sync_pacing_by_users 1"),
+        m.metrics
+            .contains("zooid_sync_pacing_by_users{zooid=\"default\"} 1"),
         "{}",
         m.metrics
     );

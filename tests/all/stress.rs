@@ -298,10 +298,14 @@ fn work_that_does_not_move_turns_healthz_503_and_starves_the_watchdog_within_the
         cmd.spawn().unwrap()
     };
     let health = || local_get(port, "/healthz");
+    // The default zooid's series.
     let metric = |name: &str| -> Option<f64> {
         let (_, body) = local_get(port, "/metrics")?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+        body.lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}{{zooid=\"default\"}} "))?
+                .parse()
+                .ok()
+        })
     };
     expect_within(Duration::from_secs(20), "alpha synced", || {
         fx.relay("alpha").is_some()

@@ -400,7 +400,7 @@ fn zooid_instances_without_the_zooid_column_stop_the_start_naming_both() {
 }
 
 #[test]
-fn check_and_healthz_name_each_zooid() {
+fn check_healthz_metrics_and_status_name_each_zooid() {
     let (home, eu) = (fixture(), fixture());
     let (_dir, db) = temp_db();
     let store = open_store(&db);
@@ -448,8 +448,80 @@ fn check_and_healthz_name_each_zooid() {
             status == 200 && body.starts_with("ok\nzooid: up\nzooid eu: unavailable since")
         })
     });
+    // And /metrics says which zooid is down, each zooid-facing series labelled.
+    let (_, metrics) = local_get(port, "/metrics").unwrap();
+    for line in [
+        "zooid_sync_zooid_up{zooid=\"default\"} 1",
+        "zooid_sync_zooid_up{zooid=\"eu\"} 0",
+        "zooid_sync_breaker_opened_total{zooid=\"eu\"} 1",
+        "zooid_sync_breaker_opened_total{zooid=\"default\"} 0",
+        "zooid_sync_requests_in_flight{zooid=\"eu\"} 0",
+    ] {
+        assert!(
+            metrics.contains(&format!("\n{line}\n")),
+            "{line}\n{metrics}"
+        );
+    }
     let status = run_cli(&home, &db, &["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.starts_with("zooid eu unreachable since"), "{text}");
+    let header = text.lines().find(|l| l.starts_with("ID")).unwrap();
+    assert!(
+        header.starts_with("ID  HOST") && header.contains("  ZOOID  STATUS"),
+        "{header}"
+    );
+    let row = text.lines().find(|l| l.starts_with("e1 ")).unwrap();
+    assert_eq!(row.split_whitespace().nth(2), Some("eu"), "{row}");
+    let json = run_cli(&home, &db, &["status", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(rows[0]["id"], "e1");
+    assert_eq!(rows[0]["zooid"], "eu");
     terminate(&mut daemon);
+}
+
+#[test]
+fn a_slow_zooid_slows_only_its_own_catch_up() {
+    use zooid_sync::fixture::CostModel;
+    let (home, eu) = (fixture(), fixture());
+    // eu's writes cost its core 60 ms before they answer and 30 ms after.
+    eu.set_cost(Some(
+        CostModel::writes_of(Duration::from_millis(60)).with_after(Duration::from_millis(30)),
+    ));
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    let (home_ids, eu_ids): (Vec<String>, Vec<String>) = (
+        (0..100).map(|n| format!("home{n:03}")).collect(),
+        (0..100).map(|n| format!("eu{n:03}")).collect(),
+    );
+    for id in &home_ids {
+        store.command.create_relay(id, &at(id, "")).unwrap();
+    }
+    for id in &eu_ids {
+        store.command.create_relay(id, &at(id, "eu")).unwrap();
+    }
+    let mut env = env_with(&home, &[("eu", &eu)]);
+    env.sync_zooid_share = zooid_sync::DEFAULT_ZOOID_SHARE; // both catch-ups paced
+    let started = Instant::now();
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
+        .spawn()
+        .unwrap();
+    expect_within(WAIT, "the default zooid's catch-up", || {
+        home_ids.iter().all(|id| synced(&store, id))
+    });
+    let home_took = started.elapsed();
+    let eu_done = eu_ids.iter().filter(|id| synced(&store, id)).count();
+    worker.shutdown().unwrap();
+    // At a quarter of a core and 90 ms a write, eu's 100 relays take about 36 s: when the
+    // default zooid's are all synced, most of eu's still wait.
+    assert!(
+        eu_done < eu_ids.len() / 2,
+        "eu synced {eu_done} in {home_took:?}: its pace is not its own"
+    );
+    // The default zooid's catch-up kept its own pace: its fixture costs nothing, and writes
+    // went at the pool's speed, not eu's.
+    assert!(
+        home_took < Duration::from_secs(10),
+        "the default zooid's 100 relays took {home_took:?} beside a slow zooid"
+    );
+    assert_eq!(held(&home).len(), 100);
 }
