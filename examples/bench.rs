@@ -88,6 +88,10 @@ fn main() -> anyhow::Result<()> {
         println!("## 10. catch-ups against a costly zooid and a fast one");
         return catch_ups();
     }
+    if args.iter().any(|a| a == "--only-zooids") {
+        println!("## 13. three zooids at once");
+        return many_zooids();
+    }
     if args.iter().any(|a| a == "--only-audit") {
         println!("## 11. the existence audit's load on zooid");
         for n in [1_000, 100_000] {
@@ -1360,5 +1364,177 @@ fn catch_up(
         ms(idle99),
         ms(busy99)
     );
+    Ok(())
+}
+
+/// The fixture zooids beyond `s.zooid` that `s.env` names (`z1`, `z2`, ...), trusting the same
+/// robot, and the relays of `s` spread over all of them by their number (`r000000` at the
+/// default zooid, `r000001` at `z1`, ...).
+fn more_zooids(s: &mut Setup, n: usize, more: usize) -> anyhow::Result<Vec<FixtureZooid>> {
+    let robot = s.env.robot.public_key().to_hex();
+    let others = (0..more)
+        .map(|_| FixtureZooid::start(std::slice::from_ref(&robot)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    s.env.zooid_instances = others
+        .iter()
+        .enumerate()
+        .map(|(k, fx)| zooid_sync::ZooidAddress {
+            name: format!("z{}", k + 1),
+            url: fx.url(),
+        })
+        .collect();
+    let mut conn = Connection::open(&s.db)?;
+    let tx = conn.transaction()?;
+    for i in 0..n {
+        let zooid = match i % (more + 1) {
+            0 => String::new(),
+            k => format!("z{k}"),
+        };
+        tx.execute(
+            "UPDATE relay SET zooid = ?2 WHERE id = ?1",
+            params![format!("r{i:06}"), zooid],
+        )?;
+    }
+    tx.commit()?;
+    Ok(others)
+}
+
+/// Section 13: three zooids at once. First the client's CPU per sync, 3 000 pending relays at
+/// one zooid against 1 000 at each of three (no pacing, no ceiling; two rounds, alternating).
+/// Then three costly zooids (writes of 60 ms before the answer and 30 ms after), 1 000 relays
+/// each of which 200 changed, catching up at once at the default share: each zooid's share of
+/// its core, from its first write to its last reload, and its rate.
+fn many_zooids() -> anyhow::Result<()> {
+    use zooid_sync::fixture::{CostModel, Work};
+    let n = 3000;
+    for round in 1..=2 {
+        for more in [0, 2] {
+            let mut s = setup(n, false, 4)?;
+            let others = more_zooids(&mut s, n, more)?;
+            let store = Store::open_with(
+                &s.db,
+                StoreOptions {
+                    bus_capacity: n + 16,
+                    ..StoreOptions::default()
+                },
+            )?;
+            let completions = store.command.notify.subscribe();
+            let worker = Infra::new(store.query.clone(), store.command.clone(), &s.env).spawn()?;
+            let mut done = 0;
+            while done < n {
+                let a = completions
+                    .recv_deadline(Instant::now() + Duration::from_secs(60))
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
+                    .ok_or_else(|| anyhow::anyhow!("no progress for 60 s"))?;
+                match a.activity_type.as_str() {
+                    "complete_relay_sync" => done += 1,
+                    "fail_relay_sync" => anyhow::bail!("a sync failed: {}", a.detail),
+                    _ => {}
+                }
+            }
+            let first = std::iter::once(&s.zooid)
+                .chain(&others)
+                .filter_map(|fx| fx.requests().first().map(|r| r.started))
+                .min()
+                .expect("requests");
+            let rate = n as f64 / first.elapsed().as_secs_f64();
+            let cpu = thread_cpu("zooid-sync-");
+            worker.shutdown()?;
+            println!(
+                "round {round}: {} x {} relays: {rate:>6.0} syncs/s, CPU per sync {:.0} us",
+                more + 1,
+                n / (more + 1),
+                cpu.as_secs_f64() * 1e6 / n as f64
+            );
+        }
+    }
+
+    let mut s = setup(n, false, 4)?;
+    let others = more_zooids(&mut s, n, 2)?;
+    {
+        let store = Store::open(&s.db)?;
+        let worker = Infra::new(store.query.clone(), store.command.clone(), &s.env).spawn()?;
+        wait_for("the fleet", Duration::from_secs(300), || {
+            store.query.count_pending().unwrap_or(1) == 0
+        })?;
+        worker.shutdown()?;
+    }
+    // 200 of each zooid's relays renamed at once, as another process would.
+    let changed = 600;
+    let mut host = Connection::open(&s.db)?;
+    let tx = host.transaction()?;
+    for i in 0..changed {
+        let id = format!("r{i:06}");
+        tx.execute(
+            "UPDATE relay SET info_name = 'renamed', synced = 0, revision = revision + 1
+             WHERE id = ?1",
+            [&id],
+        )?;
+        tx.execute(
+            "INSERT INTO activity (id, created_at, activity_type, resource_type, resource_id)
+             VALUES (?1, 0, 'update_relay', 'relay', ?2)",
+            params![format!("u-{id}"), id],
+        )?;
+    }
+    tx.commit()?;
+    let (write, after) = (Duration::from_millis(60), Duration::from_millis(30));
+    let fixtures: Vec<&FixtureZooid> = std::iter::once(&s.zooid).chain(&others).collect();
+    for fx in &fixtures {
+        fx.set_cost(Some(CostModel::writes_of(write).with_after(after)));
+    }
+    s.env.sync_max_rate = zooid_sync::DEFAULT_MAX_RATE;
+    s.env.sync_zooid_share = zooid_sync::DEFAULT_ZOOID_SHARE;
+    let writes = [Work::Write, Work::AfterWrite];
+    let busy_before: Vec<Duration> = fixtures.iter().map(|fx| fx.core_busy_of(&writes)).collect();
+    let since = Instant::now();
+    let store = Store::open(&s.db)?;
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &s.env).spawn()?;
+    wait_for("the catch-ups", Duration::from_secs(900), || {
+        store.query.count_pending().unwrap_or(1) == 0
+    })?;
+    let took = since.elapsed();
+    worker.shutdown()?;
+    println!(
+        "three costly zooids (60 + 30 ms a write), 200 of 1 000 relays changed at each, at \
+         once, SYNC_ZOOID_SHARE {}: all done in {:.1} s",
+        zooid_sync::DEFAULT_ZOOID_SHARE,
+        took.as_secs_f64()
+    );
+    for (k, fx) in fixtures.iter().enumerate() {
+        let relay_writes: Vec<_> = fx
+            .requests()
+            .into_iter()
+            .filter(|r| r.started >= since && r.relay_id().is_some() && r.method == "PATCH")
+            .collect();
+        let first = relay_writes
+            .iter()
+            .map(|r| r.started)
+            .min()
+            .expect("writes");
+        let last = relay_writes
+            .iter()
+            .map(|r| r.finished)
+            .max()
+            .expect("writes");
+        let total = (write + after) * relay_writes.len() as u32;
+        wait_for("the reloads", Duration::from_secs(60), || {
+            fx.core_busy_of(&writes) - busy_before[k] >= total
+        })?;
+        let reloaded = fx
+            .core_finished_last(&writes)
+            .expect("writes ran")
+            .max(last);
+        let share = (fx.core_busy_of(&writes) - busy_before[k]).as_secs_f64()
+            / (reloaded - first).as_secs_f64();
+        println!(
+            "  zooid {}: {} writes, {:.1} relays/s, its core {share:.3} busy with them",
+            match k {
+                0 => "default".to_string(),
+                k => format!("z{k}"),
+            },
+            relay_writes.len(),
+            relay_writes.len() as f64 / (last - first).as_secs_f64()
+        );
+    }
     Ok(())
 }
