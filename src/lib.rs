@@ -179,7 +179,9 @@ pub use relay_config::{relay_body, RelayBody};
 #[doc(hidden)]
 pub use rules::InvalidRelay;
 #[doc(hidden)]
-pub use store::{BadRow, Bus, RecvError, RelayForSync, Subscriber, SyncAnswer, WriteHealth};
+pub use store::{
+    BadRow, Bus, Placement, RecvError, RelayForSync, Subscriber, SyncAnswer, WriteHealth,
+};
 #[doc(hidden)]
 pub use zooid::{Response, ZooidClient, ZooidError, PROBE_ID};
 

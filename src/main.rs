@@ -162,7 +162,7 @@ fn run(command: Cmd) -> Result<ExitCode> {
             let recorded = query.worker_settings()?;
             let basis = status::basis(&recorded, var)?;
             let rows = status::report(&query, basis.relay_domain.as_deref(), &basis.retry)?;
-            let catch_up = status::catch_up_line(&recorded, query.count_pending()?);
+            let catch_up = status::catch_up_lines(&recorded, &query.count_pending_by_zooid()?);
             let audit = status::audit_line(&recorded);
             let zooid = status::zooid_lines(&query)?
                 .into_iter()
@@ -184,7 +184,14 @@ fn run(command: Cmd) -> Result<ExitCode> {
         }
         Cmd::Members { id } => {
             let env = Env::from_env()?;
-            let client = zooid_sync::ZooidClient::new(&env)?;
+            // With several zooids, the database says which one the relay lives at.
+            let query = match env.zooid_instances.is_empty() {
+                true => None,
+                false => Some(zooid_sync::Query::open_read_only(database_path(|name| {
+                    std::env::var(name).ok()
+                }))?),
+            };
+            let client = zooid_sync::ZooidClient::for_relay(&env, query.as_ref(), &id)?;
             match client.list_relay_members(&id) {
                 Ok(members) if members.is_empty() => eprintln!("relay {id} has no members"),
                 Ok(members) => {

@@ -693,11 +693,6 @@ impl Metrics {
 }
 
 impl ZooidMetrics {
-    /// The zooid's name (`default` for `ZOOID_API_URL`'s).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// What the pacer says now: its limit of writes in flight, its spacing of a backlog's
     /// writes, a write's smoothed latency and cost, and where it learns them.
     pub(crate) fn set_pace(&self, pace: &PaceState) {
@@ -829,6 +824,39 @@ mod tests {
             Arc::ptr_eq(&home, &m.zooid("default")),
             "one series a zooid"
         );
+        assert!(m.zooid_up() && !m.robot_refused(), "every zooid answers");
+        m.gave_up();
+        eu.audit_checked();
+        eu.audit_checked();
+        eu.audit_missing();
+        let row = |table| BadRow {
+            table,
+            key: 1,
+            error: "bad".into(),
+        };
+        m.bad_row(&row("relay"));
+        m.bad_row(&row("relay"));
+        m.bad_row(&row("activity"));
+        home.set_pace(&PaceState {
+            limit: 3,
+            spacing: Duration::from_millis(240),
+            write_latency: Some(Duration::from_millis(60)),
+            write_cost: Some(Duration::from_millis(90)),
+            signal: Signal::Users,
+        });
+        eu.set_pace(&PaceState {
+            limit: 1,
+            spacing: Duration::ZERO,
+            write_latency: None,
+            write_cost: None,
+            signal: Signal::Answers,
+        });
+        home.set_users(&UsersState {
+            idle: Some(Duration::from_micros(300)),
+            felt: Some(Duration::from_micros(700)),
+            busy_share: Some(0.25),
+            penalty: 1.5,
+        });
         home.synced();
         home.synced();
         home.failed();
@@ -848,6 +876,23 @@ mod tests {
             }),
         });
         let has = |line: &str| assert!(text.contains(&format!("\n{line}\n")), "{line}\n{text}");
+        has("zooid_sync_user_wait_seconds{zooid=\"default\",when=\"idle\"} 0.0003");
+        has("zooid_sync_user_wait_seconds{zooid=\"default\",when=\"now\"} 0.0007");
+        has("zooid_sync_zooid_busy_share{zooid=\"default\"} 0.25");
+        has("zooid_sync_user_penalty{zooid=\"default\"} 1.5");
+        has("zooid_sync_user_penalty{zooid=\"eu\"} 1");
+        has("zooid_sync_pacing_by_users{zooid=\"default\"} 1");
+        has("zooid_sync_pacing_by_users{zooid=\"eu\"} 0");
+        has("zooid_sync_write_concurrency_limit{zooid=\"default\"} 3");
+        has("zooid_sync_write_spacing_seconds{zooid=\"default\"} 0.24");
+        has("zooid_sync_zooid_write_seconds{zooid=\"default\"} 0.06");
+        has("zooid_sync_zooid_write_cost_seconds{zooid=\"default\"} 0.09");
+        has("zooid_sync_zooid_write_seconds{zooid=\"eu\"} 0");
+        has("zooid_sync_relays_given_up_total 1");
+        has("zooid_sync_audit_checks_total{zooid=\"eu\"} 2");
+        has("zooid_sync_audit_missing_total{zooid=\"eu\"} 1");
+        has("zooid_sync_audit_checks_total{zooid=\"default\"} 0");
+        has("zooid_sync_bad_rows_total{table=\"relay\"} 2");
         has("zooid_sync_syncs_total{zooid=\"default\",outcome=\"synced\"} 2");
         has("zooid_sync_syncs_total{zooid=\"eu\",outcome=\"synced\"} 1");
         has("zooid_sync_syncs_total{zooid=\"default\",outcome=\"failed\"} 1");
@@ -860,7 +905,7 @@ mod tests {
         has("zooid_sync_user_wait_seconds{zooid=\"eu\",when=\"idle\"} 0");
         assert!(!m.zooid_up() && m.robot_refused(), "one of two zooids down");
         assert!(text.contains("zooid_sync_retries_scheduled_total 1"));
-        assert!(text.contains("zooid_sync_bad_rows_total{table=\"activity\"} 4"));
+        has("zooid_sync_bad_rows_total{table=\"activity\"} 5");
         assert!(text.contains("zooid_sync_relays_pending 7"));
         assert!(text.contains("zooid_sync_outcome_write_failures_total 3"));
         assert!(text.contains("zooid_sync_outcomes_unrecorded 2"));

@@ -148,7 +148,10 @@ pub fn report(
             false => query.count_trailing_sync_failures(&deletion.id)?,
         };
         let (next_retry, next_retry_at) = next_retry(query, &deletion.id, false, attempts, retry);
-        let zooid = query.relay_placement(&deletion.id)?.unwrap_or_default();
+        let zooid = query
+            .relay_placement(&deletion.id)?
+            .map(|p| p.zooid)
+            .unwrap_or_default();
         out.push(RelayReport {
             host: String::new(),
             zooid: zooid_name(&zooid),
@@ -277,19 +280,48 @@ pub fn audit_line(recorded: &[(String, String)]) -> Option<String> {
     (!parts.is_empty()).then(|| format!("audit: {}", parts.join("; ")))
 }
 
-/// While the worker catches up, the line `status` shows about it: `catch-up since <time>: N
-/// of M relays left, about T at the current pace`, from what the worker recorded
-/// (`CATCH_UP_STATE` in `src/infra/pool.rs`) and the relays pending now.
-pub fn catch_up_line(recorded: &[(String, String)], pending: u64) -> Option<String> {
+/// One line for each zooid whose catch-up is in progress: since when, how many relays are
+/// left and, once the pace is known, about how long they take, from what the worker recorded
+/// (`catch_up_keys` in `src/infra/pool.rs`) and the relays pending now at each zooid
+/// (`pending`: by the name the `zooid` column holds, `""` for the default one).
+pub fn catch_up_lines(recorded: &[(String, String)], pending: &[(String, u64)]) -> Vec<String> {
+    let mut zooids: Vec<&str> = recorded
+        .iter()
+        .filter_map(|(name, _)| match name.strip_prefix("catch_up_since") {
+            Some("") => Some(crate::env::DEFAULT_ZOOID),
+            Some(rest) => rest.strip_prefix(':'),
+            None => None,
+        })
+        .collect();
+    zooids.sort_by_key(|z| (*z != crate::env::DEFAULT_ZOOID, *z));
+    zooids
+        .into_iter()
+        .filter_map(|zooid| {
+            let column = match zooid == crate::env::DEFAULT_ZOOID {
+                true => "",
+                false => zooid,
+            };
+            let left = pending
+                .iter()
+                .find(|(name, _)| name == column)
+                .map_or(0, |(_, n)| *n);
+            catch_up_line(recorded, zooid, left)
+        })
+        .collect()
+}
+
+/// The catch-up line of the zooid named `zooid`, with `pending` of its relays left.
+fn catch_up_line(recorded: &[(String, String)], zooid: &str, pending: u64) -> Option<String> {
+    let keys = crate::infra::pool::catch_up_keys(zooid);
     let get = |name: &str| {
         recorded
             .iter()
             .find(|(n, _)| n == name)
             .and_then(|(_, v)| v.parse::<i64>().ok())
     };
-    let since = get("catch_up_since")?;
-    let relays = get("catch_up_relays").unwrap_or(0);
-    let eta = match get("catch_up_spacing_ms").filter(|ms| *ms > 0) {
+    let since = get(&keys[0])?;
+    let relays = get(&keys[1]).unwrap_or(0);
+    let eta = match get(&keys[2]).filter(|ms| *ms > 0) {
         Some(ms) => format!(
             ", about {} at the current pace",
             crate::words::show_duration(std::time::Duration::from_secs(
@@ -298,8 +330,12 @@ pub fn catch_up_line(recorded: &[(String, String)], pending: u64) -> Option<Stri
         ),
         None => String::new(),
     };
+    let at = match zooid == crate::env::DEFAULT_ZOOID {
+        true => String::new(),
+        false => format!(" at zooid {zooid}"),
+    };
     Some(format!(
-        "catch-up since {}: {pending} of {relays} relays left{eta}",
+        "catch-up{at} since {}: {pending} of {relays} relays left{eta}",
         format_unix(since)
     ))
 }
@@ -406,29 +442,38 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect()
         };
+        let pending = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+            pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+        };
         assert_eq!(
-            catch_up_line(&recorded(&[("retry_base_ms", "30000")]), 5),
-            None
+            catch_up_lines(
+                &recorded(&[("retry_base_ms", "30000")]),
+                &pending(&[("", 5)])
+            ),
+            Vec::<String>::new()
         );
-        let line = catch_up_line(
+        let lines = catch_up_lines(
             &recorded(&[
+                ("catch_up_since:eu", "1795745139"),
+                ("catch_up_relays:eu", "300"),
                 ("catch_up_since", "1795745139"),
                 ("catch_up_relays", "1000"),
                 ("catch_up_spacing_ms", "240"),
             ]),
-            500,
-        )
-        .unwrap();
-        assert_eq!(
-            line,
-            "catch-up since 2026-11-27 02:05:39 UTC: 500 of 1000 relays left, about 2m at the \
-             current pace"
+            &pending(&[("", 500), ("eu", 30), ("us", 9)]),
         );
-        let unpaced = catch_up_line(
+        assert_eq!(
+            lines,
+            [
+                "catch-up since 2026-11-27 02:05:39 UTC: 500 of 1000 relays left, about 2m at \
+                 the current pace",
+                "catch-up at zooid eu since 2026-11-27 02:05:39 UTC: 30 of 300 relays left",
+            ]
+        );
+        let unpaced = catch_up_lines(
             &recorded(&[("catch_up_since", "0"), ("catch_up_spacing_ms", "0")]),
-            3,
-        )
-        .unwrap();
-        assert!(unpaced.ends_with("3 of 0 relays left"), "{unpaced}");
+            &pending(&[("", 3)]),
+        );
+        assert!(unpaced[0].ends_with("3 of 0 relays left"), "{unpaced:?}");
     }
 }

@@ -168,16 +168,8 @@ impl Infra {
 
     /// The members of relay `id`, from the zooid it lives at (`GET /relay/{id}/members`).
     pub fn list_relay_members(&self, id: &str) -> Result<Vec<String>> {
-        let name = match self.query.has_zooid_column() {
-            true => self.query.relay_zooid(id)?,
-            false => String::new(),
-        };
-        let env = self.env.for_zooid(&name).ok_or_else(|| {
-            anyhow::anyhow!(
-                "relay {id} lives at zooid {name:?}, which ZOOID_INSTANCES does not name"
-            )
-        })?;
-        crate::zooid::ZooidClient::new(&env)?.list_relay_members(id)
+        crate::zooid::ZooidClient::for_relay(&self.env, Some(&self.query), id)?
+            .list_relay_members(id)
     }
 
     /// Runs the worker on its own thread; see [`InfraHandle`]. Returns once the worker is
@@ -314,6 +306,7 @@ impl Infra {
         };
         // One pool for each zooid: one zooid slow or down holds up only its own relays.
         let (moved_tx, mut moved_rx) = crossbeam_channel::unbounded();
+        let handoff = pool::Handoff::new(moved_tx);
         let mut pools = Vec::new();
         for syncer in syncers {
             // The hosts served are the default zooid's (the others' are learned from their
@@ -329,7 +322,7 @@ impl Infra {
                 retries.clone(),
                 env.retry.base,
                 served,
-                moved_tx.clone(),
+                handoff.clone(),
             );
             match pool {
                 Ok(pool) => pools.push((zooid, pool)),
@@ -341,7 +334,7 @@ impl Infra {
                 }
             }
         }
-        drop(moved_tx);
+        drop(handoff);
         let dispatcher = Dispatcher {
             env: &env,
             query: &query,
@@ -451,9 +444,9 @@ impl Infra {
                     Ok(zooid) => dispatcher.reconcile(&format!("zooid {zooid} answers again")),
                     Err(_) => unreachable!("the syncers' breakers hold the sender"),
                 },
-                recv(moved_rx) -> id => match id {
-                    // Found to live at another zooid than the pool's that had it.
-                    Ok(id) => dispatcher.pool_for(&id).submit_fresh(&id),
+                recv(moved_rx) -> moved => match moved {
+                    // Another zooid's relay, or one another pool ran: to its zooid's pool now.
+                    Ok((id, answering)) => dispatcher.hand_on(&id, answering),
                     Err(_) => moved_rx = crossbeam_channel::never(),
                 },
                 recv(lost_rx) -> id => match id {
@@ -611,6 +604,20 @@ impl Dispatcher<'_> {
             Err(e) => {
                 log::warn!("{e:#}; its sync starts at the default zooid");
                 default
+            }
+        }
+    }
+
+    /// Hands relay `id` to the pool of the zooid it lives at, as fresh work (a host's change
+    /// moved it, or it waited for another pool), with the manual requests it answers.
+    fn hand_on(&self, id: &str, answering: Vec<i64>) {
+        let pool = self.pool_for(id);
+        match answering.is_empty() {
+            true => pool.submit_fresh(id),
+            false => {
+                for request in answering {
+                    pool.submit_request(id, request, true);
+                }
             }
         }
     }

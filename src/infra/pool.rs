@@ -45,6 +45,95 @@ const PACE_LEARNED: usize = 4;
 /// seconds), how many relays it started with, and the spacing of its writes (ms).
 pub const CATCH_UP_STATE: [&str; 3] = ["catch_up_since", "catch_up_relays", "catch_up_spacing_ms"];
 
+/// The names [`CATCH_UP_STATE`] is recorded under for the zooid named `zooid`: as they are
+/// for the default zooid, `catch_up_since:eu` and so on for another.
+pub fn catch_up_keys(zooid: &str) -> [String; 3] {
+    CATCH_UP_STATE.map(|key| match zooid == crate::env::DEFAULT_ZOOID {
+        true => key.to_string(),
+        false => format!("{key}:{zooid}"),
+    })
+}
+
+/// What the pools of all zooids share: which pool runs each relay (a relay runs in one at a
+/// time: a relay that moves, or is deleted while its create is in flight, waits for the sync
+/// it has elsewhere), and the channel on which a pool hands the dispatcher a relay that is
+/// another pool's, with the manual requests its sync is to answer.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    claims: Arc<Mutex<Claims>>,
+    moved: Sender<(String, Vec<i64>)>,
+}
+
+/// The relays running in some pool, by pool (its zooid's name), and the manual requests of
+/// those another pool waits to run.
+#[derive(Debug, Default)]
+struct Claims {
+    running: std::collections::HashMap<String, String>,
+    waiting: std::collections::HashMap<String, Vec<i64>>,
+}
+
+impl Handoff {
+    /// A handoff whose moved relays go to `moved`.
+    pub fn new(moved: Sender<(String, Vec<i64>)>) -> Handoff {
+        Handoff {
+            claims: Arc::default(),
+            moved,
+        }
+    }
+
+    fn claims(&self) -> MutexGuard<'_, Claims> {
+        self.claims.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims `id` for the pool of `zooid`. When another pool runs it, answers false and
+    /// keeps `answering` for when that one is done.
+    fn claim(&self, id: &str, zooid: &str, answering: &[i64]) -> bool {
+        let mut claims = self.claims();
+        match claims.running.get(id) {
+            Some(by) if by != zooid => {
+                claims
+                    .waiting
+                    .entry(id.to_string())
+                    .or_default()
+                    .extend_from_slice(answering);
+                false
+            }
+            _ => {
+                claims.running.insert(id.to_string(), zooid.to_string());
+                true
+            }
+        }
+    }
+
+    /// The pool of `zooid` is done with `id`: a pool that waited for it is handed it, through
+    /// the dispatcher. Nothing when that pool does not run it.
+    fn release(&self, id: &str, zooid: &str) {
+        let waited = {
+            let mut claims = self.claims();
+            if claims.running.get(id).is_none_or(|by| by != zooid) {
+                return;
+            }
+            claims.running.remove(id);
+            claims.waiting.remove(id)
+        };
+        if let Some(answering) = waited {
+            self.hand_on(id.to_string(), answering);
+        }
+    }
+
+    /// Hands `id` to the dispatcher, for the pool of the zooid it lives at.
+    fn hand_on(&self, id: String, answering: Vec<i64>) {
+        let _ = self.moved.send((id, answering));
+    }
+
+    /// Gives back the memory a burst left in the claims.
+    fn shrink(&self) {
+        let mut claims = self.claims();
+        claims.running.shrink_to_fit();
+        claims.waiting.shrink_to_fit();
+    }
+}
+
 /// The running pool.
 pub struct Pool {
     shared: Arc<PoolShared>,
@@ -63,8 +152,12 @@ struct PoolShared {
     preparer_waits: AtomicBool,
     /// This pool's zooid's series: its relays waiting, when its work last moved, its pace.
     zooid_metrics: Arc<ZooidMetrics>,
-    /// Whether this pool records its catch-ups for `zooid-sync status` (the default zooid's).
-    records_catch_ups: bool,
+    /// The names its catch-ups are recorded under, for `zooid-sync status` ([`catch_up_keys`]).
+    catch_up_keys: [String; 3],
+    /// The name of its zooid.
+    zooid: String,
+    /// What it shares with the other zooids' pools.
+    handoff: Handoff,
     pacer: Arc<Pacer>,
     /// While a catch-up runs: when it started, how many relays it had, how many are done.
     catch_up: Mutex<Option<(std::time::Instant, usize, usize)>>,
@@ -107,6 +200,13 @@ impl PoolShared {
         self.zooid_metrics.work_waiting(lanes.queued());
     }
 
+    /// Forgets `id`, which was to run here and will not (the pool stops, or another pool
+    /// runs it): it is pending in the database.
+    fn abandon(&self, id: &str) {
+        self.lock().abandon(id);
+        self.handoff.release(id, &self.zooid);
+    }
+
     /// The outcome of `id`'s sync is recorded: only now may its next sync start. Queues it
     /// again if it changed meanwhile.
     fn finished(&self, id: &str) {
@@ -114,6 +214,7 @@ impl PoolShared {
         if lanes.finish(id) {
             self.wake_preparer();
         }
+        self.handoff.release(id, &self.zooid);
         self.zooid_metrics.work_waiting(lanes.queued());
         self.zooid_metrics.work_moved();
         let idle = lanes.is_empty();
@@ -131,7 +232,7 @@ impl PoolShared {
         if pace_learned {
             // The pace is known by now: what `status` estimates the rest by.
             let spacing = self.pacer.state().spacing.as_millis().to_string();
-            self.record(&[(CATCH_UP_STATE[2], Some(spacing))]);
+            self.record(&[(&self.catch_up_keys[2], Some(spacing))]);
         }
         if idle {
             if let Some((started, _, done)) = ended {
@@ -197,15 +298,17 @@ impl PoolShared {
             ],
             None => [None, None, None],
         };
-        let state: Vec<(&str, Option<String>)> = CATCH_UP_STATE.into_iter().zip(values).collect();
+        let state: Vec<(&str, Option<String>)> = self
+            .catch_up_keys
+            .iter()
+            .map(String::as_str)
+            .zip(values)
+            .collect();
         self.record(&state);
     }
 
     /// Records the catch-up's state; a failure to is logged only.
     fn record(&self, state: &[(&str, Option<String>)]) {
-        if !self.records_catch_ups {
-            return;
-        }
         if let Err(e) = self.command.record_worker_state(state) {
             log::warn!("{e:#}");
         }
@@ -218,15 +321,15 @@ impl Pool {
     /// is recorded, a success cancels the relay's pending retry through `retries`, an outcome
     /// that could not be recorded is retried after `retry_later`, and the relay may be synced
     /// again. `served` are hosts of relays zooid serves now, for the sampler's first check.
-    /// The pool syncs relays to the syncer's zooid; a relay found to live at another is sent
-    /// on `moved`, for the dispatcher to hand to that zooid's pool.
+    /// The pool syncs relays to the syncer's zooid; a relay found to live at another, or
+    /// running in another's pool, goes through `handoff` to the dispatcher.
     pub fn start(
         workers: usize,
         syncer: Syncer,
         retries: Arc<Retries>,
         retry_later: std::time::Duration,
         served: Vec<String>,
-        moved: Sender<String>,
+        handoff: Handoff,
     ) -> std::io::Result<Pool> {
         let workers = workers.max(1);
         let pacer = syncer.client().pacer().clone();
@@ -241,7 +344,9 @@ impl Pool {
             changed: Condvar::new(),
             preparer_waits: AtomicBool::new(false),
             zooid_metrics: syncer.own_zooid().metrics.clone(),
-            records_catch_ups: zooid == crate::env::DEFAULT_ZOOID,
+            catch_up_keys: catch_up_keys(&zooid),
+            zooid: zooid.clone(),
+            handoff,
             pacer,
             catch_up: Mutex::new(None),
             command: syncer.command().clone(),
@@ -266,12 +371,11 @@ impl Pool {
         let spawned = (0..workers)
             .map(|n| {
                 let (shared, syncer, retries) = (shared.clone(), syncer.clone(), retries.clone());
-                let moved = moved.clone();
                 let name = format!("{}-{n}", named("worker"));
                 let watch = syncer.metrics().watch_thread(&name);
                 std::thread::Builder::new().name(name).spawn(move || {
                     let _watch = watch;
-                    work(&shared, &syncer, &retries, retry_later, &moved)
+                    work(&shared, &syncer, &retries, retry_later)
                 })
             })
             .chain(std::iter::once_with(|| {
@@ -342,6 +446,7 @@ impl Pool {
     pub fn release_memory(&self) {
         self.shared.lock().shrink();
         self.shared.ready.shrink();
+        self.shared.handoff.shrink();
     }
 
     /// Asks for a sync of relay `id` that answers manual request `request` (see
@@ -474,7 +579,14 @@ fn prepare(shared: &Arc<PoolShared>, syncer: &Syncer) {
             }
         }
         if stopping() {
-            shared.lock().abandon(&id);
+            shared.abandon(&id);
+            continue;
+        }
+        if !shared.handoff.claim(&id, &shared.zooid, &answering) {
+            // Another zooid's pool runs it (it moved, or was deleted while its create was in
+            // flight): that pool hands it back once done, with these requests.
+            log::debug!("relay {id}: its sync elsewhere runs first");
+            shared.abandon(&id);
             continue;
         }
         let prepared = syncer.prepare(&id);
@@ -491,7 +603,7 @@ fn prepare(shared: &Arc<PoolShared>, syncer: &Syncer) {
         };
         if let Err(unsent) = pushed {
             // Nothing takes prepared syncs any more: forget the relay.
-            shared.lock().abandon(&unsent.id);
+            shared.abandon(&unsent.id);
             break;
         }
     }
@@ -504,11 +616,10 @@ fn work(
     syncer: &Arc<Syncer>,
     retries: &Arc<Retries>,
     retry_later: std::time::Duration,
-    moved: &Sender<String>,
 ) {
     while let Some(job) = shared.ready.pop() {
         if shared.stopping.load(Ordering::Acquire) {
-            shared.lock().abandon(&job.id);
+            shared.abandon(&job.id);
             continue;
         }
         let Job {
@@ -518,8 +629,14 @@ fn work(
             admission,
         } = job;
         let (shared, me, retries) = (shared.clone(), syncer.clone(), retries.clone());
-        let moved = moved.clone();
         syncer.send_then(prepared, move |outcome| {
+            if let SyncOutcome::LivesElsewhere(_) = outcome {
+                // Only once it is done here: its sync at its own zooid must not run beside
+                // this one. Its requests are answered there.
+                shared.finished(&relay);
+                shared.handoff.hand_on(relay, answering);
+                return;
+            }
             for request in answering {
                 me.answer(request, &outcome);
             }
@@ -535,10 +652,6 @@ fn work(
                 SyncOutcome::LivesElsewhere(_) => {}
             }
             shared.finished(&relay);
-            if let SyncOutcome::LivesElsewhere(_) = outcome {
-                // Only now: its next sync, at its own zooid, must not run beside this one.
-                let _ = moved.send(relay);
-            }
         });
         drop(admission); // zooid has answered: the next write may go
     }
@@ -546,4 +659,42 @@ fn work(
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_runs_in_one_pool_and_the_one_that_waited_gets_it_with_its_requests() {
+        let (moved, handed) = crossbeam_channel::unbounded();
+        let handoff = Handoff::new(moved);
+        assert!(handoff.claim("a", "eu", &[]));
+        assert!(
+            handoff.claim("a", "eu", &[]),
+            "its own pool may claim it again"
+        );
+        assert!(handoff.claim("b", "default", &[]), "another relay is free");
+        assert!(!handoff.claim("a", "default", &[7]), "eu runs it");
+        assert!(!handoff.claim("a", "us", &[8, 9]));
+        handoff.release("a", "default");
+        assert!(handed.try_recv().is_err(), "only its runner releases it");
+        assert!(!handoff.claim("a", "default", &[]));
+        handoff.release("a", "eu");
+        assert_eq!(
+            handed.try_recv().ok(),
+            Some(("a".to_string(), vec![7, 8, 9])),
+            "what waited is handed on, with every request"
+        );
+        assert!(handed.try_recv().is_err(), "once");
+        assert!(
+            handoff.claim("a", "default", &[]),
+            "free once its runner is done"
+        );
+        assert!(!handoff.claim("a", "eu", &[3]));
+        handoff.release("a", "default");
+        assert_eq!(handed.try_recv().ok(), Some(("a".to_string(), vec![3])));
+        handoff.release("b", "default");
+        assert!(handed.try_recv().is_err(), "nobody waited for b");
+    }
 }

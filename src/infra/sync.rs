@@ -30,8 +30,10 @@
 //! another zooid than its own *moves*: it is created at its own (`POST`, a fresh secret, as a
 //! new relay), then deleted at the other (`DELETE`, `404` as good), and only then recorded as
 //! synced, with its new placement. Each step can be repeated: a crash in between runs the move
-//! again (the `POST` answers `409` and heals to `PATCH`, the `DELETE` answers `404`). A
-//! deletion goes to where the relay was last synced.
+//! again (the `POST` answers `409` and heals to `PATCH`, the `DELETE` answers `404`). When the
+//! `DELETE` fails, the failure is recorded with the placement `(new, leaving old)`, and the
+//! next sync deletes it there after its own request. A deletion goes to where the relay lives,
+//! and to the zooid it was leaving.
 //!
 //! Errors stay typed ([`SyncError`]) until the outcome is recorded, because what comes next
 //! depends on the kind: a failure that says zooid is unavailable goes to the [`Breaker`] for a
@@ -51,7 +53,9 @@ use crate::quote;
 use crate::relay_config::relay_body;
 use crate::rules::InvalidRelay;
 use crate::secret::Secret;
-use crate::store::{Command, Query, Relay, RelayForSync, RelayStatus, ZOOID_UNAVAILABLE};
+use crate::store::{
+    Command, Placement, Query, Relay, RelayForSync, RelayStatus, ZOOID_UNAVAILABLE,
+};
 use crate::time::format_unix;
 use crate::zooid::{ProbeFailure, SignedRequest, ZooidClient, ZooidError};
 
@@ -270,7 +274,7 @@ enum Attempt {
     Accepted {
         relay_id: String,
         /// Where it now lives, to record, when that changed.
-        placed: Option<String>,
+        placed: Option<Placement>,
         revision: i64,
         /// The relay's newest activity when the sync read it.
         seen: i64,
@@ -290,6 +294,8 @@ enum Attempt {
         started: Instant,
         /// The relay's newest activity when the sync read it, when it was read.
         seen: Option<i64>,
+        /// Where it lives at zooid now, when the failed sync changed that (a move half done).
+        placed: Option<Placement>,
     },
     /// Nothing to record: the relay is gone, or parked and told already.
     Quiet(SyncOutcome),
@@ -307,6 +313,7 @@ impl Prepared {
             error,
             started: Instant::now(),
             seen: None,
+            placed: None,
         }))
     }
 }
@@ -324,8 +331,8 @@ struct Ready {
     first: SignedRequest,
     /// A move: the zooid the relay is deleted at once it is created at its own.
     leaving: Option<Arc<Zooid>>,
-    /// The zooid to record as the relay's placement once synced, when that changes.
-    placed: Option<String>,
+    /// Where the relay lives at zooid once synced, to record, when that changes.
+    placed: Option<Placement>,
 }
 
 /// What a sync brings zooid in line with. (The relay is the common, large case; a `Ready`
@@ -370,8 +377,6 @@ enum Left {
     Failed(SyncError),
     /// The worker stops: the next start moves it again.
     Stopping,
-    /// The zooid it leaves is slow: moved again later, uncounted.
-    Slow,
 }
 
 /// A successful exchange with zooid.
@@ -535,7 +540,7 @@ impl Syncer {
             Err(e) => return failed(SyncError::Unreadable(format!("{e:#}"))),
         };
         let lives_at = match self.zooid_named(&relay.settings.zooid) {
-            Some(zooid) if zooid.name == self.own.name => zooid,
+            Some(zooid) if zooid.name == self.own.name => zooid.clone(),
             Some(zooid) => {
                 let elsewhere = SyncOutcome::LivesElsewhere(zooid.name.clone());
                 return Prepared(Stage::Decided(Attempt::Quiet(elsewhere)));
@@ -543,27 +548,40 @@ impl Syncer {
             None => return failed(SyncError::UnknownZooid(relay.settings.zooid.clone())),
         };
         let is_new = !relay.synced && !ever_completed;
-        // Where zooid has it now: where it was last synced, or nowhere if never.
+        // Where zooid has it now: where it was recorded, the default zooid for a relay synced
+        // before any was, nowhere for a new one.
         let was_at = match (&placed, is_new) {
-            (Some(name), _) => Some(name.as_str()),
+            (Some(placement), _) => Some(placement.zooid.as_str()),
             (None, false) => Some(crate::env::DEFAULT_ZOOID),
             (None, true) => None,
         };
-        let leaving = match was_at {
-            Some(name) if name != lives_at.name => match self.zooid_named(name) {
-                Some(zooid) => Some(zooid.clone()),
-                None => return failed(SyncError::UnknownZooid(name.to_string())),
-            },
+        let moves = was_at.is_some_and(|name| name != lives_at.name);
+        // The zooid it is to be deleted at once its own has it: the one it moves away from,
+        // or the one a half-done move left it at.
+        let leaving = match (was_at, &placed) {
+            (Some(name), _) if moves => Some(name),
+            (_, Some(p)) if !p.leaving.is_empty() && p.leaving != lives_at.name => {
+                Some(p.leaving.as_str())
+            }
             _ => None,
         };
-        // Recorded only when it changes, and never for a fleet on the default zooid alone.
+        let leaving = match leaving.map(|name| (name, self.zooid_named(name))) {
+            None => None,
+            Some((_, Some(zooid))) => Some(zooid.clone()),
+            Some((name, None)) => return failed(SyncError::UnknownZooid(name.to_string())),
+        };
+        // Recorded when it changes, and never for a fleet on the default zooid alone.
+        let settled = Placement {
+            zooid: lives_at.name.clone(),
+            leaving: String::new(),
+        };
         let placed = match placed {
             None if lives_at.name == crate::env::DEFAULT_ZOOID => None,
-            Some(name) if name == lives_at.name => None,
-            _ => Some(lives_at.name.clone()),
+            Some(p) if p == settled => None,
+            _ => Some(settled),
         };
         // Moving is creating at the new zooid, with a secret of its own.
-        let method = match is_new || leaving.is_some() {
+        let method = match is_new || moves {
             true => "POST",
             false => "PATCH",
         };
@@ -584,46 +602,53 @@ impl Syncer {
     }
 
     /// A relay without a row: deleted at zooid if the host deleted it with a `delete_relay`
-    /// that zooid has not confirmed; otherwise there is nothing to do.
+    /// that zooid has not confirmed; otherwise there is nothing to do. It is deleted where it
+    /// lives (and where a half-done move left it), by that zooid's syncer.
     fn prepare_deletion(&self, id: &str) -> Prepared {
         let failed = |error| Prepared::failed(id, error);
         match self.query.deletion_pending(id) {
             Ok(Some(seen)) => {
-                // It is deleted where it was last synced.
-                match self.query.relay_placement(id) {
-                    Ok(Some(name)) if name != self.own.name => {
-                        let elsewhere = match self.zooid_named(&name) {
-                            Some(_) => SyncOutcome::LivesElsewhere(name),
-                            None => return failed(SyncError::UnknownZooid(name)),
-                        };
-                        return Prepared(Stage::Decided(Attempt::Quiet(elsewhere)));
-                    }
-                    Ok(_) => {}
+                let placed = match self.query.relay_placement(id) {
+                    Ok(placed) => placed,
                     Err(e) => return failed(SyncError::Unreadable(format!("{e:#}"))),
+                };
+                let lives_at = placed
+                    .as_ref()
+                    .map_or(crate::env::DEFAULT_ZOOID, |p| p.zooid.as_str());
+                if lives_at != self.own.name {
+                    let elsewhere = match self.zooid_named(lives_at) {
+                        Some(_) => SyncOutcome::LivesElsewhere(lives_at.to_string()),
+                        None => return failed(SyncError::UnknownZooid(lives_at.to_string())),
+                    };
+                    return Prepared(Stage::Decided(Attempt::Quiet(elsewhere)));
                 }
-                self.sign_deletion(id, seen)
+                let leaving = match placed.as_ref().map(|p| p.leaving.as_str()) {
+                    Some(name) if !name.is_empty() && name != lives_at => {
+                        match self.zooid_named(name) {
+                            Some(zooid) => Some(zooid.clone()),
+                            None => return failed(SyncError::UnknownZooid(name.to_string())),
+                        }
+                    }
+                    _ => None,
+                };
+                match self.own.client.sign_delete(id) {
+                    Ok(first) => Prepared(Stage::Ready(Box::new(Ready {
+                        target: Target::Deleted {
+                            id: id.to_string(),
+                            seen,
+                        },
+                        first,
+                        leaving,
+                        placed: None,
+                    }))),
+                    Err(e) => failed(SyncError::Refused(e)),
+                }
             }
             Ok(None) => {
                 log::debug!("relay {id}: gone, nothing to sync");
                 Prepared(Stage::Decided(Attempt::Quiet(SyncOutcome::Gone)))
             }
             Err(e) => failed(SyncError::Unreadable(format!("{e:#}"))),
-        }
-    }
-
-    /// The `DELETE` of relay `id` (its pending deletion's `seq` is `seen`), signed.
-    fn sign_deletion(&self, id: &str, seen: i64) -> Prepared {
-        match self.own.client.sign_delete(id) {
-            Ok(first) => Prepared(Stage::Ready(Box::new(Ready {
-                target: Target::Deleted {
-                    id: id.to_string(),
-                    seen,
-                },
-                first,
-                leaving: None,
-                placed: None,
-            }))),
-            Err(e) => Prepared::failed(id, SyncError::Refused(e)),
         }
     }
 
@@ -696,12 +721,16 @@ impl Syncer {
                 error,
                 started,
                 seen,
+                placed,
             } => {
                 let text = self.failure_text(&relay_id, &error, started);
-                self.command
-                    .fail_relay_sync_then(&relay_id.clone(), &text, seen, move |result| {
-                        then(recorded_failure(&relay_id, error, result))
-                    })
+                self.command.fail_relay_sync_then(
+                    &relay_id.clone(),
+                    &text,
+                    seen,
+                    placed,
+                    move |result| then(recorded_failure(&relay_id, error, result)),
+                )
             }
             Attempt::Quiet(outcome) => then(outcome),
         }
@@ -722,6 +751,7 @@ impl Syncer {
                     relay_id,
                     started: Instant::now(),
                     seen,
+                    placed: None,
                 },
                 false => {
                     log::debug!("relay {relay_id}: waiting for zooid");
@@ -759,17 +789,30 @@ impl Syncer {
                     match self.leave(&old, &relay_id) {
                         Ok(()) => {}
                         Err(Left::Failed(error)) => {
+                            // Its own zooid has it, the one it leaves still does: the next
+                            // sync (or its deletion) deletes it there.
+                            let placed = match read {
+                                Some(_) => Placement {
+                                    zooid: self.own.name.clone(),
+                                    leaving: old.name.clone(),
+                                },
+                                // Deleted here, it lives at the other alone.
+                                None => Placement {
+                                    zooid: old.name.clone(),
+                                    leaving: String::new(),
+                                },
+                            };
                             return Attempt::Failed {
                                 relay_id,
                                 error,
                                 started,
                                 seen,
-                            }
+                                placed: Some(placed),
+                            };
                         }
                         Err(Left::Stopping) => {
                             return Attempt::Quiet(SyncOutcome::Interrupted);
                         }
-                        Err(Left::Slow) => return Attempt::Quiet(SyncOutcome::Slow),
                     }
                 }
                 return match read {
@@ -839,6 +882,7 @@ impl Syncer {
             error,
             started,
             seen,
+            placed: None,
         }
     }
 
@@ -880,14 +924,6 @@ impl Syncer {
             Some(failure) => old.breaker.verdict(&old.client, started, failure),
         };
         match verdict {
-            Verdict::ZooidUp if error.timed_out() => {
-                log::warn!(
-                    "{moving}: zooid {} did not answer within ZOOID_TIMEOUT while it answers \
-                     other requests: it is slow. Moved again later, not counted as a failure",
-                    old.name
-                );
-                Err(Left::Slow)
-            }
             Verdict::ZooidUp => {
                 log::warn!("{moving}: {error}");
                 Err(Left::Failed(SyncError::Refused(error)))

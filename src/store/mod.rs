@@ -57,7 +57,7 @@ use crate::time::now_unix;
 pub(crate) use open::open_connection;
 pub use open::StoreOptions;
 use open::*;
-pub use query::{PendingDeletion, PendingRelay, RelayForSync, SyncAnswer};
+pub use query::{PendingDeletion, PendingRelay, Placement, RelayForSync, SyncAnswer};
 pub use writer::WriteHealth;
 use writer::*;
 use writes::*;

@@ -60,8 +60,18 @@ pub struct RelayForSync {
     /// The newest `seq` of its activity when it was read. A `delete_relay` after it means the
     /// relay this sync read was deleted, whatever row holds its id now.
     pub seen: i64,
-    /// The zooid it was last synced to, when that is not the default one (`relay_placement`).
-    pub placed: Option<String>,
+    /// Where it lives at zooid, when recorded (`relay_placement`).
+    pub placed: Option<Placement>,
+}
+
+/// Where a relay lives at zooid (`relay_placement`): the zooid that accepted it last, and
+/// while a move is half done, the zooid it is leaving (`""`: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The zooid that has it.
+    pub zooid: String,
+    /// The zooid it still has to be deleted at, or `""`.
+    pub leaving: String,
 }
 
 /// A relay the host deleted that zooid has not confirmed deleting yet.
@@ -204,7 +214,8 @@ impl Query {
                        AND seq > COALESCE((SELECT MAX(seq) FROM activity
                            WHERE resource_type = 'relay' AND resource_id = relay.id
                              AND activity_type = 'create_relay'), 0)),
-                        (SELECT zooid FROM relay_placement WHERE relay_id = relay.id)
+                        (SELECT zooid FROM relay_placement WHERE relay_id = relay.id),
+                        (SELECT leaving FROM relay_placement WHERE relay_id = relay.id)
                  FROM relay WHERE id = ?1",
                 relay_select_list(zooid_column)
             )
@@ -222,7 +233,13 @@ impl Query {
                 Some(row) => {
                     let seen: i64 = row.get(RELAY_WIDTH)?;
                     let ever_completed: bool = row.get(RELAY_WIDTH + 1)?;
-                    let placed: Option<String> = row.get(RELAY_WIDTH + 2)?;
+                    let placed = match row.get::<_, Option<String>>(RELAY_WIDTH + 2)? {
+                        Some(zooid) => Some(Placement {
+                            zooid,
+                            leaving: row.get(RELAY_WIDTH + 3)?,
+                        }),
+                        None => None,
+                    };
                     Ok(Some(RelayForSync {
                         relay: Relay::from_row(row)?,
                         ever_completed,
@@ -489,6 +506,23 @@ impl Query {
         })
     }
 
+    /// Relays waiting for a sync (`synced = 0`) by the zooid their row names (`''`: the
+    /// default one; all of them there when the relay table has no `zooid` column).
+    #[doc(hidden)]
+    pub fn count_pending_by_zooid(&self) -> Result<Vec<(String, u64)>> {
+        if !self.db.relay_zooid {
+            return Ok(vec![(String::new(), self.count_pending()?)]);
+        }
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT zooid, COUNT(*) FROM relay WHERE synced = 0 GROUP BY zooid ORDER BY zooid",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .context("counting pending relays by zooid")
+    }
+
     /// The outage of the zooid named `zooid` in progress, as its breaker recorded it: since
     /// when (unix seconds) and the last error. `None` while that zooid answers.
     #[doc(hidden)]
@@ -535,15 +569,19 @@ impl Query {
         .with_context(|| format!("reading which zooid relay {id:?} lives at"))
     }
 
-    /// The zooid relay `id` was last synced to, when that is not the default one.
+    /// Where relay `id` lives at zooid, when recorded (not for a relay only ever synced to the
+    /// default zooid).
     #[doc(hidden)]
-    pub fn relay_placement(&self, id: &str) -> Result<Option<String>> {
+    pub fn relay_placement(&self, id: &str) -> Result<Option<Placement>> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT zooid FROM relay_placement WHERE relay_id = ?1")?;
+            let mut stmt = conn
+                .prepare_cached("SELECT zooid, leaving FROM relay_placement WHERE relay_id = ?1")?;
             let mut rows = stmt.query([id])?;
             match rows.next()? {
-                Some(row) => Ok(Some(row.get(0)?)),
+                Some(row) => Ok(Some(Placement {
+                    zooid: row.get(0)?,
+                    leaving: row.get(1)?,
+                })),
                 None => Ok(None),
             }
         })

@@ -90,7 +90,8 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE zooid_outage_of_one;
     CREATE TABLE IF NOT EXISTS relay_placement (
         relay_id TEXT PRIMARY KEY NOT NULL,
-        zooid    TEXT NOT NULL
+        zooid    TEXT NOT NULL,
+        leaving  TEXT NOT NULL DEFAULT ''
     );",
 ];
 

@@ -37,7 +37,7 @@ fn an_outcome_for_a_relay_deleted_since_it_was_read_marks_no_successor() {
     // once the relay was created again.
     let fail = |seen| {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        c.fail_relay_sync_then("alpha", "zooid answered 500", seen, move |r| {
+        c.fail_relay_sync_then("alpha", "zooid answered 500", seen, None, move |r| {
             tx.send(r.unwrap()).unwrap()
         });
         c.flush();

@@ -32,7 +32,7 @@ impl Command {
         relay_id: &str,
         revision: i64,
         seen: i64,
-        placed: Option<String>,
+        placed: Option<Placement>,
         then: impl FnOnce(Result<Option<bool>>) + Send + 'static,
     ) {
         let write = Write::Complete {
@@ -83,6 +83,7 @@ impl Command {
         relay_id: &str,
         error: &str,
         seen: Option<i64>,
+        placed: Option<Placement>,
         then: impl FnOnce(Result<bool>) + Send + 'static,
     ) {
         let error = if error.is_empty() {
@@ -94,6 +95,7 @@ impl Command {
             relay_id: relay_id.to_string(),
             error: error.to_string(),
             seen,
+            placed,
         };
         self.write_then(write, move |result| {
             then(result.map(|a| a.activity.is_some()))
@@ -112,6 +114,7 @@ impl Command {
             relay_id: relay_id.to_string(),
             error: error.to_string(),
             seen: None,
+            placed: None,
         })?;
         Ok(())
     }

@@ -11,14 +11,16 @@ pub(super) enum Write {
         revision: i64,
         /// The relay's newest activity when the sync read it, if known.
         seen: Option<i64>,
-        /// The zooid the relay now lives at, to record in `relay_placement`, if it changed.
-        placed: Option<String>,
+        /// Where the relay now lives at zooid, to record in `relay_placement`, if it changed.
+        placed: Option<Placement>,
     },
     Fail {
         relay_id: String,
         error: String,
         /// The relay's newest activity when the sync read it, if known.
         seen: Option<i64>,
+        /// Where the relay now lives at zooid, if the failed sync changed it (a move half done).
+        placed: Option<Placement>,
     },
     Create {
         id: String,
@@ -89,17 +91,12 @@ impl Write {
                 seen,
                 placed,
             } => {
+                // Where zooid has it is true whatever became of the row: a deletion must find it.
+                place(conn, relay_id, placed.as_ref())?;
                 // Deleted since the sync read it: a row under its id now is another relay
                 // (revisions start over), which this outcome says nothing about.
                 if !relay_exists(conn, relay_id)? || replaced_since(conn, relay_id, *seen)? {
                     return Ok(gone);
-                }
-                if let Some(zooid) = placed {
-                    conn.prepare_cached(
-                        "INSERT INTO relay_placement (relay_id, zooid) VALUES (?1, ?2)
-                         ON CONFLICT (relay_id) DO UPDATE SET zooid = excluded.zooid",
-                    )?
-                    .execute(params![relay_id, zooid])?;
                 }
                 let activity = insert_activity(
                     conn,
@@ -119,7 +116,9 @@ impl Write {
                 relay_id,
                 error,
                 seen,
+                placed,
             } => {
+                place(conn, relay_id, placed.as_ref())?;
                 // Deleted or created again since the sync read it: the failure was another
                 // relay's.
                 if replaced_since(conn, relay_id, *seen)? {
@@ -326,6 +325,19 @@ pub(super) fn insert_activity(
         resource_id: relay_id.to_string(),
         detail: detail.to_string(),
     })
+}
+
+/// Records where relay `id` lives at zooid, when `placed` says.
+fn place(conn: &Connection, id: &str, placed: Option<&Placement>) -> Result<()> {
+    if let Some(Placement { zooid, leaving }) = placed {
+        conn.prepare_cached(
+            "INSERT INTO relay_placement (relay_id, zooid, leaving) VALUES (?1, ?2, ?3)
+             ON CONFLICT (relay_id) DO UPDATE SET zooid = excluded.zooid,
+                                                  leaving = excluded.leaving",
+        )?
+        .execute(params![id, zooid, leaving])?;
+    }
+    Ok(())
 }
 
 /// The host-edited columns a write sets: the settings', and `zooid` when the table has it.

@@ -224,6 +224,27 @@ impl ZooidClient {
         &self.pacer
     }
 
+    /// A client of the zooid relay `id` lives at: the one its row names in `query` (or where
+    /// it was last synced, for a deleted relay) when `env` names several zooids, else the
+    /// default one. A name no setting gives is an error naming it.
+    pub fn for_relay(
+        env: &Env,
+        query: Option<&crate::store::Query>,
+        id: &str,
+    ) -> Result<ZooidClient> {
+        let name = match (env.zooid_instances.is_empty(), query) {
+            (false, Some(query)) if query.has_zooid_column() => query.relay_zooid(id)?,
+            _ => String::new(),
+        };
+        let settings = env.for_zooid(&name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "relay {id} lives at zooid {name:?}, which ZOOID_INSTANCES does not name: add \
+                 {name}=<its API URL> to it"
+            )
+        })?;
+        ZooidClient::new(&settings)
+    }
+
     /// Refuses what [`Env::check_transport`] refuses. Goes through a proxy only when
     /// `env.zooid_proxy` names one; the `HTTP_PROXY` family is ignored.
     pub fn new(env: &Env) -> Result<ZooidClient> {

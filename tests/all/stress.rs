@@ -339,12 +339,11 @@ fn work_that_does_not_move_turns_healthz_503_and_starves_the_watchdog_within_the
             .contains("relay stuck: the preparer hangs here")
     });
     let hung = Instant::now();
+    // (On a loaded machine, behind's activity may reach the worker a moment later.)
+    expect_within(Duration::from_secs(2), "behind waits", || {
+        metric("zooid_sync_relays_waiting") == Some(1.0)
+    });
     assert_eq!(health().map(|(s, _)| s), Some(200), "not stuck yet");
-    assert_eq!(
-        metric("zooid_sync_relays_waiting"),
-        Some(1.0),
-        "behind waits"
-    );
     assert_eq!(metric("zooid_sync_work_stalled"), Some(0.0));
     let mut turned = None;
     expect_within(Duration::from_secs(15), "/healthz 503", || {

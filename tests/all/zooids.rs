@@ -52,6 +52,13 @@ fn sync_error(store: &Store, id: &str) -> String {
     store.query.get_relay(id).unwrap().unwrap().sync_error
 }
 
+/// The zooid relay `id` lives at as recorded (`None`: not recorded), its move, if any, done.
+fn settled_at(store: &Store, id: &str) -> Option<String> {
+    let placed = store.query.relay_placement(id).unwrap()?;
+    assert_eq!(placed.leaving, "", "{id} is still leaving a zooid");
+    Some(placed.zooid)
+}
+
 /// The host moves relay `id` to the zooid named `zooid`, as a platform's code would.
 fn host_moves(store: &Store, id: &str, zooid: &str) {
     let mut settings = store.query.get_relay(id).unwrap().unwrap().settings;
@@ -105,15 +112,9 @@ fn relays_land_on_their_own_zooid_and_nowhere_else() {
     }
     // Where each relay lives is recorded, for deletions and moves; the default zooid's
     // relays need no record.
-    assert_eq!(
-        store.query.relay_placement("e1").unwrap().as_deref(),
-        Some("eu")
-    );
-    assert_eq!(
-        store.query.relay_placement("u1").unwrap().as_deref(),
-        Some("us")
-    );
-    assert_eq!(store.query.relay_placement("h1").unwrap(), None);
+    assert_eq!(settled_at(&store, "e1").as_deref(), Some("eu"));
+    assert_eq!(settled_at(&store, "u1").as_deref(), Some("us"));
+    assert_eq!(settled_at(&store, "h1"), None);
 }
 
 #[test]
@@ -137,7 +138,7 @@ fn a_deletion_goes_to_the_zooid_the_relay_was_synced_to() {
     });
     worker.shutdown().unwrap();
     assert!(home.requests().iter().all(|r| r.relay_id() != Some("gone")));
-    assert_eq!(store.query.relay_placement("gone").unwrap(), None);
+    assert_eq!(settled_at(&store, "gone"), None);
 }
 
 #[test]
@@ -293,10 +294,7 @@ fn a_moved_relay_is_created_at_its_new_zooid_then_deleted_at_the_old() {
         first_secret,
         "a fresh secret"
     );
-    assert_eq!(
-        store.query.relay_placement("mover").unwrap().as_deref(),
-        Some("eu")
-    );
+    assert_eq!(settled_at(&store, "mover").as_deref(), Some("eu"));
 }
 
 /// `zooid-sync run` against `home`, with `ZOOID_INSTANCES` naming `eu`.
@@ -352,10 +350,7 @@ fn a_move_killed_between_the_create_and_the_delete_ends_at_the_new_zooid_only() 
     });
     terminate(&mut daemon);
     assert!(eu.relay("mover").is_some());
-    assert_eq!(
-        store.query.relay_placement("mover").unwrap().as_deref(),
-        Some("eu")
-    );
+    assert_eq!(settled_at(&store, "mover").as_deref(), Some("eu"));
 }
 
 #[test]
@@ -476,6 +471,21 @@ fn check_healthz_metrics_and_status_name_each_zooid() {
     let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(rows[0]["id"], "e1");
     assert_eq!(rows[0]["zooid"], "eu");
+    // members asks the relay's own zooid.
+    eu.accept_connections().unwrap();
+    eu.put_relay(
+        "e1",
+        serde_json::json!({"host": "e1.relays.example.com", "schema": "e1"}),
+    );
+    eu.set_members("e1", &[OWNER]);
+    let members = output({
+        let mut c = zooid_sync(&home, &db);
+        c.env("ZOOID_INSTANCES", format!("eu={}", eu.url()))
+            .args(["members", "e1"]);
+        c
+    });
+    assert!(members.status.success(), "{members:?}");
+    assert_eq!(String::from_utf8_lossy(&members.stdout).trim(), OWNER);
     terminate(&mut daemon);
 }
 
@@ -524,4 +534,87 @@ fn a_slow_zooid_slows_only_its_own_catch_up() {
         "the default zooid's 100 relays took {home_took:?} beside a slow zooid"
     );
     assert_eq!(held(&home).len(), 100);
+}
+
+#[test]
+fn a_relay_deleted_while_its_create_is_in_flight_is_deleted_where_it_was_created() {
+    let (home, eu) = (fixture(), fixture());
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    // eu takes its time with the create: the host deletes the relay meanwhile.
+    eu.inject_times("brief", Fault::Delay(Duration::from_millis(300)), 1);
+    store
+        .command
+        .create_relay("brief", &at("brief", "eu"))
+        .unwrap();
+    let env = env_with(&home, &[("eu", &eu)]);
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
+        .spawn()
+        .unwrap();
+    expect_within(WAIT, "the create in flight at eu", || {
+        eu.in_flight("brief") == 1
+    });
+    store.command.delete_relay("brief").unwrap();
+    expect_within(WAIT, "the deletion recorded", || {
+        store.query.list_pending_deletions().unwrap().is_empty()
+    });
+    worker.shutdown().unwrap();
+    assert!(eu.relay("brief").is_none(), "deleted where it was created");
+    let at_eu: Vec<_> = eu
+        .requests_for("brief")
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(at_eu, ["POST", "DELETE"]);
+    assert!(
+        home.requests_for("brief").is_empty(),
+        "nothing sent to the default zooid"
+    );
+    assert_eq!(settled_at(&store, "brief"), None);
+}
+
+#[test]
+fn a_move_whose_delete_fails_is_finished_by_its_next_sync_and_a_deletion_reaches_both() {
+    let (home, eu) = (fixture(), fixture());
+    let (_dir, db) = temp_db();
+    let store = open_store(&db);
+    for id in ["m1", "m2"] {
+        store.command.create_relay(id, &at(id, "")).unwrap();
+    }
+    let env = env_with(&home, &[("eu", &eu)]);
+    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
+        .spawn()
+        .unwrap();
+    expect_within(WAIT, "synced at home", || {
+        synced(&store, "m1") && synced(&store, "m2")
+    });
+    // The old zooid refuses the moves' deletions for a while.
+    let refuse = Fault::Status {
+        status: 500,
+        body: r#"{"error":"disk trouble"}"#.into(),
+    };
+    home.inject("m1", refuse.clone());
+    home.inject("m2", refuse);
+    host_moves(&store, "m1", "eu");
+    host_moves(&store, "m2", "eu");
+    expect_within(WAIT, "the moves half done", || {
+        ["m1", "m2"].iter().all(|id| {
+            store.query.relay_placement(id).unwrap()
+                == Some(zooid_sync::Placement {
+                    zooid: "eu".into(),
+                    leaving: "default".into(),
+                })
+        })
+    });
+    assert!(eu.relay("m1").is_some() && home.relay("m1").is_some());
+    // m2 is deleted by the host while half moved: it goes from both zooids.
+    store.command.delete_relay("m2").unwrap();
+    home.clear_faults();
+    expect_within(WAIT, "m1 moved and m2 deleted", || {
+        synced(&store, "m1") && store.query.list_pending_deletions().unwrap().is_empty()
+    });
+    worker.shutdown().unwrap();
+    assert_eq!(settled_at(&store, "m1").as_deref(), Some("eu"));
+    assert!(home.relay("m1").is_none() && eu.relay("m1").is_some());
+    assert!(home.relay("m2").is_none() && eu.relay("m2").is_none());
 }
