@@ -1,8 +1,9 @@
 //! The daemon under a seeded, randomized load: a busy host changing relays, operators running
 //! `zooid-sync sync` on the same relays, a jittery zooid with pacing on (the defaults), one or
-//! two daemons, refusals, timeouts and a `kill -9` of the active daemon. After the load stops,
-//! every relay must reach zooid with its latest value within a few seconds, and every manual
-//! sync must be answered.
+//! two daemons, refusals, timeouts and a `kill -9` of the active daemon; in half the runs a
+//! second zooid (`ZOOID_INSTANCES`), the host moving relays between the two. After the load
+//! stops, every relay must reach its own zooid with its latest value within a few seconds, and
+//! no other zooid, and every manual sync must be answered.
 //!
 //! Each run draws its choices from one seed and prints it when it fails; `STRESS_SEED=<n>`
 //! runs that seed again (with `STRESS_RUNS=<k>`, the k seeds from it), and `STRESS_SECS` sets
@@ -50,6 +51,9 @@ struct Plan {
     kill: bool,
     /// A relay zooid refuses (422) a few times, and one whose writes time out once.
     refusals: bool,
+    /// A second zooid, `eu`, and the host moving relays between the two, deleting relays and
+    /// creating them again.
+    zooids: bool,
 }
 
 impl Plan {
@@ -62,14 +66,23 @@ impl Plan {
             load,
             kill: rng.chance(3),
             refusals: rng.chance(5),
+            zooids: rng.chance(5),
         }
     }
 }
 
 /// A daemon with the defaults an operator runs (pacing on, the rate ceiling), millisecond
 /// retries, and its log in `log` for a failure's report.
-fn paced_daemon(fx: &FixtureZooid, db: &std::path::Path, log: &std::path::Path) -> Child {
+fn paced_daemon(
+    fx: &FixtureZooid,
+    eu: Option<&FixtureZooid>,
+    db: &std::path::Path,
+    log: &std::path::Path,
+) -> Child {
     let mut cmd = zooid_sync(fx, db);
+    if let Some(eu) = eu {
+        cmd.env("ZOOID_INSTANCES", format!("eu={}", eu.url()));
+    }
     cmd.env_remove("SYNC_ZOOID_SHARE")
         .env_remove("SYNC_MAX_RATE")
         .env("ZOOID_TIMEOUT", "1s")
@@ -86,21 +99,73 @@ fn paced_daemon(fx: &FixtureZooid, db: &std::path::Path, log: &std::path::Path) 
     cmd.spawn().unwrap()
 }
 
-/// The relays whose latest value zooid does not have, or that the database does not mark
-/// synced.
-fn unsynced(fx: &FixtureZooid, conn: &Connection, ids: &[String]) -> Vec<String> {
+/// The relays whose latest value their zooid does not have, that another zooid still has,
+/// or that the database does not mark synced. `eu` is the second zooid, when there is one.
+fn unsynced(
+    fx: &FixtureZooid,
+    eu: Option<&FixtureZooid>,
+    conn: &Connection,
+    ids: &[String],
+) -> Vec<String> {
     ids.iter()
         .filter(|id| {
+            if !exists(conn, id) {
+                // Deleted: at no zooid.
+                return fx.relay(id).is_some() || eu.is_some_and(|eu| eu.relay(id).is_some());
+            }
             let (name, synced) = name_and_synced(conn, id);
-            synced != 1 || fx.relay(id).is_none_or(|r| r["info"]["name"] != name)
+            let at_eu = zooid_of(conn, id) == "eu";
+            let (own, other) = match (eu, at_eu) {
+                (Some(eu), true) => (eu, Some(fx)),
+                (eu, _) => (fx, eu),
+            };
+            synced != 1
+                || own.relay(id).is_none_or(|r| r["info"]["name"] != name)
+                || other.is_some_and(|other| other.relay(id).is_some())
         })
         .cloned()
         .collect()
 }
 
+/// Whether relay `id` has a row.
+fn exists(conn: &Connection, id: &str) -> bool {
+    conn.query_row("SELECT COUNT(*) FROM relay WHERE id = ?1", [id], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap()
+        > 0
+}
+
+/// The zooid relay `id`'s row names.
+fn zooid_of(conn: &Connection, id: &str) -> String {
+    conn.query_row("SELECT zooid FROM relay WHERE id = ?1", [id], |r| r.get(0))
+        .unwrap()
+}
+
+/// What a host does to move relay `id` to the other zooid: one transaction, the row's `zooid`
+/// and an `update_relay` activity.
+fn host_moves(conn: &Connection, id: &str) {
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn.execute(
+        "UPDATE relay SET zooid = CASE zooid WHEN 'eu' THEN '' ELSE 'eu' END, synced = 0,
+                          revision = revision + 1 WHERE id = ?1",
+        [id],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO activity (id, tenant_pubkey, created_at, activity_type, resource_type, resource_id)
+         VALUES (lower(hex(randomblob(16))), ?1, 0, 'update_relay', 'relay', ?2)",
+        rusqlite::params![OWNER, id],
+    )
+    .unwrap();
+    conn.execute_batch("COMMIT").unwrap();
+}
+
 /// Runs one plan; answers what went wrong, if anything.
 fn run(plan: &Plan) -> Result<String, String> {
     let fx = fixture();
+    let eu = plan.zooids.then(fixture);
+    let eu = eu.as_ref();
     let (dir, db) = temp_db();
     let log = dir.path().join("daemons.log");
     let ids: Vec<String> = (0..plan.relays).map(|i| format!("r{i}")).collect();
@@ -111,19 +176,23 @@ fn run(plan: &Plan) -> Result<String, String> {
         }
     }
     // A busy zooid: every answer takes 10 ms plus up to 250 ms.
-    fx.inject(
-        "*",
-        Fault::DelayBetween(Duration::from_millis(10), Duration::from_millis(260)),
-    );
+    let busy = |zooid: &FixtureZooid| {
+        zooid.inject(
+            "*",
+            Fault::DelayBetween(Duration::from_millis(10), Duration::from_millis(260)),
+        )
+    };
+    busy(&fx);
+    eu.map(busy);
     let mut daemons: Vec<Child> = (0..plan.daemons)
-        .map(|_| paced_daemon(&fx, &db, &log))
+        .map(|_| paced_daemon(&fx, eu, &db, &log))
         .collect();
     let conn = host_connection(&db);
     let settle = Duration::from_secs(30);
-    if !wait_until(settle, || unsynced(&fx, &conn, &ids).is_empty()) {
+    if !wait_until(settle, || unsynced(&fx, eu, &conn, &ids).is_empty()) {
         return Err(format!(
             "the first sync did not finish within {settle:?}: {:?} left",
-            unsynced(&fx, &conn, &ids)
+            unsynced(&fx, eu, &conn, &ids)
         ));
     }
 
@@ -136,7 +205,15 @@ fn run(plan: &Plan) -> Result<String, String> {
     while started.elapsed() < plan.load {
         let id = ids[rng.below(ids.len() as u64) as usize].clone();
         changes += 1;
-        host_renames(&conn, &id, &format!("v{changes}"));
+        if !exists(&conn, &id) {
+            host_creates(&conn, &id);
+        } else if eu.is_some() && rng.below(16) == 0 {
+            host_deletes(&conn, &id);
+        } else if eu.is_some() && rng.below(8) == 0 {
+            host_moves(&conn, &id);
+        } else {
+            host_renames(&conn, &id, &format!("v{changes}"));
+        }
         // Refusals and timeouts in the first half: their retries are a backlog, paced by
         // what the timeouts cost (a second each, four of pace at the default share), and
         // the second half's changes show that fresh work goes past them.
@@ -152,10 +229,12 @@ fn run(plan: &Plan) -> Result<String, String> {
         }
         if rng.chance(3) {
             let (fx_url, db) = (fx.url(), db.clone());
+            let instances = eu.map(|eu| format!("eu={}", eu.url())).unwrap_or_default();
             manual.push(std::thread::spawn(move || {
                 let out = std::process::Command::new(env!("CARGO_BIN_EXE_zooid-sync"))
                     .env_clear()
                     .env("ZOOID_API_URL", fx_url)
+                    .env("ZOOID_INSTANCES", instances)
                     .env("RELAY_DOMAIN", "relays.example.com")
                     .env("ROBOT_SECRET", ROBOT_SECRET)
                     .env("DATABASE_PATH", &db)
@@ -182,32 +261,31 @@ fn run(plan: &Plan) -> Result<String, String> {
             let mut first = daemons.remove(0);
             let _ = first.kill();
             let _ = first.wait();
-            daemons.push(paced_daemon(&fx, &db, &log));
+            daemons.push(paced_daemon(&fx, eu, &db, &log));
         }
         std::thread::sleep(Duration::from_millis(rng.below(80)));
     }
     let stopped = Instant::now();
     // Faults injected per relay are spent or cleared: zooid is only busy now.
     fx.clear_faults();
-    fx.inject(
-        "*",
-        Fault::DelayBetween(Duration::from_millis(10), Duration::from_millis(260)),
-    );
+    busy(&fx);
     // Every change is fresh work, done within a zooid answer or two of the last one.
     let bound = Duration::from_secs(5);
-    let converged = wait_until(bound, || unsynced(&fx, &conn, &ids).is_empty());
+    let converged = wait_until(bound, || unsynced(&fx, eu, &conn, &ids).is_empty());
     let took = stopped.elapsed();
-    let left = unsynced(&fx, &conn, &ids);
+    let left = unsynced(&fx, eu, &conn, &ids);
     let answers: Vec<_> = manual.into_iter().map(|t| t.join().unwrap()).collect();
     for mut d in daemons {
         terminate(&mut d);
     }
     // Exit 0: synced; 1: the sync failed (zooid refused it), an answer too, unless the
-    // daemon never answered (`sync` says so, naming its pid).
+    // daemon never answered (`sync` says so, naming its pid); 2 with `unknown`: the host had
+    // deleted the relay, an answer as well.
     let unanswered: Vec<_> = answers
         .iter()
-        .filter(|(_, code, said)| {
-            code.is_none_or(|c| c > 1) || said.contains("no answer from the worker")
+        .filter(|(id, code, said)| {
+            let deleted = *code == Some(2) && said.contains(&format!("relay {id}: unknown"));
+            (code.is_none_or(|c| c > 1) && !deleted) || said.contains("no answer from the worker")
         })
         .collect();
     let report = || {
@@ -233,7 +311,7 @@ fn run(plan: &Plan) -> Result<String, String> {
     Ok(format!(
         "{changes} changes, {} manual syncs, {} requests at zooid, converged {took:?} after",
         answers.len(),
-        fx.requests().len()
+        fx.requests().len() + eu.map_or(0, |eu| eu.requests().len())
     ))
 }
 

@@ -205,6 +205,7 @@ fn one_zooid_unfit_holds_up_only_its_relays(
     // Past the whole retry schedule, the default zooid's relays keep syncing at once.
     let until = Instant::now() + retries_end * 3;
     let mut n = 0;
+    let mut slowest = Duration::ZERO;
     while Instant::now() < until || n < 5 {
         n += 1;
         let name = format!("home change {n}");
@@ -218,12 +219,14 @@ fn one_zooid_unfit_holds_up_only_its_relays(
                     .is_some_and(|r| r["info"]["name"] == name.as_str())
             },
         );
-        assert!(
-            changed.elapsed() < Duration::from_secs(2),
-            "change {n} took {:?} while eu is unfit",
-            changed.elapsed()
-        );
+        slowest = slowest.max(changed.elapsed());
     }
+    // The feed looks every 20 ms while busy; the fixture answers in a millisecond or two.
+    println!("{n} changes at the default zooid while eu is unfit, the slowest in {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a change took {slowest:?} while eu is unfit"
+    );
     assert!(!synced(&store, "e1") && !synced(&store, "e2"));
     assert!(
         sync_error(&store, "e1").starts_with(zooid_sync::ZOOID_UNAVAILABLE),
