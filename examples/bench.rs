@@ -583,18 +583,7 @@ fn worker_run(
     let completions = store.command.notify.subscribe();
     let started = Instant::now();
     let worker = Infra::new(store.query.clone(), store.command.clone(), &s.env).spawn()?;
-    let mut done = 0;
-    while done < n {
-        let a = completions
-            .recv_deadline(Instant::now() + Duration::from_secs(60))
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .ok_or_else(|| anyhow::anyhow!("no progress for 60 s"))?;
-        if a.activity_type == "complete_relay_sync" {
-            done += 1;
-        } else if a.activity_type == "fail_relay_sync" {
-            anyhow::bail!("a sync failed: {}", a.detail);
-        }
-    }
+    await_syncs(&completions, n)?;
     // From the first request, as the bare client is timed: what the worker costs at startup
     // (opening, the reconcile) is section 6's figure, not a throughput.
     let first = match &server {
@@ -1255,22 +1244,7 @@ fn catch_up(
         worker.shutdown()?;
     }
     // The host renames the changed ones, as another process would.
-    let mut host = Connection::open(&s.db)?;
-    let tx = host.transaction()?;
-    for i in 0..zooid.changed {
-        let id = format!("r{i:06}");
-        tx.execute(
-            "UPDATE relay SET info_name = 'renamed', synced = 0, revision = revision + 1
-             WHERE id = ?1",
-            [&id],
-        )?;
-        tx.execute(
-            "INSERT INTO activity (id, created_at, activity_type, resource_type, resource_id)
-             VALUES (?1, 0, 'update_relay', 'relay', ?2)",
-            params![format!("u-{id}"), id],
-        )?;
-    }
-    tx.commit()?;
+    rename_first(&s.db, zooid.changed)?;
     s.zooid.set_cost(Some(
         CostModel::writes_of(zooid.write).with_after(zooid.after),
     ));
@@ -1321,35 +1295,11 @@ fn catch_up(
         worker.shutdown()?;
         Ok((sampler.join().expect("sampler"), took))
     })?;
-    let relay_writes: Vec<_> = s
-        .zooid
-        .requests()
-        .into_iter()
-        .filter(|r| r.started >= since && r.relay_id().is_some() && r.method == "PATCH")
-        .collect();
-    let first = relay_writes
-        .iter()
-        .map(|r| r.started)
-        .min()
-        .expect("writes");
-    let last = relay_writes
-        .iter()
-        .map(|r| r.finished)
-        .max()
-        .expect("writes");
-    let reloads = zooid.after * relay_writes.len() as u32;
-    wait_for("the reloads", Duration::from_secs(60), || {
-        s.zooid.core_busy_of(&writes) - busy_before
-            >= zooid.write * relay_writes.len() as u32 + reloads
-    })?;
-    // Queued reloads may run well after the last answer (fixed settings saturate the core).
-    let reloaded = s
-        .zooid
-        .core_finished_last(&writes)
-        .expect("writes ran")
-        .max(last);
-    let busy = (s.zooid.core_busy_of(&writes) - busy_before).as_secs_f64()
-        / (reloaded - first).as_secs_f64();
+    let Writes {
+        span: (first, last),
+        share: busy,
+        ..
+    } = writes_since(&s.zooid, since, busy_before, zooid.write + zooid.after)?;
     let ((idle50, idle99), (busy50, busy99)) = (percentiles(idle), percentiles(during));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
@@ -1365,6 +1315,90 @@ fn catch_up(
         ms(busy99)
     );
     Ok(())
+}
+
+/// Waits for `n` completed syncs on `completions`; a failed sync, or a minute without one, is
+/// an error.
+fn await_syncs(completions: &zooid_sync::Subscriber, n: usize) -> anyhow::Result<()> {
+    let mut done = 0;
+    while done < n {
+        let a = completions
+            .recv_deadline(Instant::now() + Duration::from_secs(60))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("no progress for 60 s"))?;
+        match a.activity_type.as_str() {
+            "complete_relay_sync" => done += 1,
+            "fail_relay_sync" => anyhow::bail!("a sync failed: {}", a.detail),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The host renames relays `r000000` to the `n`th in one transaction, as another process
+/// would: each pending again, with its `update_relay`.
+fn rename_first(db: &Path, n: usize) -> anyhow::Result<()> {
+    let mut host = Connection::open(db)?;
+    let tx = host.transaction()?;
+    for i in 0..n {
+        let id = format!("r{i:06}");
+        tx.execute(
+            "UPDATE relay SET info_name = 'renamed', synced = 0, revision = revision + 1
+             WHERE id = ?1",
+            [&id],
+        )?;
+        tx.execute(
+            "INSERT INTO activity (id, created_at, activity_type, resource_type, resource_id)
+             VALUES (?1, 0, 'update_relay', 'relay', ?2)",
+            params![format!("u-{id}"), id],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A catch-up's writes at one fixture zooid.
+struct Writes {
+    count: usize,
+    /// When the first started and the last was answered.
+    span: (Instant, Instant),
+    /// The share of the zooid's core they took, before and after their answers, from the
+    /// first to the last reload.
+    share: f64,
+}
+
+/// The relay writes `zooid` received since `since`, each costing its core `cost` in all;
+/// `busy_before` is what its core had run of writes at `since`. Waits for their reloads.
+fn writes_since(
+    zooid: &FixtureZooid,
+    since: Instant,
+    busy_before: Duration,
+    cost: Duration,
+) -> anyhow::Result<Writes> {
+    use zooid_sync::fixture::Work;
+    let kinds = [Work::Write, Work::AfterWrite];
+    let writes: Vec<_> = zooid
+        .requests()
+        .into_iter()
+        .filter(|r| r.started >= since && r.relay_id().is_some() && r.method == "PATCH")
+        .collect();
+    let first = writes.iter().map(|r| r.started).min().expect("writes");
+    let last = writes.iter().map(|r| r.finished).max().expect("writes");
+    wait_for("the reloads", Duration::from_secs(60), || {
+        zooid.core_busy_of(&kinds) - busy_before >= cost * writes.len() as u32
+    })?;
+    // Queued reloads may run well after the last answer (fixed settings saturate the core).
+    let reloaded = zooid
+        .core_finished_last(&kinds)
+        .expect("writes ran")
+        .max(last);
+    let share =
+        (zooid.core_busy_of(&kinds) - busy_before).as_secs_f64() / (reloaded - first).as_secs_f64();
+    Ok(Writes {
+        count: writes.len(),
+        span: (first, last),
+        share,
+    })
 }
 
 /// The fixture zooids beyond `s.zooid` that `s.env` names (`z1`, `z2`, ...), trusting the same
@@ -1420,18 +1454,7 @@ fn many_zooids() -> anyhow::Result<()> {
             )?;
             let completions = store.command.notify.subscribe();
             let worker = Infra::new(store.query.clone(), store.command.clone(), &s.env).spawn()?;
-            let mut done = 0;
-            while done < n {
-                let a = completions
-                    .recv_deadline(Instant::now() + Duration::from_secs(60))
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
-                    .ok_or_else(|| anyhow::anyhow!("no progress for 60 s"))?;
-                match a.activity_type.as_str() {
-                    "complete_relay_sync" => done += 1,
-                    "fail_relay_sync" => anyhow::bail!("a sync failed: {}", a.detail),
-                    _ => {}
-                }
-            }
+            await_syncs(&completions, n)?;
             let first = std::iter::once(&s.zooid)
                 .chain(&others)
                 .filter_map(|fx| fx.requests().first().map(|r| r.started))
@@ -1460,23 +1483,7 @@ fn many_zooids() -> anyhow::Result<()> {
         worker.shutdown()?;
     }
     // 200 of each zooid's relays renamed at once, as another process would.
-    let changed = 600;
-    let mut host = Connection::open(&s.db)?;
-    let tx = host.transaction()?;
-    for i in 0..changed {
-        let id = format!("r{i:06}");
-        tx.execute(
-            "UPDATE relay SET info_name = 'renamed', synced = 0, revision = revision + 1
-             WHERE id = ?1",
-            [&id],
-        )?;
-        tx.execute(
-            "INSERT INTO activity (id, created_at, activity_type, resource_type, resource_id)
-             VALUES (?1, 0, 'update_relay', 'relay', ?2)",
-            params![format!("u-{id}"), id],
-        )?;
-    }
-    tx.commit()?;
+    rename_first(&s.db, 600)?;
     let (write, after) = (Duration::from_millis(60), Duration::from_millis(30));
     let fixtures: Vec<&FixtureZooid> = std::iter::once(&s.zooid).chain(&others).collect();
     for fx in &fixtures {
@@ -1501,39 +1508,18 @@ fn many_zooids() -> anyhow::Result<()> {
         took.as_secs_f64()
     );
     for (k, fx) in fixtures.iter().enumerate() {
-        let relay_writes: Vec<_> = fx
-            .requests()
-            .into_iter()
-            .filter(|r| r.started >= since && r.relay_id().is_some() && r.method == "PATCH")
-            .collect();
-        let first = relay_writes
-            .iter()
-            .map(|r| r.started)
-            .min()
-            .expect("writes");
-        let last = relay_writes
-            .iter()
-            .map(|r| r.finished)
-            .max()
-            .expect("writes");
-        let total = (write + after) * relay_writes.len() as u32;
-        wait_for("the reloads", Duration::from_secs(60), || {
-            fx.core_busy_of(&writes) - busy_before[k] >= total
-        })?;
-        let reloaded = fx
-            .core_finished_last(&writes)
-            .expect("writes ran")
-            .max(last);
-        let share = (fx.core_busy_of(&writes) - busy_before[k]).as_secs_f64()
-            / (reloaded - first).as_secs_f64();
+        let Writes {
+            count,
+            span: (first, last),
+            share,
+        } = writes_since(fx, since, busy_before[k], write + after)?;
         println!(
-            "  zooid {}: {} writes, {:.1} relays/s, its core {share:.3} busy with them",
+            "  zooid {}: {count} writes, {:.1} relays/s, its core {share:.3} busy with them",
             match k {
                 0 => "default".to_string(),
                 k => format!("z{k}"),
             },
-            relay_writes.len(),
-            relay_writes.len() as f64 / (last - first).as_secs_f64()
+            count as f64 / (last - first).as_secs_f64()
         );
     }
     Ok(())

@@ -33,6 +33,27 @@ fn env_with(default: &FixtureZooid, others: &[(&str, &FixtureZooid)]) -> Env {
     env
 }
 
+/// Two fixture zooids, the default one (`home`) and `eu`, and a fresh database (in a
+/// temporary directory, kept while the `TempDir` lives) with the store open on it.
+fn two_zooids() -> (
+    FixtureZooid,
+    FixtureZooid,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Store,
+) {
+    let (dir, db) = temp_db();
+    let store = open_store(&db);
+    (fixture(), fixture(), dir, db, store)
+}
+
+/// The real worker over `store`, configured by `env`.
+fn start_worker(store: &Store, env: &Env) -> zooid_sync::InfraHandle {
+    Infra::new(store.query.clone(), store.command.clone(), env)
+        .spawn()
+        .unwrap()
+}
+
 /// The relays a fixture zooid holds, sorted.
 fn held(fx: &FixtureZooid) -> Vec<String> {
     let mut ids = fx.relay_ids();
@@ -81,9 +102,7 @@ fn relays_land_on_their_own_zooid_and_nowhere_else() {
         store.command.create_relay(id, &at(id, zooid)).unwrap();
     }
     let env = env_with(&home, &[("eu", &eu), ("us", &us)]);
-    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
-        .spawn()
-        .unwrap();
+    let worker = start_worker(&store, &env);
     expect_within(WAIT, "every relay synced", || {
         ["h1", "h2", "e1", "e2", "u1"]
             .iter()
@@ -119,17 +138,13 @@ fn relays_land_on_their_own_zooid_and_nowhere_else() {
 
 #[test]
 fn a_deletion_goes_to_the_zooid_the_relay_was_synced_to() {
-    let (home, eu) = (fixture(), fixture());
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
+    let (home, eu, _dir, _db, store) = two_zooids();
     store
         .command
         .create_relay("gone", &at("gone", "eu"))
         .unwrap();
     let env = env_with(&home, &[("eu", &eu)]);
-    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
-        .spawn()
-        .unwrap();
+    let worker = start_worker(&store, &env);
     expect_within(WAIT, "synced at eu", || eu.relay("gone").is_some());
     store.command.delete_relay("gone").unwrap();
     expect_within(WAIT, "deleted at eu", || eu.relay("gone").is_none());
@@ -152,9 +167,7 @@ fn a_relay_naming_an_unknown_zooid_fails_naming_it_and_syncs_once_a_restart_know
         .unwrap();
     store.command.create_relay("near", &at("near", "")).unwrap();
     let env = env_for(&home.url());
-    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
-        .spawn()
-        .unwrap();
+    let worker = start_worker(&store, &env);
     expect_within(WAIT, "near synced", || synced(&store, "near"));
     expect_within(WAIT, "far's failure recorded", || {
         !sync_error(&store, "far").is_empty()
@@ -169,9 +182,7 @@ fn a_relay_naming_an_unknown_zooid_fails_naming_it_and_syncs_once_a_restart_know
     assert!(mars.requests().is_empty(), "nothing was sent anywhere");
     // Not given up: the next start that knows the zooid syncs it, at once.
     let env = env_with(&home, &[("mars", &mars)]);
-    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
-        .spawn()
-        .unwrap();
+    let worker = start_worker(&store, &env);
     expect_within(WAIT, "far synced at mars", || synced(&store, "far"));
     worker.shutdown().unwrap();
     assert_eq!(held(&mars), ["far"]);
@@ -184,17 +195,13 @@ fn one_zooid_unfit_holds_up_only_its_relays(
     break_it: impl Fn(&FixtureZooid),
     mend: impl Fn(&FixtureZooid),
 ) {
-    let (home, eu) = (fixture(), fixture());
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
+    let (home, eu, _dir, db, store) = two_zooids();
     for (id, zooid) in [("h1", ""), ("h2", ""), ("e1", "eu"), ("e2", "eu")] {
         store.command.create_relay(id, &at(id, zooid)).unwrap();
     }
     let env = env_with(&home, &[("eu", &eu)]);
     let retries_end = env.retry.cap * env.retry.max_attempts;
-    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
-        .spawn()
-        .unwrap();
+    let worker = start_worker(&store, &env);
     expect_within(WAIT, "every relay synced", || {
         ["h1", "h2", "e1", "e2"].iter().all(|id| synced(&store, id))
     });
@@ -262,17 +269,13 @@ fn one_zooid_refusing_the_robot_holds_up_only_its_relays() {
 
 #[test]
 fn a_moved_relay_is_created_at_its_new_zooid_then_deleted_at_the_old() {
-    let (home, eu) = (fixture(), fixture());
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
+    let (home, eu, _dir, _db, store) = two_zooids();
     store
         .command
         .create_relay("mover", &at("mover", ""))
         .unwrap();
     let env = env_with(&home, &[("eu", &eu)]);
-    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
-        .spawn()
-        .unwrap();
+    let worker = start_worker(&store, &env);
     expect_within(WAIT, "synced at home", || synced(&store, "mover"));
     let first_secret = home.relay("mover").unwrap()["secret"].clone();
     host_moves(&store, "mover", "eu");
@@ -318,9 +321,7 @@ fn daemon_with(
 
 #[test]
 fn a_move_killed_between_the_create_and_the_delete_ends_at_the_new_zooid_only() {
-    let (home, eu) = (fixture(), fixture());
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
+    let (home, eu, _dir, db, store) = two_zooids();
     store
         .command
         .create_relay("mover", &at("mover", ""))
@@ -399,9 +400,7 @@ fn zooid_instances_without_the_zooid_column_stop_the_start_naming_both() {
 
 #[test]
 fn check_healthz_metrics_and_status_name_each_zooid() {
-    let (home, eu) = (fixture(), fixture());
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
+    let (home, eu, _dir, db, store) = two_zooids();
     store.command.create_relay("e1", &at("e1", "eu")).unwrap();
     let checked = output({
         let mut c = zooid_sync(&home, &db);
@@ -515,9 +514,7 @@ fn a_slow_zooid_slows_only_its_own_catch_up() {
     let mut env = env_with(&home, &[("eu", &eu)]);
     env.sync_zooid_share = zooid_sync::DEFAULT_ZOOID_SHARE; // both catch-ups paced
     let started = Instant::now();
-    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
-        .spawn()
-        .unwrap();
+    let worker = start_worker(&store, &env);
     expect_within(WAIT, "the default zooid's catch-up", || {
         home_ids.iter().all(|id| synced(&store, id))
     });
@@ -541,9 +538,7 @@ fn a_slow_zooid_slows_only_its_own_catch_up() {
 
 #[test]
 fn a_relay_deleted_while_its_create_is_in_flight_is_deleted_where_it_was_created() {
-    let (home, eu) = (fixture(), fixture());
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
+    let (home, eu, _dir, _db, store) = two_zooids();
     // eu takes its time with the create: the host deletes the relay meanwhile.
     eu.inject_times("brief", Fault::Delay(Duration::from_millis(300)), 1);
     store
@@ -551,9 +546,7 @@ fn a_relay_deleted_while_its_create_is_in_flight_is_deleted_where_it_was_created
         .create_relay("brief", &at("brief", "eu"))
         .unwrap();
     let env = env_with(&home, &[("eu", &eu)]);
-    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
-        .spawn()
-        .unwrap();
+    let worker = start_worker(&store, &env);
     expect_within(WAIT, "the create in flight at eu", || {
         eu.in_flight("brief") == 1
     });
@@ -578,16 +571,12 @@ fn a_relay_deleted_while_its_create_is_in_flight_is_deleted_where_it_was_created
 
 #[test]
 fn a_move_whose_delete_fails_is_finished_by_its_next_sync_and_a_deletion_reaches_both() {
-    let (home, eu) = (fixture(), fixture());
-    let (_dir, db) = temp_db();
-    let store = open_store(&db);
+    let (home, eu, _dir, _db, store) = two_zooids();
     for id in ["m1", "m2"] {
         store.command.create_relay(id, &at(id, "")).unwrap();
     }
     let env = env_with(&home, &[("eu", &eu)]);
-    let worker = Infra::new(store.query.clone(), store.command.clone(), &env)
-        .spawn()
-        .unwrap();
+    let worker = start_worker(&store, &env);
     expect_within(WAIT, "synced at home", || {
         synced(&store, "m1") && synced(&store, "m2")
     });
