@@ -866,6 +866,9 @@ mod tests {
         home.observe(Duration::from_secs(3));
         eu.breaker_opened();
         eu.set_state(true, true);
+        #[cfg(feature = "cli")]
+        m.set_feed_bad_rows(4);
+        #[cfg(not(feature = "cli"))]
         m.feed_bad_rows.store(4, Ordering::Relaxed);
         let text = m.render(&Read {
             pending: Some(7),

@@ -435,6 +435,12 @@ mod tests {
     }
 
     #[test]
+    fn the_default_zooid_is_named_default() {
+        assert_eq!(zooid_name(""), "default");
+        assert_eq!(zooid_name("eu"), "eu");
+    }
+
+    #[test]
     fn a_catch_up_is_shown_with_what_is_left_and_when_it_ends() {
         let recorded = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
             pairs
