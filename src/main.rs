@@ -318,7 +318,9 @@ const VERSION: &str = concat!(
 const SETTINGS: &str = "\
 Settings (environment variables):
   ZOOID_API_URL          zooid's API, http(s)://host:port, exactly as zooid's API_HOST (required
-                         for run, sync, members, check)
+                         for run, sync, members, check): the default zooid
+  ZOOID_INSTANCES        more zooids, name=url pairs separated by commas (eu=https://zooid-eu...);
+                         the relay table's zooid column names a relay's zooid ('' the default)
   RELAY_DOMAIN           relays are served at <subdomain>.<RELAY_DOMAIN> (required)
   ROBOT_SECRET           the robot's Nostr secret key, hex or nsec; its public key (zooid-sync
                          pubkey) must be in zooid's API_WHITELIST (required)

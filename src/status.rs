@@ -435,6 +435,25 @@ mod tests {
     }
 
     #[test]
+    fn the_basis_is_what_the_worker_recorded() {
+        let recorded: Vec<(String, String)> = [
+            ("retry_base_ms", "30000"),
+            ("retry_cap_ms", "600000"),
+            ("retry_max_attempts", "7"),
+            ("relay_domain", "relays.example.org"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        let basis = basis(&recorded, |_| None).unwrap();
+        assert!(basis.from_worker);
+        assert_eq!(basis.retry.base, std::time::Duration::from_secs(30));
+        assert_eq!(basis.retry.cap, std::time::Duration::from_secs(600));
+        assert_eq!(basis.retry.max_attempts, 7);
+        assert_eq!(basis.relay_domain.as_deref(), Some("relays.example.org"));
+    }
+
+    #[test]
     fn the_default_zooid_is_named_default() {
         assert_eq!(zooid_name(""), "default");
         assert_eq!(zooid_name("eu"), "eu");
