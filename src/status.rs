@@ -437,7 +437,7 @@ mod tests {
     #[test]
     fn the_basis_is_what_the_worker_recorded() {
         let recorded: Vec<(String, String)> = [
-            ("retry_base_ms", "30000"),
+            ("retry_base_ms", "45000"),
             ("retry_cap_ms", "600000"),
             ("retry_max_attempts", "7"),
             ("relay_domain", "relays.example.org"),
@@ -445,12 +445,20 @@ mod tests {
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
-        let basis = basis(&recorded, |_| None).unwrap();
-        assert!(basis.from_worker);
-        assert_eq!(basis.retry.base, std::time::Duration::from_secs(30));
-        assert_eq!(basis.retry.cap, std::time::Duration::from_secs(600));
-        assert_eq!(basis.retry.max_attempts, 7);
-        assert_eq!(basis.relay_domain.as_deref(), Some("relays.example.org"));
+        let recorded = basis(&recorded, |_| None).unwrap();
+        assert!(recorded.from_worker);
+        assert_eq!(recorded.retry.base, std::time::Duration::from_secs(45));
+        assert_eq!(recorded.retry.cap, std::time::Duration::from_secs(600));
+        assert_eq!(recorded.retry.max_attempts, 7);
+        assert_eq!(recorded.relay_domain.as_deref(), Some("relays.example.org"));
+        // Nothing recorded: this environment's, an empty RELAY_DOMAIN none.
+        let var = |domain: &'static str| {
+            move |name: &str| (name == "RELAY_DOMAIN").then(|| domain.to_string())
+        };
+        let own = basis(&[], var("relays.example.net")).unwrap();
+        assert!(!own.from_worker);
+        assert_eq!(own.relay_domain.as_deref(), Some("relays.example.net"));
+        assert_eq!(basis(&[], var("")).unwrap().relay_domain, None);
     }
 
     #[test]
