@@ -396,10 +396,7 @@ impl Env {
     /// These settings for the zooid named `name` (`""` or `default`: `ZOOID_API_URL`):
     /// `zooid_api_url` is its URL. `None` for a name no setting gives.
     pub fn for_zooid(&self, name: &str) -> Option<Env> {
-        let name = match name {
-            "" => DEFAULT_ZOOID,
-            name => name,
-        };
+        let name = zooid_named_by(name);
         let zooid = self.zooids().into_iter().find(|z| z.name == name)?;
         Some(Env {
             zooid_api_url: zooid.url,
@@ -561,6 +558,14 @@ fn share(get: impl Fn(&str) -> Option<String>, name: &str, default: f64) -> Resu
 /// takes to answer idle (0.3 ms), and above the jitter of a request on loopback (~0.2 ms), so
 /// noise alone does not slow a catch-up.
 pub const DEFAULT_USER_DELAY: Duration = Duration::from_millis(1);
+
+/// The zooid a relay's `zooid` column names: [`DEFAULT_ZOOID`] for `''`, else the column.
+pub fn zooid_named_by(column: &str) -> &str {
+    match column {
+        "" => DEFAULT_ZOOID,
+        name => name,
+    }
+}
 
 /// Whether `name` can name a zooid: 1 to 32 of `a-z`, `0-9` and `-`.
 pub fn is_zooid_name(name: &str) -> bool {
@@ -845,6 +850,8 @@ mod tests {
             );
             assert!(err.contains(says), "{bad}: {err}");
         }
+        assert_eq!(zooid_named_by(""), "default");
+        assert_eq!(zooid_named_by("eu"), "eu");
         assert!(is_zooid_name(&"a".repeat(32)) && is_zooid_name("0-9"));
         assert!(!is_zooid_name("") && !is_zooid_name("a_b") && !is_zooid_name("a.b"));
         // Plain http to another machine is refused for every zooid, naming it.

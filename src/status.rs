@@ -129,7 +129,7 @@ pub fn report(
                 Some(domain) => format!("{}.{domain}", s.subdomain),
                 None => s.subdomain.clone(),
             },
-            zooid: zooid_name(&s.zooid),
+            zooid: crate::env::zooid_named_by(&s.zooid).to_string(),
             status: s.status.to_string(),
             synced: relay.synced,
             attempts,
@@ -154,7 +154,7 @@ pub fn report(
             .unwrap_or_default();
         out.push(RelayReport {
             host: String::new(),
-            zooid: zooid_name(&zooid),
+            zooid: crate::env::zooid_named_by(&zooid).to_string(),
             status: format!("deleted at {}", format_unix(deletion.requested_at)),
             synced: false,
             attempts,
@@ -166,14 +166,6 @@ pub fn report(
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
-}
-
-/// How `status` names a zooid: `default` for the empty name.
-fn zooid_name(name: &str) -> String {
-    match name {
-        "" => crate::env::DEFAULT_ZOOID.to_string(),
-        name => name.to_string(),
-    }
 }
 
 /// When relay `id` is synced next: `""` when it is synced, `"pending"` before any failure,
@@ -219,10 +211,17 @@ pub fn zooid_lines(query: &Query) -> Result<Vec<String>> {
     if outages.is_empty() {
         return Ok(Vec::new());
     }
-    let waiting = plural(query.count_pending()?, "relay", "relays");
+    let pending = query.count_pending_by_zooid()?;
     Ok(outages
         .into_iter()
         .map(|(zooid, since, error)| {
+            // Its own relays wait (by the name their `zooid` column holds).
+            let waiting = pending
+                .iter()
+                .filter(|(column, _)| crate::env::zooid_named_by(column) == zooid)
+                .map(|(_, n)| n)
+                .sum::<u64>();
+            let waiting = plural(waiting, "relay", "relays");
             let error = quote::remote(&error, quote::REMOTE_MAX);
             let since = format_unix(since);
             let named = match zooid == crate::env::DEFAULT_ZOOID {
@@ -459,12 +458,6 @@ mod tests {
         assert!(!own.from_worker);
         assert_eq!(own.relay_domain.as_deref(), Some("relays.example.net"));
         assert_eq!(basis(&[], var("")).unwrap().relay_domain, None);
-    }
-
-    #[test]
-    fn the_default_zooid_is_named_default() {
-        assert_eq!(zooid_name(""), "default");
-        assert_eq!(zooid_name("eu"), "eu");
     }
 
     #[test]

@@ -217,7 +217,13 @@ impl Auditor {
                 continue;
             };
             let zooid = match self.zooid_of(&id) {
-                Ok(zooid) => zooid,
+                Ok(Some(zooid)) => zooid,
+                Ok(None) => {
+                    // No setting names its zooid: nobody to ask; its sync says so.
+                    log::debug!("audit: relay {id}: its zooid is not configured; passed over");
+                    pass.cursor = id;
+                    continue;
+                }
                 Err(e) => {
                     log::warn!("audit: {e:#}");
                     continue;
@@ -259,22 +265,15 @@ impl Auditor {
         })
     }
 
-    /// The zooid relay `id` lives at (an unknown name: none to ask, an error).
-    fn zooid_of(&self, id: &str) -> Result<&Arc<Zooid>> {
+    /// The zooid relay `id` lives at; `None` when no setting names it.
+    fn zooid_of(&self, id: &str) -> Result<Option<&Arc<Zooid>>> {
         let zooids = &self.parts.zooids;
         if zooids.len() == 1 {
-            return Ok(&zooids[0]);
+            return Ok(zooids.first());
         }
-        let name = self.parts.query.relay_zooid(id)?;
-        let name = if name.is_empty() {
-            crate::env::DEFAULT_ZOOID
-        } else {
-            &name
-        };
-        zooids
-            .iter()
-            .find(|z| z.name == name)
-            .ok_or_else(|| anyhow::anyhow!("relay {id}: no zooid is named {name:?}"))
+        let column = self.parts.query.relay_zooid(id)?;
+        let name = crate::env::zooid_named_by(&column);
+        Ok(zooids.iter().find(|z| z.name == name))
     }
 
     fn check(&self, zooid: &Zooid, id: &str) -> Found {

@@ -254,7 +254,7 @@ impl Infra {
             weak
         };
         let command_for_writer = command.clone();
-        let (back_tx, back) = crossbeam_channel::unbounded();
+        let (back_tx, mut back) = crossbeam_channel::unbounded();
         #[allow(unused_mut)]
         let mut syncers =
             Syncer::for_each_zooid(query.clone(), command, &env, metrics.clone(), back_tx)?;
@@ -408,13 +408,7 @@ impl Infra {
                         Err(e) => log::error!("looking for manual sync requests: {e:#}"),
                     }
                     next_look = std::time::Instant::now() + look.next();
-                    if dispatcher.settled() {
-                        for (_, pool) in dispatcher.pools {
-                            pool.release_memory();
-                        }
-                        query.release_memory();
-                        crate::memory::return_free_heap();
-                    }
+                    dispatcher.release_memory();
                 }
                 recv(activities.receiver()) -> message => match message {
                     Ok(activity) => {
@@ -442,7 +436,8 @@ impl Infra {
                 recv(back) -> zooid => match zooid.as_deref() {
                     Ok(crate::env::DEFAULT_ZOOID) => dispatcher.reconcile("zooid answers again"),
                     Ok(zooid) => dispatcher.reconcile(&format!("zooid {zooid} answers again")),
-                    Err(_) => unreachable!("the syncers' breakers hold the sender"),
+                    // The breakers hold the sender while the pools run; never spin on it.
+                    Err(_) => back = crossbeam_channel::never(),
                 },
                 recv(moved_rx) -> moved => match moved {
                     // Another zooid's relay, or one another pool ran: to its zooid's pool now.
@@ -494,9 +489,6 @@ struct Dispatcher<'a> {
     metrics: &'a Metrics,
 }
 
-/// The dispatcher's filter: activities about relays that change them or report a failed sync.
-/// Applied when the bus delivers, so that ignored activities (every `complete_relay_sync`,
-/// for one) never wake the dispatcher.
 /// Refuses to start when `ZOOID_INSTANCES` names zooids but the relay table has no `zooid`
 /// column to assign relays to them.
 fn check_zooid_column(env: &Env, query: &Query) -> Result<()> {
@@ -510,6 +502,9 @@ fn check_zooid_column(env: &Env, query: &Query) -> Result<()> {
     )
 }
 
+/// The dispatcher's filter: activities about relays that change them or report a failed sync.
+/// Applied when the bus delivers, so that ignored activities (every `complete_relay_sync`,
+/// for one) never wake the dispatcher.
 fn is_dispatched(activity: &Activity) -> bool {
     activity.resource_type == RELAY_RESOURCE
         && matches!(
@@ -596,11 +591,13 @@ impl Dispatcher<'_> {
             return default;
         }
         match self.query.relay_zooid(id) {
-            Ok(name) => self
-                .pools
-                .iter()
-                .find(|(zooid, _)| *zooid == name)
-                .map_or(default, |(_, pool)| pool),
+            Ok(column) => {
+                let name = crate::env::zooid_named_by(&column);
+                self.pools
+                    .iter()
+                    .find(|(zooid, _)| zooid == name)
+                    .map_or(default, |(_, pool)| pool)
+            }
             Err(e) => {
                 log::warn!("{e:#}; its sync starts at the default zooid");
                 default
@@ -622,14 +619,21 @@ impl Dispatcher<'_> {
         }
     }
 
-    /// Whether every pool has been idle for a while since its last burst (see
-    /// [`Pool::settled`]): the moment to give memory back.
-    fn settled(&self) -> bool {
-        // Each pool is asked, so that each says so once.
-        self.pools
-            .iter()
-            .map(|(_, pool)| pool.settled(SETTLE))
-            .fold(false, |any, settled| any | settled)
+    /// Gives back what bursts left: each pool that has settled after one (see
+    /// [`Pool::settled`]) its own, and once no pool has work, the store's caches and the free
+    /// heap.
+    fn release_memory(&self) {
+        let mut settled = false;
+        for (_, pool) in self.pools {
+            if pool.settled(SETTLE) {
+                pool.release_memory();
+                settled = true;
+            }
+        }
+        if settled && self.pools.iter().all(|(_, pool)| pool.is_idle()) {
+            self.query.release_memory();
+            crate::memory::return_free_heap();
+        }
     }
     /// Hands manual sync requests after `last` to the pool, and moves `last` past them. A
     /// request is answered by the relay's next sync that starts after it, never by one that

@@ -442,6 +442,11 @@ impl Pool {
         }
     }
 
+    /// Whether no relay waits or runs in the pool.
+    pub fn is_idle(&self) -> bool {
+        self.shared.lock().is_empty()
+    }
+
     /// Gives back the memory a burst left in the pool's bookkeeping and queues.
     pub fn release_memory(&self) {
         self.shared.lock().shrink();

@@ -99,8 +99,9 @@ impl std::fmt::Display for SyncError {
             // Recorded as unavailability: not counted, not retried, synced at the next start.
             SyncError::UnknownZooid(name) => write!(
                 f,
-                "{ZOOID_UNAVAILABLE}: no zooid is named {name:?} (the relay's zooid): add \
-                 {name}=<its API URL> to ZOOID_INSTANCES and restart zooid-sync; nothing was sent"
+                "{ZOOID_UNAVAILABLE}: no zooid is named {name:?} (where the relay lives, or was \
+                 synced to): add {name}=<its API URL> to ZOOID_INSTANCES and restart \
+                 zooid-sync; nothing was sent"
             ),
         }
     }
@@ -452,10 +453,7 @@ impl Syncer {
 
     /// The zooid of this name (`''`: the default one), if a setting names it.
     fn zooid_named(&self, name: &str) -> Option<&Arc<Zooid>> {
-        let name = match name {
-            "" => crate::env::DEFAULT_ZOOID,
-            name => name,
-        };
+        let name = crate::env::zooid_named_by(name);
         self.zooids.iter().find(|z| z.name == name)
     }
 
@@ -831,8 +829,8 @@ impl Syncer {
                     },
                 };
             }
-            Err(SyncError::Refused(e)) if self.fleet_wide(&e).is_some() => {
-                let failure = self.fleet_wide(&e).expect("matched above");
+            Err(SyncError::Refused(e)) if fleet_wide(&self.own.client, &e).is_some() => {
+                let failure = fleet_wide(&self.own.client, &e).expect("matched above");
                 match self
                     .own
                     .breaker
@@ -888,8 +886,19 @@ impl Syncer {
 
     /// The second half of a move: deletes relay `id` at the zooid it moves away from, `old`
     /// (`404`: it was gone already). A failure that is `old`'s as a whole is judged by
-    /// `old`'s breaker: the relay then waits for `old` to answer, uncounted.
+    /// `old`'s breaker, and while that breaker is open nothing is sent: the relay then waits
+    /// for `old` to answer, uncounted.
     fn leave(&self, old: &Zooid, id: &str) -> Result<(), Left> {
+        let unavailable = |why: &dyn std::fmt::Display| {
+            Left::Failed(SyncError::ZooidUnavailable(format!(
+                "the relay moves from zooid {} to zooid {}, and zooid {} is unavailable \
+                 ({why}); it is moved when zooid {} answers again",
+                old.name, self.own.name, old.name, old.name
+            )))
+        };
+        if let Some((_, last_error)) = old.breaker.outage() {
+            return Err(unavailable(&last_error));
+        }
         let started = Instant::now();
         let error = match old.client.sign_delete(id) {
             Ok(signed) => {
@@ -904,13 +913,7 @@ impl Syncer {
             }
             Err(e) => e,
         };
-        let failure = match error.is_unavailable() {
-            true => Some(ProbeFailure::Unavailable(error.clone())),
-            false => old
-                .client
-                .robot_refusal(&error)
-                .map(ProbeFailure::RobotRefused),
-        };
+        let failure = fleet_wide(&old.client, &error);
         let moving = format!(
             "relay {id}: moving from zooid {} to zooid {}: created at the second, and the \
              first's DELETE failed",
@@ -928,25 +931,9 @@ impl Syncer {
                 log::warn!("{moving}: {error}");
                 Err(Left::Failed(SyncError::Refused(error)))
             }
-            Verdict::ZooidDown => Err(Left::Failed(SyncError::ZooidUnavailable(format!(
-                "the relay moves from zooid {} to zooid {}, and zooid {} is unavailable \
-                 ({error}); it is moved when zooid {} answers again",
-                old.name, self.own.name, old.name, old.name
-            )))),
+            Verdict::ZooidDown => Err(unavailable(&error)),
             Verdict::Stopping => Err(Left::Stopping),
         }
-    }
-
-    /// What `error` says about zooid as a whole, if anything: it is unavailable, or it
-    /// refuses this robot. Such a failure is the breaker's to judge, not the relay's.
-    fn fleet_wide(&self, error: &ZooidError) -> Option<ProbeFailure> {
-        if error.is_unavailable() {
-            return Some(ProbeFailure::Unavailable(error.clone()));
-        }
-        self.own
-            .client
-            .robot_refusal(error)
-            .map(ProbeFailure::RobotRefused)
     }
 
     /// The text a failure is recorded with; counts and logs it.
@@ -1038,8 +1025,7 @@ impl Syncer {
             // A plain 404 from a host name that is not zooid's API is no lost relay.
             Err(original)
                 if original.status() == Some(heal_on)
-                    && self.own.client.robot_refusal(&original).is_none()
-                    && (heal_on == 409 || self.lives_here(&relay.id)) =>
+                    && self.own.client.robot_refusal(&original).is_none() =>
             {
                 // When the fallback fails too, the original error is the one reported.
                 let healed = self
@@ -1058,23 +1044,6 @@ impl Syncer {
         }
     }
 
-    /// Whether relay `id` still lives at this syncer's zooid, as its row says now: a relay
-    /// that moved meanwhile is not created again where it left (its move deleted it there).
-    fn lives_here(&self, id: &str) -> bool {
-        if self.zooids.len() == 1 || !self.query.has_zooid_column() {
-            return true;
-        }
-        match self.query.relay_zooid(id) {
-            Ok(name) => self
-                .zooid_named(&name)
-                .is_some_and(|z| z.name == self.own.name),
-            Err(e) => {
-                log::warn!("relay {id}: {e:#}; not created again");
-                false
-            }
-        }
-    }
-
     /// Records `outcome` as the answer to manual sync request `request`, through the writer
     /// thread, which writes it again until the database takes it.
     pub fn answer(&self, request: i64, outcome: &SyncOutcome) {
@@ -1083,6 +1052,16 @@ impl Syncer {
         self.command
             .answer_sync_request_later(request, kind, &detail);
     }
+}
+
+/// What `error` from the zooid behind `client` says about that zooid as a whole, if anything:
+/// it is unavailable, or it refuses this robot. Such a failure is that zooid's breaker's to
+/// judge, not the relay's.
+fn fleet_wide(client: &ZooidClient, error: &ZooidError) -> Option<ProbeFailure> {
+    if error.is_unavailable() {
+        return Some(ProbeFailure::Unavailable(error.clone()));
+    }
+    client.robot_refusal(error).map(ProbeFailure::RobotRefused)
 }
 
 /// Runs one half of a sync (`doing` says which); a panic in it becomes a failed sync of relay

@@ -520,6 +520,22 @@ fn a_slow_zooid_slows_only_its_own_catch_up() {
     });
     let home_took = started.elapsed();
     let eu_done = eu_ids.iter().filter(|id| synced(&store, id)).count();
+    // eu's catch-up is recorded under its own names, and status says so, naming eu.
+    let recorded = store.query.worker_settings().unwrap();
+    assert!(
+        recorded.iter().any(|(name, _)| name == "catch_up_since:eu"),
+        "{recorded:?}"
+    );
+    let lines = zooid_sync::status::catch_up_lines(
+        &recorded,
+        &store.query.count_pending_by_zooid().unwrap(),
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("catch-up at zooid eu since")),
+        "{lines:?}"
+    );
     worker.shutdown().unwrap();
     // At a quarter of a core and 90 ms a write, eu's 100 relays take about 36 s: when the
     // default zooid's are all synced, most of eu's still wait.
@@ -609,4 +625,68 @@ fn a_move_whose_delete_fails_is_finished_by_its_next_sync_and_a_deletion_reaches
     assert_eq!(settled_at(&store, "m1").as_deref(), Some("eu"));
     assert!(home.relay("m1").is_none() && eu.relay("m1").is_some());
     assert!(home.relay("m2").is_none() && eu.relay("m2").is_none());
+}
+
+#[test]
+fn a_move_away_from_a_zooid_that_is_down_waits_for_it_without_asking_it() {
+    let (home, eu, _dir, db, store) = two_zooids();
+    store.command.create_relay("m", &at("m", "")).unwrap();
+    let env = env_with(&home, &[("eu", &eu)]);
+    let worker = start_worker(&store, &env);
+    expect_within(WAIT, "synced at home", || synced(&store, "m"));
+    // home answers everything, probes included, with 503: it is down.
+    home.inject(
+        "*",
+        Fault::Status {
+            status: 503,
+            body: r#"{"error":"restarting"}"#.into(),
+        },
+    );
+    host_moves(&store, "m", "eu");
+    expect_within(WAIT, "half moved, waiting for home", || {
+        store.query.zooid_outage("default").unwrap().is_some()
+            && sync_error(&store, "m").starts_with(zooid_sync::ZOOID_UNAVAILABLE)
+    });
+    assert!(eu.relay("m").is_some());
+    let deletes = || {
+        home.requests_for("m")
+            .iter()
+            .filter(|r| r.method == "DELETE")
+            .count()
+    };
+    let asked = deletes();
+    let conn = host_connection(&db);
+    let failures = || -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM activity WHERE resource_id = 'm'
+               AND activity_type = 'fail_relay_sync'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let failed = failures();
+    // A change while home is down: synced at eu, and home, its breaker open, is not asked.
+    host_renames(&conn, "m", "while home is down");
+    expect_within(WAIT, "the change at eu", || {
+        eu.relay("m")
+            .is_some_and(|r| r["info"]["name"] == "while home is down")
+    });
+    expect_within(WAIT, "its failure recorded", || failures() > failed);
+    assert!(
+        sync_error(&store, "m").contains("is moved when zooid default answers again"),
+        "{}",
+        sync_error(&store, "m")
+    );
+    assert_eq!(
+        deletes(),
+        asked,
+        "no DELETE sent to a zooid whose breaker is open"
+    );
+    home.clear_faults();
+    expect_within(WAIT, "moved once home answers", || {
+        synced(&store, "m") && home.relay("m").is_none()
+    });
+    worker.shutdown().unwrap();
+    assert_eq!(settled_at(&store, "m").as_deref(), Some("eu"));
 }
